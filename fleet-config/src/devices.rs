@@ -1,0 +1,211 @@
+//! `devices.yaml`: the inventory (device ids and labels) and which stacks run where, by label
+//! selector.
+
+use std::collections::BTreeMap;
+
+use crate::decode::Ctx;
+use crate::diag::Pos;
+use crate::fleet::{decode_selector, Selector};
+use crate::names::{check_label, check_name};
+use crate::yaml::{Node, Value};
+
+/// The whole of `devices.yaml`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DevicesSpec {
+    /// Every device of the fleet, in file order.
+    pub devices: Vec<Device>,
+    /// Which stacks run on which devices.
+    pub stacks: Vec<StackAssignment>,
+}
+
+/// One device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// Unique id; the device's agent is configured with it.
+    pub id: String,
+    /// Labels such as `ring: canary`, `site: berlin`, `role: gateway`.
+    pub labels: BTreeMap<String, String>,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// Where the device is defined.
+    pub pos: Pos,
+}
+
+/// "Run stack `name` on the devices matching `select`."
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackAssignment {
+    /// A directory under `stacks/`.
+    pub stack: String,
+    /// Which devices; `{}` means all.
+    pub select: Selector,
+    /// Where the assignment is.
+    pub pos: Pos,
+    /// Where its stack name is.
+    pub name_pos: Pos,
+    /// Where its selector is.
+    pub select_pos: Pos,
+}
+
+impl DevicesSpec {
+    /// The stacks assigned to a device, in assignment order, each once.
+    pub fn stacks_for(&self, device: &Device) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for a in &self.stacks {
+            if a.select.matches(&device.labels) && !out.contains(&a.stack.as_str()) {
+                out.push(&a.stack);
+            }
+        }
+        out
+    }
+
+    /// The device with this id.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.id == id)
+    }
+}
+
+const TOP_KEYS: &[&str] = &["devices", "stacks"];
+const DEVICE_KEYS: &[&str] = &["id", "labels", "description"];
+const ASSIGN_KEYS: &[&str] = &["name", "select"];
+
+/// Decodes `devices.yaml`, reporting every problem.
+pub fn decode(ctx: &mut Ctx<'_>, root: &Node) -> Option<DevicesSpec> {
+    if root.is_null() {
+        ctx.error(
+            root.pos,
+            "devices.yaml is empty; it needs `devices` and `stacks`",
+        );
+        return None;
+    }
+    let f = ctx.map(root, "devices.yaml", TOP_KEYS)?;
+    let devices = f
+        .required(ctx, "devices", "devices.yaml")
+        .and_then(|n| decode_devices(ctx, n));
+    let stacks = f
+        .required(ctx, "stacks", "devices.yaml")
+        .and_then(|n| decode_assignments(ctx, n));
+    Some(DevicesSpec {
+        devices: devices?,
+        stacks: stacks?,
+    })
+}
+
+fn decode_devices(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Device>> {
+    let items = ctx.seq(node, "`devices`")?;
+    if items.is_empty() {
+        ctx.error(node.pos, "`devices` is empty; list at least one device");
+        return None;
+    }
+    let mut out: Vec<Device> = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("device {} of `devices`", i + 1);
+        let Some(f) = ctx.map(item, &what, DEVICE_KEYS) else {
+            ok = false;
+            continue;
+        };
+        let id = f.required(ctx, "id", &what).and_then(|n| {
+            let id = ctx.nonempty_string(n, &format!("the `id` of {what}"))?;
+            if let Err(e) = check_name(&id) {
+                ctx.error(n.pos, format!("device id {e}"));
+                return None;
+            }
+            if let Some(first) = out.iter().find(|d| d.id == id) {
+                ctx.error(
+                    n.pos,
+                    format!(
+                        "duplicate device id `{id}` (first defined at line {}); device ids must be unique",
+                        first.pos.line
+                    ),
+                );
+                return None;
+            }
+            Some(id)
+        });
+        let labels = match f.get("labels") {
+            None => Some(BTreeMap::new()),
+            Some(n) => decode_labels(ctx, n, &what),
+        };
+        let description = match f.get("description") {
+            None => Some(None),
+            Some(n) => ctx.string(n, "`description`").map(Some),
+        };
+        match (id, labels, description) {
+            (Some(id), Some(labels), Some(description)) => out.push(Device {
+                id,
+                labels,
+                description,
+                pos: item.pos,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn decode_labels(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
+    let Value::Map(entries) = &node.value else {
+        ctx.error(
+            node.pos,
+            format!(
+                "the `labels` of {what} must be a mapping such as `{{ ring: canary, site: berlin }}`, found {}",
+                node.kind_name()
+            ),
+        );
+        return None;
+    };
+    let mut labels = BTreeMap::new();
+    let mut ok = true;
+    for (k, v) in entries {
+        let (Some(key), Some(value)) = (k.scalar(), v.scalar()) else {
+            ctx.error(
+                k.pos,
+                format!("each label of {what} must be `name: value` with a single value"),
+            );
+            ok = false;
+            continue;
+        };
+        if let Err(e) = check_label(key, value) {
+            ctx.error(k.pos, e);
+            ok = false;
+            continue;
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    ok.then_some(labels)
+}
+
+fn decode_assignments(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<StackAssignment>> {
+    let items = ctx.seq(node, "`stacks`")?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("entry {} of `stacks`", i + 1);
+        let Some(f) = ctx.map(item, &what, ASSIGN_KEYS) else {
+            ok = false;
+            continue;
+        };
+        let name = f.required(ctx, "name", &what).and_then(|n| {
+            let s = ctx.nonempty_string(n, &format!("the `name` of {what}"))?;
+            if let Err(e) = check_name(&s) {
+                ctx.error(n.pos, format!("stack name {e}"));
+                return None;
+            }
+            Some((s, n.pos))
+        });
+        let select = f.required(ctx, "select", &what).and_then(|n| {
+            decode_selector(ctx, n, &format!("`select` of {what}")).map(|s| (s, n.pos))
+        });
+        match (name, select) {
+            (Some((stack, name_pos)), Some((select, select_pos))) => out.push(StackAssignment {
+                stack,
+                select,
+                pos: item.pos,
+                name_pos,
+                select_pos,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
