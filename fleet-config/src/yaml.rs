@@ -216,6 +216,9 @@ impl Builder {
     }
 
     fn finish_map(&mut self, pos: Pos, entries: Vec<(Node, Node)>) -> Node {
+        // The parser marks a block mapping after its first key; its first key is where a
+        // reader sees it start.
+        let pos = entries.first().map_or(pos, |(k, _)| k.pos.min(pos));
         let mut explicit: Vec<(Node, Node)> = Vec::with_capacity(entries.len());
         let mut merged: Vec<(Node, Node)> = Vec::new();
         let mut seen: HashMap<String, Pos> = HashMap::new();

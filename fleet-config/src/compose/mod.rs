@@ -602,30 +602,30 @@ fn parse_short_port(s: &str) -> Result<PortMapping, String> {
         None => (s, "tcp".to_owned()),
     };
     if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("has protocol `{protocol}`; use tcp, udp or sctp"));
+        return Err(format!(
+            "protocol `{protocol}` is not supported; use tcp, udp or sctp"
+        ));
     }
     if spec.starts_with('[') {
-        return Err("uses an IPv6 host address, which is not supported".into());
+        return Err("IPv6 host addresses are not supported".into());
     }
     let parts: Vec<&str> = spec.split(':').collect();
     let (host_ip, published, target) = match parts.as_slice() {
         [t] => (None, None, *t),
         [p, t] => (None, Some(*p), *t),
         [ip, p, t] => (Some(*ip), (!p.is_empty()).then_some(*p), *t),
-        _ => return Err("is not `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`".into()),
+        _ => return Err("expected `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`".into()),
     };
     if let Some(ip) = host_ip {
         if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!(
-                "has host address `{ip}`, which is not an IP address"
-            ));
+            return Err(format!("host address `{ip}` is not an IP address"));
         }
     }
     let target = parse_port_range(target)?;
     let published = published.map(parse_port_range).transpose()?;
     if let Some(p) = published {
         if p.end - p.start != target.end - target.start {
-            return Err("maps port ranges of different lengths".into());
+            return Err("host and container port ranges differ in length".into());
         }
     }
     Ok(PortMapping {
@@ -643,7 +643,7 @@ fn decode_ports(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Vec<PortMa
     for item in items {
         let parsed = match &item.value {
             Value::Scalar(s) => {
-                parse_short_port(&s.text).map_err(|e| format!("port `{}` of {what} {e}", s.text))
+                parse_short_port(&s.text).map_err(|e| format!("port `{}` of {what}: {e}", s.text))
             }
             Value::Map(_) => {
                 let w = format!("a port of {what}");
