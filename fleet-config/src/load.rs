@@ -130,6 +130,18 @@ fn read_yaml(tree: &RepoTree, path: &str, diags: &mut Diagnostics, required: boo
 }
 
 /// Validates a repository tree: each file, then the references between files, then secrets.
+///
+/// ```
+/// use fleet_config::{validate_tree, RepoTree};
+/// let tree = RepoTree::from_memory([
+///     ("fleet.yaml".to_string(), b"name: demo\nrollout: { bake: soon }\n".to_vec(), false),
+/// ]).expect("tree");
+/// let v = validate_tree(&tree);
+/// assert!(v.repo.is_none());
+/// let lines: Vec<String> = v.diagnostics.sorted().iter().map(|d| d.to_string()).collect();
+/// assert_eq!(lines[0], "devices.yaml:1:1: error: devices.yaml is missing; every fleet repository needs one");
+/// assert!(lines[1].starts_with("fleet.yaml:2:18: error: `rollout.bake`: bad duration `soon`"));
+/// ```
 pub fn validate_tree(tree: &RepoTree) -> Validation {
     let mut diags = Diagnostics::new();
 

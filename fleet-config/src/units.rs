@@ -16,6 +16,13 @@ pub struct DurationError {
 
 /// Parses `500ms`, `30s`, `15m`, `1h30m`, `2d`. Components must come in decreasing units
 /// and each unit at most once; a bare number is refused because its unit would be a guess.
+///
+/// ```
+/// use std::time::Duration;
+/// use fleet_config::units::parse_duration;
+/// assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+/// assert!(parse_duration("90").is_err());
+/// ```
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
         input: input.to_owned(),
@@ -169,6 +176,13 @@ impl Percent {
 
     /// `ceil(n * self)`, exactly, without floating point: the number of items out of `n`
     /// this percentage covers, rounded up.
+    ///
+    /// ```
+    /// use fleet_config::units::Percent;
+    /// let five = Percent::parse("5%", false).expect("valid");
+    /// assert_eq!(five.of_rounded_up(10), 1); // a 10-device fleet still gets a 5% wave
+    /// assert_eq!(five.of_rounded_up(200), 10);
+    /// ```
     pub fn of_rounded_up(self, n: u64) -> u64 {
         (n * u64::from(self.basis)).div_ceil(10_000)
     }
