@@ -1,0 +1,530 @@
+//! The agent's configuration file (YAML). Every problem is reported with its line and column,
+//! and an unknown key names what is allowed, like the fleet repository validator.
+//!
+//! ```yaml
+//! device_id: pi-lab-01              # required: the id in devices.yaml
+//! data_dir: /var/lib/fleet          # releases, journal, lock, Git cache
+//! git:
+//!   endpoints:                      # primary first, then mirrors
+//!     - url: git://git.fleet.internal/fleet.git
+//!     - url: https://mirror.fleet.internal/fleet.git
+//!       token_file: /etc/fleet/git-token          # HTTPS token (password), optional username
+//!     - url: ssh://git@backup.fleet.internal/fleet.git
+//!       ssh_key: /etc/fleet/id_ed25519
+//!   branch: main
+//!   failover_timeout: 30s           # give up on an endpoint after this long
+//! poll_interval: 60s                # standalone mode: how often to look for a new commit
+//! health_window: 60s                # a new release must stay healthy this long
+//! min_free_disk: 500MB              # below it: prune, else skip the update
+//! keep_releases: 3                  # staged releases kept on disk (current and previous always)
+//! metrics_listen: 127.0.0.1:9101    # Prometheus /metrics (loopback)
+//! docker_namespace: fleet           # label namespace of this agent's containers
+//! secrets_dir: /etc/fleet/secrets   # <stack>.env files with ${NAME} values
+//! safe_mode_compose: /usr/share/fleet/safe-mode/compose.yaml
+//! controller:                       # absent: standalone mode (follow the branch head)
+//!   url: https://controller.fleet.internal:8443
+//!   token_file: /etc/fleet/device-token
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_config::decode::Ctx;
+use fleet_config::diag::{Diagnostic, Diagnostics};
+use fleet_config::names::{check_git_url, check_name, check_ref_name};
+use fleet_config::yaml;
+
+/// How an endpoint authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitAuth {
+    /// Anonymous (git://, public https, file://).
+    None,
+    /// An HTTPS token read from a file, sent as the password.
+    TokenFile {
+        /// File holding the token.
+        path: PathBuf,
+        /// Username sent with it.
+        username: String,
+    },
+    /// An SSH private key.
+    SshKey {
+        /// The key file.
+        path: PathBuf,
+        /// File holding its passphrase, if any.
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+/// One Git endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitEndpointConfig {
+    /// Remote URL.
+    pub url: String,
+    /// Credentials.
+    pub auth: GitAuth,
+}
+
+/// Where releases come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitConfig {
+    /// Primary first, then mirrors.
+    pub endpoints: Vec<GitEndpointConfig>,
+    /// The release branch.
+    pub branch: String,
+    /// How long one endpoint may take before the next is tried.
+    pub failover_timeout: Duration,
+}
+
+/// The controller, in controller mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Base URL.
+    pub url: String,
+    /// File holding the device token (written at enrollment).
+    pub token_file: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// This device's id in devices.yaml.
+    pub device_id: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Git endpoints and branch.
+    pub git: GitConfig,
+    /// Standalone mode: how often to look for a new commit.
+    pub poll_interval: Duration,
+    /// How long a new release must stay healthy.
+    pub health_window: Duration,
+    /// Free disk needed to start an update, bytes.
+    pub min_free_disk: u64,
+    /// Staged releases kept on disk.
+    pub keep_releases: usize,
+    /// Where `/metrics` listens.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Label namespace for this agent's Docker objects.
+    pub docker_namespace: String,
+    /// Directory of `<stack>.env` secret files.
+    pub secrets_dir: PathBuf,
+    /// The safe-mode compose file, installed with the agent.
+    pub safe_mode_compose: PathBuf,
+    /// `None`: standalone mode.
+    pub controller: Option<ControllerConfig>,
+}
+
+/// Defaults, as named functions so the documentation and the code agree.
+pub mod defaults {
+    use std::time::Duration;
+    /// `/var/lib/fleet`.
+    pub fn data_dir() -> &'static str {
+        "/var/lib/fleet"
+    }
+    /// `main`.
+    pub fn branch() -> &'static str {
+        "main"
+    }
+    /// 30 s.
+    pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// 60 s.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+    /// 60 s.
+    pub const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+    /// 500 MB.
+    pub const MIN_FREE_DISK: u64 = 500 << 20;
+    /// 3.
+    pub const KEEP_RELEASES: usize = 3;
+    /// `127.0.0.1:9101`.
+    pub fn metrics_listen() -> &'static str {
+        "127.0.0.1:9101"
+    }
+    /// `fleet`.
+    pub fn docker_namespace() -> &'static str {
+        "fleet"
+    }
+    /// `/etc/fleet/secrets`.
+    pub fn secrets_dir() -> &'static str {
+        "/etc/fleet/secrets"
+    }
+    /// `/usr/share/fleet/safe-mode/compose.yaml`.
+    pub fn safe_mode_compose() -> &'static str {
+        "/usr/share/fleet/safe-mode/compose.yaml"
+    }
+}
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has problems, each with line and column.
+    #[error("invalid agent configuration:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+const TOP_KEYS: &[&str] = &[
+    "device_id",
+    "data_dir",
+    "git",
+    "poll_interval",
+    "health_window",
+    "min_free_disk",
+    "keep_releases",
+    "metrics_listen",
+    "docker_namespace",
+    "secrets_dir",
+    "safe_mode_compose",
+    "controller",
+];
+const GIT_KEYS: &[&str] = &["endpoints", "branch", "failover_timeout"];
+const ENDPOINT_KEYS: &[&str] = &[
+    "url",
+    "token_file",
+    "username",
+    "ssh_key",
+    "passphrase_file",
+];
+const CONTROLLER_KEYS: &[&str] = &["url", "token_file"];
+
+impl AgentConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `file` names it in messages.
+    pub fn parse(text: &str, file: &str) -> Result<AgentConfig, ConfigError> {
+        let mut diags = Diagnostics::new();
+        let cfg = {
+            let mut ctx = Ctx {
+                file: file.to_owned(),
+                diags: &mut diags,
+            };
+            match yaml::parse(text) {
+                Ok(doc) => {
+                    for (pos, msg) in doc.problems {
+                        ctx.error(pos, msg);
+                    }
+                    decode(&mut ctx, &doc.root)
+                }
+                Err(e) => {
+                    ctx.error(e.pos, e.message);
+                    None
+                }
+            }
+        };
+        match cfg {
+            Some(c) if !diags.has_errors() => Ok(c),
+            _ => Err(ConfigError::Invalid(
+                diags
+                    .sorted()
+                    .into_iter()
+                    .filter(|d| d.severity == fleet_config::Severity::Error)
+                    .collect(),
+            )),
+        }
+    }
+
+    /// True without a controller.
+    pub fn standalone(&self) -> bool {
+        self.controller.is_none()
+    }
+}
+
+fn path_field(ctx: &mut Ctx<'_>, n: &yaml::Node, what: &str) -> Option<PathBuf> {
+    let s = ctx.nonempty_string(n, what)?;
+    if !s.starts_with('/') {
+        ctx.error(
+            n.pos,
+            format!("{what} must be an absolute path, found `{s}`"),
+        );
+        return None;
+    }
+    Some(PathBuf::from(s))
+}
+
+fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
+    if root.is_null() {
+        ctx.error(
+            root.pos,
+            "the configuration is empty; it needs at least `device_id` and `git.endpoints`",
+        );
+        return None;
+    }
+    let f = ctx.map(root, "the agent configuration", TOP_KEYS)?;
+    let device_id = f
+        .required(ctx, "device_id", "the agent configuration")
+        .and_then(|n| {
+            let s = ctx.nonempty_string(n, "`device_id`")?;
+            check_name(&s)
+                .map_err(|e| ctx.error(n.pos, format!("`device_id` {e}")))
+                .ok()?;
+            Some(s)
+        });
+    let data_dir = match f.get("data_dir") {
+        None => Some(PathBuf::from(defaults::data_dir())),
+        Some(n) => path_field(ctx, n, "`data_dir`"),
+    };
+    let git = f
+        .required(ctx, "git", "the agent configuration")
+        .and_then(|n| decode_git(ctx, n));
+    let dur = |ctx: &mut Ctx<'_>, key: &str, default: Duration, min: Duration| match f.get(key) {
+        None => Some(default),
+        Some(n) => {
+            let d = ctx.duration(n, &format!("`{key}`"))?;
+            if d < min {
+                ctx.error(
+                    n.pos,
+                    format!(
+                        "`{key}` must be at least {}",
+                        fleet_config::units::format_duration(min)
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        }
+    };
+    let poll_interval = dur(
+        ctx,
+        "poll_interval",
+        defaults::POLL_INTERVAL,
+        Duration::from_secs(1),
+    );
+    let health_window = dur(
+        ctx,
+        "health_window",
+        defaults::HEALTH_WINDOW,
+        Duration::from_secs(1),
+    );
+    let min_free_disk = match f.get("min_free_disk") {
+        None => Some(defaults::MIN_FREE_DISK),
+        Some(n) => ctx.size(n, "`min_free_disk`"),
+    };
+    let keep_releases = match f.get("keep_releases") {
+        None => Some(defaults::KEEP_RELEASES),
+        Some(n) => ctx
+            .uint_in(n, "`keep_releases`", 2, 100)
+            .map(|v| v as usize),
+    };
+    let metrics_listen = match f.get("metrics_listen") {
+        None => Some(defaults::metrics_listen().parse().ok()),
+        Some(n) if n.is_null() => Some(None),
+        Some(n) => ctx.string(n, "`metrics_listen`").and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(Some(a)),
+            Err(_) => {
+                ctx.error(n.pos, format!("`metrics_listen` must be an address and port such as 127.0.0.1:9101, found `{s}`"));
+                None
+            }
+        }),
+    };
+    let docker_namespace = match f.get("docker_namespace") {
+        None => Some(defaults::docker_namespace().to_owned()),
+        Some(n) => ctx.nonempty_string(n, "`docker_namespace`").and_then(|s| {
+            check_name(&s)
+                .map_err(|e| ctx.error(n.pos, format!("`docker_namespace` {e}")))
+                .ok()?;
+            Some(s)
+        }),
+    };
+    let secrets_dir = match f.get("secrets_dir") {
+        None => Some(PathBuf::from(defaults::secrets_dir())),
+        Some(n) => path_field(ctx, n, "`secrets_dir`"),
+    };
+    let safe_mode_compose = match f.get("safe_mode_compose") {
+        None => Some(PathBuf::from(defaults::safe_mode_compose())),
+        Some(n) => path_field(ctx, n, "`safe_mode_compose`"),
+    };
+    let controller = match f.get("controller") {
+        None => Some(None),
+        Some(n) => (|| {
+            let cf = ctx.map(n, "`controller`", CONTROLLER_KEYS)?;
+            let url = cf.required(ctx, "url", "`controller`").and_then(|u| {
+                let s = ctx.nonempty_string(u, "`controller.url`")?;
+                if !(s.starts_with("https://") || s.starts_with("http://")) {
+                    ctx.error(u.pos, format!("`controller.url` must start with https:// (or http:// on a trusted network), found `{s}`"));
+                    return None;
+                }
+                Some(s.trim_end_matches('/').to_owned())
+            });
+            let token_file = cf
+                .required(ctx, "token_file", "`controller`")
+                .and_then(|t| path_field(ctx, t, "`controller.token_file`"));
+            Some(Some(ControllerConfig {
+                url: url?,
+                token_file: token_file?,
+            }))
+        })(),
+    };
+    Some(AgentConfig {
+        device_id: device_id?,
+        data_dir: data_dir?,
+        git: git?,
+        poll_interval: poll_interval?,
+        health_window: health_window?,
+        min_free_disk: min_free_disk?,
+        keep_releases: keep_releases?,
+        metrics_listen: metrics_listen?,
+        docker_namespace: docker_namespace?,
+        secrets_dir: secrets_dir?,
+        safe_mode_compose: safe_mode_compose?,
+        controller: controller?,
+    })
+}
+
+fn decode_git(ctx: &mut Ctx<'_>, node: &yaml::Node) -> Option<GitConfig> {
+    let f = ctx.map(node, "`git`", GIT_KEYS)?;
+    let endpoints = f.required(ctx, "endpoints", "`git`").and_then(|n| {
+        let items = ctx.seq(n, "`git.endpoints`")?;
+        if items.is_empty() {
+            ctx.error(
+                n.pos,
+                "`git.endpoints` is empty; give the primary and, ideally, a mirror",
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let what = format!("endpoint {} of `git.endpoints`", i + 1);
+            let Some(ef) = ctx.map(item, &what, ENDPOINT_KEYS) else {
+                ok = false;
+                continue;
+            };
+            let url = ef.required(ctx, "url", &what).and_then(|u| {
+                let s = ctx.nonempty_string(u, &format!("`url` of {what}"))?;
+                check_git_url(&s)
+                    .map_err(|e| ctx.error(u.pos, format!("`url` of {what}: `{s}` {e}")))
+                    .ok()?;
+                Some(s)
+            });
+            let token = ef
+                .get("token_file")
+                .and_then(|t| path_field(ctx, t, &format!("`token_file` of {what}")));
+            let key = ef
+                .get("ssh_key")
+                .and_then(|k| path_field(ctx, k, &format!("`ssh_key` of {what}")));
+            let passphrase = ef
+                .get("passphrase_file")
+                .and_then(|k| path_field(ctx, k, &format!("`passphrase_file` of {what}")));
+            let username = ef
+                .get("username")
+                .and_then(|u| ctx.nonempty_string(u, &format!("`username` of {what}")));
+            let auth = match (token, key) {
+                (Some(_), Some(_)) => {
+                    ctx.error(
+                        ef.pos,
+                        format!("{what} has both `token_file` and `ssh_key`; give one"),
+                    );
+                    None
+                }
+                (Some(path), None) => Some(GitAuth::TokenFile {
+                    path,
+                    username: username.unwrap_or_else(|| "x-access-token".into()),
+                }),
+                (None, Some(path)) => Some(GitAuth::SshKey {
+                    path,
+                    passphrase_file: passphrase,
+                }),
+                (None, None) => Some(GitAuth::None),
+            };
+            match (url, auth) {
+                (Some(url), Some(auth)) => out.push(GitEndpointConfig { url, auth }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    });
+    let branch = match f.get("branch") {
+        None => Some(defaults::branch().to_owned()),
+        Some(n) => ctx.nonempty_string(n, "`git.branch`").and_then(|s| {
+            check_ref_name(&s)
+                .map_err(|e| ctx.error(n.pos, format!("`git.branch` `{s}` {e}")))
+                .ok()?;
+            Some(s)
+        }),
+    };
+    let failover_timeout = match f.get("failover_timeout") {
+        None => Some(defaults::FAILOVER_TIMEOUT),
+        Some(n) => ctx.duration(n, "`git.failover_timeout`"),
+    };
+    Some(GitConfig {
+        endpoints: endpoints?,
+        branch: branch?,
+        failover_timeout: failover_timeout?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let c = AgentConfig::parse(
+            "device_id: pi-01\ngit:\n  endpoints:\n    - url: git://127.0.0.1:9418/fleet.git\n",
+            "agent.yaml",
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/fleet"));
+        assert_eq!(c.git.branch, "main");
+        assert_eq!(c.git.failover_timeout, Duration::from_secs(30));
+        assert_eq!(c.keep_releases, 3);
+        assert!(c.standalone());
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_place() {
+        let text = "device_id: pi-01\ndata_dir: relative/dir\ngit:\n  endpoints:\n    - url: ftp://x/y\n  brnch: main\npoll_interval: 5\n";
+        let err = AgentConfig::parse(text, "agent.yaml").expect_err("invalid");
+        let ConfigError::Invalid(d) = err else {
+            panic!("wrong error")
+        };
+        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("agent.yaml:2:11: error: `data_dir` must be an absolute path"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with("agent.yaml:5:12: error: `url` of endpoint 1"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "agent.yaml:6:3: error: unknown key `brnch` in `git` (did you mean `branch`?)"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[3].starts_with("agent.yaml:7:16: error: `poll_interval`: bad duration"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn controller_and_credentials() {
+        let text = "device_id: pi-01\ngit:\n  endpoints:\n    - url: https://h/f.git\n      token_file: /etc/fleet/t\n    - url: ssh://git@h/f.git\n      ssh_key: /etc/fleet/k\ncontroller:\n  url: https://c:8443/\n  token_file: /etc/fleet/device-token\n";
+        let c = AgentConfig::parse(text, "agent.yaml").expect("valid");
+        assert!(
+            matches!(&c.git.endpoints[0].auth, GitAuth::TokenFile { username, .. } if username == "x-access-token")
+        );
+        assert!(matches!(&c.git.endpoints[1].auth, GitAuth::SshKey { .. }));
+        assert_eq!(
+            c.controller.as_ref().map(|c| c.url.as_str()),
+            Some("https://c:8443")
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The device agent: stages releases from Git, swaps them in atomically, applies them to
+//! Docker, health-checks them and rolls back on its own.
+
+pub mod config;
+pub mod fsutil;
+pub mod journal;
+pub mod layout;
+pub mod lock;
+pub mod recovery;
