@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod fsutil;
+pub mod gc;
 pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod recovery;
+pub mod stage;

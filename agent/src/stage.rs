@@ -1,0 +1,266 @@
+//! Step 3 of the update transaction: turn a commit into a complete, verified, validated release
+//! directory, or refuse it without touching anything the device runs.
+//!
+//! The checkout goes to `releases/.staging-<sha>`; only after its digest matches, it validates,
+//! it names this device, and every file is fsynced is it renamed to `releases/<sha>`. A release
+//! directory therefore exists only complete: the guarantee boot recovery relies on.
+
+use std::fs;
+use std::path::Path;
+
+use fleet_config::diag::Diagnostic;
+use fleet_config::protocol::ReleaseId;
+use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
+
+use crate::fsutil::{ctx, fsync_dir, fsync_tree, FsError};
+use crate::layout::DataDir;
+
+/// A release that passed staging.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The release.
+    pub id: ReleaseId,
+    /// Its tree digest as computed here.
+    pub digest: TreeDigest,
+    /// The validated repository.
+    pub repo: FleetRepo,
+    /// The stacks this device runs in this release.
+    pub stacks: Vec<String>,
+}
+
+/// Why a release was refused. Nothing running was touched in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The checkout itself failed.
+    #[error("checkout of {sha} failed: {reason}")]
+    Checkout {
+        /// The release.
+        sha: ReleaseId,
+        /// The underlying error, as text.
+        reason: String,
+    },
+    /// The tree is not what the controller said it is.
+    #[error("release {sha} has digest {actual}, expected {expected}: refusing it")]
+    DigestMismatch {
+        /// The release.
+        sha: ReleaseId,
+        /// What the controller announced.
+        expected: TreeDigest,
+        /// What the checkout has.
+        actual: TreeDigest,
+    },
+    /// The fleet repository does not validate.
+    #[error("release {sha} is not a valid fleet repository ({} errors); first: {}", errors.len(), errors.first().map(ToString::to_string).unwrap_or_default())]
+    Invalid {
+        /// The release.
+        sha: ReleaseId,
+        /// Every error.
+        errors: Vec<Diagnostic>,
+    },
+    /// The release's inventory does not list this device.
+    #[error("release {sha} does not list device `{device}` in devices.yaml")]
+    UnknownDevice {
+        /// The release.
+        sha: ReleaseId,
+        /// This device.
+        device: String,
+    },
+    /// The tree could not be read or written.
+    #[error("staging release {sha}: {source}")]
+    Fs {
+        /// The release.
+        sha: ReleaseId,
+        /// The file-system error.
+        #[source]
+        source: FsError,
+    },
+}
+
+/// Stages `id`: `checkout` writes the commit's tree into the (absent) directory it is given.
+/// `expected` is the digest the controller announced (standalone mode has none).
+pub fn stage(
+    data: &DataDir,
+    id: &ReleaseId,
+    expected: Option<TreeDigest>,
+    device_id: &str,
+    checkout: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<Staged, StageError> {
+    let staging = data.staging(id);
+    let fs_err = |source| StageError::Fs {
+        sha: id.clone(),
+        source,
+    };
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .map_err(ctx("remove stale staging", &staging))
+            .map_err(fs_err)?;
+    }
+    let result = (|| {
+        checkout(&staging).map_err(|reason| StageError::Checkout {
+            sha: id.clone(),
+            reason,
+        })?;
+        let staged = verify(&staging, id, expected, device_id)?;
+        fsync_tree(&staging).map_err(fs_err)?;
+        let final_dir = data.release(id);
+        if final_dir.exists() {
+            // Staged before (e.g. a rollback target): the old copy is complete and identical
+            // by digest; keep it and drop the new one.
+            fs::remove_dir_all(&staging)
+                .map_err(ctx("remove duplicate staging", &staging))
+                .map_err(fs_err)?;
+        } else {
+            fs::rename(&staging, &final_dir)
+                .map_err(ctx("publish release", &final_dir))
+                .map_err(fs_err)?;
+        }
+        fsync_dir(&data.releases()).map_err(fs_err)?;
+        Ok(staged)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Digest, validation and inventory checks on a checked-out tree.
+pub fn verify(
+    tree: &Path,
+    id: &ReleaseId,
+    expected: Option<TreeDigest>,
+    device_id: &str,
+) -> Result<Staged, StageError> {
+    let fs_err = |e: fleet_config::RepoError| StageError::Checkout {
+        sha: id.clone(),
+        reason: e.to_string(),
+    };
+    let digest = digest_dir(tree).map_err(fs_err)?;
+    if let Some(expected) = expected {
+        if expected != digest {
+            return Err(StageError::DigestMismatch {
+                sha: id.clone(),
+                expected,
+                actual: digest,
+            });
+        }
+    }
+    let validation = validate_dir(tree).map_err(fs_err)?;
+    let Some(repo) = validation.repo else {
+        return Err(StageError::Invalid {
+            sha: id.clone(),
+            errors: validation
+                .diagnostics
+                .sorted()
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect(),
+        });
+    };
+    let Some(device) = repo.devices.device(device_id) else {
+        return Err(StageError::UnknownDevice {
+            sha: id.clone(),
+            device: device_id.to_owned(),
+        });
+    };
+    let stacks = repo
+        .devices
+        .stacks_for(device)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Ok(Staged {
+        id: id.clone(),
+        digest,
+        repo,
+        stacks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo")
+    }
+
+    fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+        fs::create_dir_all(to).map_err(|e| e.to_string())?;
+        for e in fs::read_dir(from).map_err(|e| e.to_string())? {
+            let e = e.map_err(|e| e.to_string())?;
+            let dst = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &dst)?;
+            } else {
+                fs::copy(e.path(), dst).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sha(c: char) -> ReleaseId {
+        c.to_string().repeat(40).parse().expect("sha")
+    }
+
+    fn data() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = DataDir::new(tmp.path());
+        d.create().expect("create");
+        (tmp, d)
+    }
+
+    #[test]
+    fn a_good_release_is_published_complete() {
+        let (_tmp, d) = data();
+        let want = digest_dir(&example()).expect("digest");
+        let s = stage(&d, &sha('a'), Some(want), "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect("staged");
+        assert_eq!(s.stacks, vec!["app".to_string(), "metrics".to_string()]);
+        assert!(d.release(&sha('a')).join("fleet.yaml").is_file());
+        assert!(!d.staging(&sha('a')).exists());
+    }
+
+    #[test]
+    fn a_digest_mismatch_leaves_nothing_behind() {
+        let (_tmp, d) = data();
+        let wrong: TreeDigest = format!("sha256:{}", "0".repeat(64))
+            .parse()
+            .expect("digest");
+        let err = stage(&d, &sha('b'), Some(wrong), "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect_err("must refuse");
+        assert!(matches!(err, StageError::DigestMismatch { .. }), "{err}");
+        assert!(!d.release(&sha('b')).exists() && !d.staging(&sha('b')).exists());
+    }
+
+    #[test]
+    fn an_invalid_release_is_refused_with_its_errors() {
+        let (_tmp, d) = data();
+        let err = stage(&d, &sha('c'), None, "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)?;
+            fs::write(dst.join("fleet.yaml"), "name: x\nrollout: { bake: soon }\n")
+                .map_err(|e| e.to_string())
+        })
+        .expect_err("must refuse");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("fleet.yaml:2:18: error: `rollout.bake`: bad duration `soon`"),
+            "{msg}"
+        );
+        assert!(!d.release(&sha('c')).exists() && !d.staging(&sha('c')).exists());
+    }
+
+    #[test]
+    fn a_release_without_this_device_is_refused() {
+        let (_tmp, d) = data();
+        let err = stage(&d, &sha('d'), None, "pi-nowhere", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect_err("must refuse");
+        assert!(matches!(err, StageError::UnknownDevice { .. }), "{err}");
+    }
+}
