@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use crate::decode::Ctx;
 use crate::diag::Pos;
-use crate::fleet::{decode_selector, Selector};
-use crate::names::{check_label, check_name};
-use crate::yaml::{Node, Value};
+use crate::fleet::{decode_labels, decode_selector, Selector};
+use crate::names::check_name;
+use crate::yaml::Node;
 
 /// The whole of `devices.yaml`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -124,7 +124,7 @@ fn decode_devices(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Device>> {
         });
         let labels = match f.get("labels") {
             None => Some(BTreeMap::new()),
-            Some(n) => decode_labels(ctx, n, &what),
+            Some(n) => decode_labels(ctx, n, &format!("the `labels` of {what}")),
         };
         let description = match f.get("description") {
             None => Some(None),
@@ -141,38 +141,6 @@ fn decode_devices(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Device>> {
         }
     }
     ok.then_some(out)
-}
-
-fn decode_labels(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
-    let Value::Map(entries) = &node.value else {
-        ctx.error(
-            node.pos,
-            format!(
-                "the `labels` of {what} must be a mapping such as `{{ ring: canary, site: berlin }}`, found {}",
-                node.kind_name()
-            ),
-        );
-        return None;
-    };
-    let mut labels = BTreeMap::new();
-    let mut ok = true;
-    for (k, v) in entries {
-        let (Some(key), Some(value)) = (k.scalar(), v.scalar()) else {
-            ctx.error(
-                k.pos,
-                format!("each label of {what} must be `name: value` with a single value"),
-            );
-            ok = false;
-            continue;
-        };
-        if let Err(e) = check_label(key, value) {
-            ctx.error(k.pos, e);
-            ok = false;
-            continue;
-        }
-        labels.insert(key.to_owned(), value.to_owned());
-    }
-    ok.then_some(labels)
 }
 
 fn decode_assignments(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<StackAssignment>> {

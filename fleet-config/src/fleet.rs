@@ -297,8 +297,13 @@ fn decode_rollout(ctx: &mut Ctx<'_>, node: &Node) -> Option<RolloutPolicy> {
     })
 }
 
-/// Decodes a label selector mapping (`{ ring: canary }`).
-pub fn decode_selector(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Selector> {
+/// Decodes a mapping of labels (`{ ring: canary, site: berlin }`): device labels and the
+/// selectors that match them share these rules.
+pub fn decode_labels(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    what: &str,
+) -> Option<BTreeMap<String, String>> {
     let Value::Map(entries) = &node.value else {
         ctx.error(
             node.pos,
@@ -309,21 +314,13 @@ pub fn decode_selector(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Sel
         );
         return None;
     };
-    let mut sel = Selector::default();
+    let mut labels = BTreeMap::new();
     let mut ok = true;
     for (k, v) in entries {
-        let Some(key) = k.scalar() else {
-            ctx.error(k.pos, format!("label names in {what} must be plain names"));
-            ok = false;
-            continue;
-        };
-        let Some(value) = v.scalar() else {
+        let (Some(key), Some(value)) = (k.scalar(), v.scalar()) else {
             ctx.error(
-                v.pos,
-                format!(
-                    "the label `{key}` in {what} must have a single value, found {}",
-                    v.kind_name()
-                ),
+                k.pos,
+                format!("each label of {what} must be `name: value` with a single value"),
             );
             ok = false;
             continue;
@@ -333,9 +330,14 @@ pub fn decode_selector(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Sel
             ok = false;
             continue;
         }
-        sel.labels.insert(key.to_owned(), value.to_owned());
+        labels.insert(key.to_owned(), value.to_owned());
     }
-    ok.then_some(sel)
+    ok.then_some(labels)
+}
+
+/// Decodes a label selector mapping (`{ ring: canary }`).
+pub fn decode_selector(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Selector> {
+    decode_labels(ctx, node, what).map(|labels| Selector { labels })
 }
 
 fn decode_waves(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Wave>> {
