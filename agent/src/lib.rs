@@ -9,3 +9,4 @@ pub mod layout;
 pub mod lock;
 pub mod recovery;
 pub mod stage;
+pub mod status;

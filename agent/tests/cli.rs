@@ -1,0 +1,63 @@
+//! The `fleet-agent` binary's edges: invalid configuration exits 2 naming the key; status reads
+//! the data directory.
+
+use std::process::Command;
+
+fn agent(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(args)
+        .output()
+        .expect("run fleet-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("agent.yaml");
+    std::fs::write(&cfg, "device_id: pi-01\ngit:\n  endpoints: [{ url: git://127.0.0.1/f.git }]\nhealth_windw: 30s\n").expect("write");
+    let path = cfg.to_str().expect("utf-8 path");
+    let (code, _out, err) = agent(&["check-config", "--config", path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{path}:4:1: error: unknown key `health_windw`")),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `health_window`?"), "{err}");
+    let (code, _, err) = agent(&["status", "--config", path]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn missing_config_exits_2() {
+    let (code, _, err) = agent(&["check-config", "--config", "/nonexistent/agent.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read agent configuration /nonexistent/agent.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_of_a_fresh_device() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("agent.yaml");
+    let data = tmp.path().join("data");
+    std::fs::write(
+        &cfg,
+        format!("device_id: pi-01\ndata_dir: {}\ngit:\n  endpoints: [{{ url: git://127.0.0.1/f.git }}]\n", data.display()),
+    )
+    .expect("write");
+    let path = cfg.to_str().expect("utf-8 path");
+    let (code, out, err) = agent(&["status", "--config", path, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["device_id"], "pi-01");
+    assert_eq!(v["mode"], "standalone");
+    assert_eq!(v["phase"], "idle");
+    assert!(v["current"].is_null());
+}
