@@ -47,6 +47,11 @@ pub struct FetchOutcome {
     pub head: String,
     /// The ref that now records `head` for this endpoint (`refs/fleet/<index>/heads/<branch>`).
     pub tracking_ref: String,
+    /// Objects downloaded by this fetch: 0 when the cache was up to date (fetches are
+    /// incremental).
+    pub received_objects: usize,
+    /// Bytes downloaded by this fetch.
+    pub received_bytes: usize,
     /// The endpoints tried before, in order, with why each failed: for the
     /// "Git fetch failures by endpoint" metric. Empty when the primary served.
     pub failures: Vec<EndpointFailure>,
@@ -144,15 +149,17 @@ impl GitCache {
         for (index, endpoint) in endpoints.iter().enumerate() {
             let attempt = self
                 .fetch_endpoint(index, endpoint, branch, failover_timeout)
-                .and_then(|head| accept(endpoint, head).map(|()| head));
+                .and_then(|fetched| accept(endpoint, fetched.head).map(|()| fetched));
             match attempt {
-                Ok(head) => {
+                Ok(fetched) => {
                     return Ok(FetchOutcome {
                         endpoint_index: index,
                         endpoint: endpoint.redacted_url(),
                         branch: branch.to_string(),
-                        head: head.to_string(),
+                        head: fetched.head.to_string(),
                         tracking_ref: tracking_ref(index, branch),
+                        received_objects: fetched.received_objects,
+                        received_bytes: fetched.received_bytes,
                         failures,
                     });
                 }
@@ -182,7 +189,7 @@ impl GitCache {
         endpoint: &Endpoint,
         branch: &str,
         timeout: Duration,
-    ) -> Result<Oid, GitError> {
+    ) -> Result<Fetched, GitError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let job = FetchJob {
             repo: self.repo()?,
@@ -230,6 +237,13 @@ impl GitCache {
     }
 }
 
+/// What one endpoint served.
+struct Fetched {
+    head: Oid,
+    received_objects: usize,
+    received_bytes: usize,
+}
+
 /// Everything a worker thread needs to fetch from one endpoint; owns its repository handle.
 struct FetchJob {
     repo: Repository,
@@ -243,7 +257,7 @@ struct FetchJob {
 }
 
 impl FetchJob {
-    fn run(self) -> Result<Oid, GitError> {
+    fn run(self) -> Result<Fetched, GitError> {
         let redacted = self.endpoint.redacted_url();
         let fetch_error = |source| self.fetch_error(&redacted, source);
         let mut remote = self
@@ -282,6 +296,8 @@ impl FetchJob {
         remote
             .fetch(&[refspec.as_str()], Some(&mut options), None)
             .map_err(fetch_error)?;
+        let stats = remote.stats();
+        let (received_objects, received_bytes) = (stats.received_objects(), stats.received_bytes());
 
         // The advertisement stays readable after the fetch disconnected.
         let wanted = format!("refs/heads/{}", self.branch);
@@ -302,7 +318,11 @@ impl FetchJob {
                 what: format!("the head of {wanted} fetched from {redacted}"),
                 source,
             })?;
-        Ok(head)
+        Ok(Fetched {
+            head,
+            received_objects,
+            received_bytes,
+        })
     }
 
     fn expired(&self) -> bool {
