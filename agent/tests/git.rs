@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleet_agent::git::{Endpoint, GitCache, GitError};
+use fleet_agent::git::{abandoned_fetch_workers, Endpoint, GitCache, GitError};
 use support::git_daemon::{
     git, git_available, git_with_input, init_bare, Entry, GitDaemon, HangingServer, WorkRepo,
 };
@@ -256,6 +256,8 @@ fn hanging_endpoint_is_abandoned_after_failover_timeout() {
         GitError::FetchTimedOut { after, .. } => assert_eq!(*after, FAILOVER),
         other => panic!("expected a timeout, got {other:?}"),
     }
+    // Its worker is still blocked on the silent server, counted until it ends.
+    assert!(abandoned_fetch_workers() >= 1);
     assert_eq!(lab.cache.tracking_head(0, "main").expect("ref"), None);
 }
 

@@ -55,7 +55,7 @@ impl GitCache {
     /// are refused ([`GitError::UnsafePath`]); so are submodules ([`GitError::Submodule`]). The
     /// commit is looked up by its sha only, never through a branch. On any error the partly
     /// written `dest` is removed (best effort), so the caller can retry.
-    #[tracing::instrument(skip(self), fields(dest = %dest.display()), err)]
+    #[tracing::instrument(skip(self, dest), fields(dest = %dest.display()), err)]
     pub fn checkout(&self, sha: &str, dest: &Path) -> Result<CheckoutSummary, GitError> {
         let oid = parse_sha(sha)?;
         let repo = self.repo()?;

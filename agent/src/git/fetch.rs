@@ -12,17 +12,18 @@
 //! (libssh2 waits on its socket without a timeout), and progress callbacks are only called when
 //! bytes arrive, so they never fire for a server that accepts the connection and stays silent.
 //!
-//! The abandoned worker is then stopped as soon as libgit2 gives it control: a cancel flag (and
-//! the deadline) makes the progress and credential callbacks abort the transfer, and the
+//! The abandoned worker is then stopped as soon as libgit2 gives it control: the abandoned mark
+//! (and the deadline) makes the progress and credential callbacks abort the transfer, and the
 //! process-wide socket timeouts ([`super::cache::SOCKET_CONNECT_TIMEOUT`],
 //! [`super::cache::SOCKET_IO_TIMEOUT`]) end a blocked connect or read. Until it ends it can at
 //! most write objects (content-addressed, harmless) and its own endpoint's tracking ref, which
 //! then says truthfully what that endpoint served; `FETCH_HEAD` is never written.
+//! [`abandoned_fetch_workers`] counts those still running.
 //!
 //! `failover_timeout` bounds the whole transfer, not only silence: an endpoint that is too slow
 //! to deliver the update in time is treated like one that is down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
@@ -33,6 +34,16 @@ use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Reposi
 use super::cache::{configure_libgit2, parse_sha, tracking_ref, GitCache};
 use super::endpoint::{answer_credentials, CredentialState, Endpoint};
 use super::error::{EndpointFailure, GitError};
+
+/// Fetch workers abandoned after their deadline that have not ended yet (process-wide).
+static ABANDONED_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many fetch workers were abandoned after their deadline and are still blocked in libgit2
+/// (a server that stopped answering, a slow name lookup). They end on their own (see the module
+/// docs); a number that keeps growing means something blocks them for good. Worth a gauge.
+pub fn abandoned_fetch_workers() -> usize {
+    ABANDONED_WORKERS.load(Ordering::SeqCst)
+}
 
 /// Which endpoint served a fetch, what it said, and which endpoints failed before it.
 #[derive(Debug)]
@@ -76,7 +87,11 @@ impl GitCache {
     /// in time (see the module docs) is recorded in [`FetchOutcome::failures`] and the next one
     /// is tried. When all fail: [`GitError::AllEndpointsFailed`] with one entry per endpoint;
     /// no tracking ref has changed then, except by a worker that finished after its deadline.
-    #[tracing::instrument(skip(self, endpoints), fields(cache = %self.path().display()), err)]
+    #[tracing::instrument(
+        skip(self, endpoints),
+        fields(cache = %self.path().display(), endpoints = %endpoint_list(endpoints)),
+        err
+    )]
     pub fn fetch(
         &self,
         endpoints: &[Endpoint],
@@ -96,7 +111,11 @@ impl GitCache {
     /// The commit is looked up by its sha only, never by a branch name, so an endpoint whose
     /// branch points elsewhere (a lagging or tampered mirror) cannot change what the sha
     /// names: Git's object ids are hashes of the content.
-    #[tracing::instrument(skip(self, endpoints), fields(cache = %self.path().display()), err)]
+    #[tracing::instrument(
+        skip(self, endpoints),
+        fields(cache = %self.path().display(), endpoints = %endpoint_list(endpoints)),
+        err
+    )]
     pub fn fetch_commit(
         &self,
         endpoints: &[Endpoint],
@@ -190,50 +209,93 @@ impl GitCache {
         branch: &str,
         timeout: Duration,
     ) -> Result<Fetched, GitError> {
-        let cancel = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(WorkerState::default());
         let job = FetchJob {
             repo: self.repo()?,
             endpoint: endpoint.clone(),
             index,
             branch: branch.to_string(),
-            cancel: Arc::clone(&cancel),
+            state: Arc::clone(&state),
             deadline: Instant::now().checked_add(timeout),
             timeout,
         };
         let (answer, answered) = mpsc::sync_channel(1);
         let span = tracing::Span::current();
+        let worker_state = Arc::clone(&state);
         let worker = thread::Builder::new()
             .name(format!("fleet-git-fetch-{index}"))
             .spawn(move || {
                 let _entered = span.enter();
                 // The receiver is gone when the caller gave up; nothing to tell then.
                 let _ = answer.send(job.run());
+                worker_state.finish();
             })
             .map_err(|source| GitError::SpawnWorker {
                 endpoint: endpoint.redacted_url(),
                 source,
             })?;
-        match answered.recv_timeout(timeout) {
-            Ok(result) => {
-                // It has sent its answer; joining only reaps the thread.
-                let _ = worker.join();
-                result
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                cancel.store(true, Ordering::SeqCst);
-                tracing::debug!("abandoning the fetch worker after the failover timeout");
-                Err(GitError::FetchTimedOut {
+        let answer = match answered.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Timeout) if state.abandon() => {
+                tracing::warn!(
+                    still_running = abandoned_fetch_workers(),
+                    "abandoned the fetch worker after the failover timeout"
+                );
+                return Err(GitError::FetchTimedOut {
                     endpoint: endpoint.redacted_url(),
                     after: timeout,
-                })
+                });
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = worker.join();
-                Err(GitError::WorkerLost {
-                    endpoint: endpoint.redacted_url(),
-                })
-            }
+            // It finished just as the deadline passed: its answer is in the channel.
+            Err(RecvTimeoutError::Timeout) => answered.recv().ok(),
+            Ok(result) => Some(result),
+            Err(RecvTimeoutError::Disconnected) => None,
+        };
+        // The worker has answered or died; joining only reaps the thread.
+        let _ = worker.join();
+        answer.unwrap_or_else(|| {
+            Err(GitError::WorkerLost {
+                endpoint: endpoint.redacted_url(),
+            })
+        })
+    }
+}
+
+/// Who gave up first: the caller (abandoned) or the worker (finished). Whichever comes second
+/// sees the other's mark, so the abandoned-worker count is exact.
+#[derive(Debug, Default)]
+struct WorkerState(AtomicU8);
+
+impl WorkerState {
+    const RUNNING: u8 = 0;
+    const ABANDONED: u8 = 1;
+    const FINISHED: u8 = 2;
+
+    /// The caller gives up; false if the worker had already finished.
+    fn abandon(&self) -> bool {
+        let abandoned = self
+            .0
+            .compare_exchange(
+                Self::RUNNING,
+                Self::ABANDONED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if abandoned {
+            ABANDONED_WORKERS.fetch_add(1, Ordering::SeqCst);
         }
+        abandoned
+    }
+
+    /// The worker ends (after sending its answer).
+    fn finish(&self) {
+        if self.0.swap(Self::FINISHED, Ordering::SeqCst) == Self::ABANDONED {
+            ABANDONED_WORKERS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::ABANDONED
     }
 }
 
@@ -250,7 +312,7 @@ struct FetchJob {
     endpoint: Endpoint,
     index: usize,
     branch: String,
-    cancel: Arc<AtomicBool>,
+    state: Arc<WorkerState>,
     /// `None` when the timeout is too large to be represented: no deadline then.
     deadline: Option<Instant>,
     timeout: Duration,
@@ -326,7 +388,7 @@ impl FetchJob {
     }
 
     fn expired(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.state.is_abandoned() || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     fn fetch_error(&self, endpoint: &str, source: git2::Error) -> GitError {
@@ -342,6 +404,12 @@ impl FetchJob {
             }
         }
     }
+}
+
+/// The redacted URLs, comma-separated, for span fields.
+fn endpoint_list(endpoints: &[Endpoint]) -> String {
+    let urls: Vec<String> = endpoints.iter().map(Endpoint::redacted_url).collect();
+    urls.join(", ")
 }
 
 /// Refuses branch names Git would refuse, and any that could widen the refspec (`*`).

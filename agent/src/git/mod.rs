@@ -26,4 +26,4 @@ pub use cache::{
 pub use checkout::CheckoutSummary;
 pub use endpoint::{Auth, Endpoint, DEFAULT_SSH_USERNAME, DEFAULT_TOKEN_USERNAME};
 pub use error::{EndpointFailure, GitError};
-pub use fetch::{CommitOutcome, FetchOutcome};
+pub use fetch::{abandoned_fetch_workers, CommitOutcome, FetchOutcome};
