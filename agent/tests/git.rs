@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleet_agent::git::{abandoned_fetch_workers, Endpoint, GitCache, GitError};
+use fleet_agent::git::{abandoned_fetch_workers, Endpoint, GitCache, GitError, MAX_TREE_DEPTH};
 use support::git_daemon::{
     git, git_available, git_with_input, init_bare, Entry, GitDaemon, HangingServer, WorkRepo,
 };
@@ -552,6 +552,10 @@ fn checkout_refuses_escaping_paths_and_submodules() {
     );
     let inner = raw_tree(cache, &[("100644", "escaped", &blob)]);
     let fine = ("100644", "compose.yaml", blob.as_str());
+    let mut deep = inner.clone();
+    for _ in 0..=MAX_TREE_DEPTH {
+        deep = raw_tree(cache, &[("40000", "d", &deep)]);
+    }
 
     let cases: Vec<(&str, String)> = vec![
         (
@@ -574,6 +578,7 @@ fn checkout_refuses_escaping_paths_and_submodules() {
             "duplicate names",
             raw_tree(cache, &[("100644", "a", &blob), ("120000", "a", &blob)]),
         ),
+        ("too deep", deep),
         (
             "submodule",
             raw_tree(cache, &[fine, ("160000", "vendor", &blob)]),

@@ -45,6 +45,8 @@ pub struct CacheRecovery {
 impl GitCache {
     /// Opens the bare repository at `path`, creating it (and its parents) if it does not exist.
     ///
+    /// A cache owned by another user is reported ([`GitError::OpenCache`]), never replaced.
+    ///
     /// Guarantees, when it returns `Ok`: `path` is a bare repository that opens, whose refs all
     /// name commits that can be read, and that has no stale lock files left by a process killed
     /// mid-write (those would make every later ref update fail). A cache that is not like that
@@ -66,6 +68,7 @@ impl GitCache {
             }
             Ok(meta) if meta.is_dir() && is_empty_dir(&path) => init_bare(&path)?,
             Ok(_) => {
+                refuse_foreign_owner(&path)?;
                 if let Err(reason) = check_usable(&path) {
                     let moved_to = move_aside(&path)?;
                     tracing::warn!(
@@ -206,6 +209,18 @@ fn is_empty_dir(path: &Path) -> bool {
     fs::read_dir(path)
         .map(|mut entries| entries.next().is_none())
         .unwrap_or(false)
+}
+
+/// A cache owned by another user is not corrupt: libgit2 refuses to open it (as Git does, see
+/// `safe.directory`). Replacing it would hide a deployment mistake, so it is an error.
+fn refuse_foreign_owner(path: &Path) -> Result<(), GitError> {
+    match Repository::open_bare(path) {
+        Err(source) if source.code() == git2::ErrorCode::Owner => Err(GitError::OpenCache {
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Opens the repository and reads every ref's commit; `Err` says why the cache is unusable.

@@ -28,6 +28,10 @@ const FILE_PERMISSIONS: u32 = 0o644;
 const EXECUTABLE_PERMISSIONS: u32 = 0o755;
 const DIR_PERMISSIONS: u32 = 0o755;
 
+/// Deepest directory nesting a release may have. Deeper trees are refused rather than walked:
+/// the walk recurses, and a hostile tree could otherwise exhaust the stack.
+pub const MAX_TREE_DEPTH: usize = 64;
+
 /// What a checkout wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckoutSummary {
@@ -52,7 +56,8 @@ impl GitCache {
     ///
     /// Nothing is written outside `dest`: an entry named `..`, `.`, containing `/` (an absolute
     /// or multi-component path) or NUL, an entry named `.git`, and duplicate names in one tree
-    /// are refused ([`GitError::UnsafePath`]); so are submodules ([`GitError::Submodule`]). The
+    /// are refused ([`GitError::UnsafePath`]), as are trees nested deeper than
+    /// [`MAX_TREE_DEPTH`]; so are submodules ([`GitError::Submodule`]). The
     /// commit is looked up by its sha only, never through a branch. On any error the partly
     /// written `dest` is removed (best effort), so the caller can retry.
     #[tracing::instrument(skip(self, dest), fields(dest = %dest.display()), err)]
@@ -99,7 +104,7 @@ impl GitCache {
             sha,
             summary: CheckoutSummary::default(),
         };
-        let written = writer.write_tree(&tree, dest, "").and_then(|()| {
+        let written = writer.write_tree(&tree, dest, "", 0).and_then(|()| {
             let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
             match parent {
                 Some(parent) => fsync_dir(parent).map_err(|e| write_error(sha, parent, e)),
@@ -131,7 +136,16 @@ struct TreeWriter<'r> {
 impl TreeWriter<'_> {
     /// Writes `tree` into the existing directory `dir` (`rel` is its path in the commit, for
     /// messages), then fsyncs `dir`. Subdirectories are synced before their parent.
-    fn write_tree(&mut self, tree: &Tree<'_>, dir: &Path, rel: &str) -> Result<(), GitError> {
+    fn write_tree(
+        &mut self,
+        tree: &Tree<'_>,
+        dir: &Path,
+        rel: &str,
+        depth: usize,
+    ) -> Result<(), GitError> {
+        if depth > MAX_TREE_DEPTH {
+            return Err(self.unsafe_path(rel.to_string(), "directories nested too deeply"));
+        }
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for entry in tree.iter() {
             let name = entry.name_bytes();
@@ -151,7 +165,7 @@ impl TreeWriter<'_> {
                         .map_err(|e| self.read_error(&rel_path, e))?;
                     create_dir(&target).map_err(|e| write_error(self.sha, &target, e))?;
                     self.summary.directories += 1;
-                    self.write_tree(&subtree, &target, &rel_path)?;
+                    self.write_tree(&subtree, &target, &rel_path, depth + 1)?;
                 }
                 MODE_BLOB | MODE_BLOB_GROUP_WRITABLE => {
                     self.write_file(entry.id(), &target, &rel_path, FILE_PERMISSIONS)?;

@@ -23,7 +23,7 @@ pub use cache::{
     configure_libgit2, tracking_ref, CacheRecovery, GitCache, SOCKET_CONNECT_TIMEOUT,
     SOCKET_IO_TIMEOUT,
 };
-pub use checkout::CheckoutSummary;
+pub use checkout::{CheckoutSummary, MAX_TREE_DEPTH};
 pub use endpoint::{Auth, Endpoint, DEFAULT_SSH_USERNAME, DEFAULT_TOKEN_USERNAME};
 pub use error::{EndpointFailure, GitError};
 pub use fetch::{abandoned_fetch_workers, CommitOutcome, FetchOutcome};
