@@ -193,6 +193,8 @@ fn spawn_daemon(base: &Path, port: u16) -> Result<Child, String> {
     let log_path = base.join(format!(".git-daemon-{port}.log"));
     let log = fs::File::create(&log_path).map_err(|e| format!("create daemon log: {e}"))?;
     let mut child = Command::new(git_daemon_path()?)
+        // For "Ready to rumble" once it listens, and connection logs for failed tests.
+        .arg("--verbose")
         .arg("--reuseaddr")
         .arg(format!("--base-path={}", base.display()))
         .arg("--export-all")
@@ -215,7 +217,12 @@ fn spawn_daemon(base: &Path, port: u16) -> Result<Child, String> {
                 "git daemon on port {port} exited with {status}: {log}"
             ));
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        // The log line proves that *this* daemon listens: a connection alone could reach another
+        // process that took the port first (ours would then exit with "address in use").
+        let listening = fs::read_to_string(&log_path)
+            .map(|log| log.contains("Ready to rumble"))
+            .unwrap_or(false);
+        if listening && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(child);
         }
         if Instant::now() > deadline {
