@@ -5,7 +5,7 @@
 //! here is killed by a drop guard.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,10 @@ pub fn git_available(test: &str) -> bool {
     if std::env::var(REQUIRE_GIT_VAR).as_deref() == Ok("1") {
         panic!("{test}: {missing}, and {REQUIRE_GIT_VAR}=1 requires it");
     }
-    eprintln!(
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and a skip
+    // must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIP {test}: {missing}. Install Debian's `git` package, \
          or set {REQUIRE_GIT_VAR}=1 to fail instead. ***\n"
     );
@@ -72,7 +75,6 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// [`git`] with bytes on standard input.
 pub fn git_with_input(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
-    use std::io::Write as _;
     let mut child = Command::new("git")
         .current_dir(dir)
         .args(args)
