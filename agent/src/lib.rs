@@ -4,6 +4,7 @@
 pub mod config;
 pub mod fsutil;
 pub mod gc;
+pub mod git;
 pub mod journal;
 pub mod layout;
 pub mod lock;
