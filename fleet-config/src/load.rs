@@ -184,6 +184,39 @@ pub fn validate_tree(tree: &RepoTree) -> Validation {
     }
 }
 
+/// Loads one stack directory that lives outside a fleet repository (the safe-mode stack,
+/// installed with the agent): its `compose.yaml` with the same rules as in a repository.
+pub fn load_stack_dir(dir: &Path, stack: &str) -> Result<ComposeFile, Vec<crate::Diagnostic>> {
+    let mut diags = Diagnostics::new();
+    let shown = format!("{STACKS_DIR}/{stack}/{COMPOSE_FILE}");
+    let tree = match RepoTree::from_dir(dir) {
+        Ok(t) => t.prefixed(&format!("{STACKS_DIR}/{stack}")),
+        Err(e) => {
+            diags.error(
+                &shown,
+                Pos::START,
+                format!("cannot read {}: {e}", dir.display()),
+            );
+            return Err(diags.sorted());
+        }
+    };
+    let compose = read_yaml(&tree, &shown, &mut diags, true).and_then(|root| {
+        let mut ctx = Ctx {
+            file: shown.clone(),
+            diags: &mut diags,
+        };
+        compose::decode(&mut ctx, &root, &StackContext { stack, tree: &tree })
+    });
+    match compose {
+        Some(c) if !diags.has_errors() => Ok(c),
+        _ => Err(diags
+            .sorted()
+            .into_iter()
+            .filter(|d| d.severity == crate::Severity::Error)
+            .collect()),
+    }
+}
+
 /// Names of the stack directories present under `stacks/`, sorted.
 pub fn stack_dirs(tree: &RepoTree) -> Vec<String> {
     let prefix = format!("{STACKS_DIR}/");

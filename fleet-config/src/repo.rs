@@ -207,6 +207,18 @@ impl RepoTree {
         Ok(self)
     }
 
+    /// The same tree moved under `prefix` (`stacks/safe-mode`), e.g. to validate a stack
+    /// directory that lives outside a fleet repository.
+    pub fn prefixed(mut self, prefix: &str) -> RepoTree {
+        let prefix = prefix.trim_end_matches('/');
+        for e in &mut self.entries {
+            e.path = format!("{prefix}/{}", e.path);
+        }
+        self.entries
+            .sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        self
+    }
+
     /// Every entry, sorted by path bytes.
     pub fn entries(&self) -> &[Entry] {
         &self.entries

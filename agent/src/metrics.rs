@@ -1,0 +1,118 @@
+//! The agent's Prometheus metrics (DESIGN.md, "Observability"), kept in atomics and rendered in
+//! the text exposition format by `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use fleet_config::protocol::UpdatePhase;
+
+/// All update phases, for the one-hot phase gauge.
+const PHASES: &[UpdatePhase] = &[
+    UpdatePhase::Idle,
+    UpdatePhase::Fetching,
+    UpdatePhase::Staging,
+    UpdatePhase::Staged,
+    UpdatePhase::Pulling,
+    UpdatePhase::Switching,
+    UpdatePhase::Verifying,
+    UpdatePhase::RollingBack,
+    UpdatePhase::SafeMode,
+];
+
+fn phase_name(p: UpdatePhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The agent's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    phase: Mutex<Option<UpdatePhase>>,
+    current_release: Mutex<Option<String>>,
+    /// Updates by result (`succeeded`, `rolled_back`, `rejected`, `skipped`).
+    updates: Mutex<BTreeMap<String, u64>>,
+    /// Git fetch failures by endpoint.
+    git_failures: Mutex<BTreeMap<String, u64>>,
+    last_checkin_ms: AtomicU64,
+    last_update_seconds: Mutex<Option<f64>>,
+    safe_mode: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a metrics lock leaves plain data; keep serving it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    /// Records the transaction phase.
+    pub fn set_phase(&self, p: UpdatePhase) {
+        *lock(&self.phase) = Some(p);
+        self.safe_mode
+            .store(u64::from(p == UpdatePhase::SafeMode), Ordering::Relaxed);
+    }
+    /// Records the running release.
+    pub fn set_current(&self, release: Option<&str>) {
+        *lock(&self.current_release) = release.map(str::to_owned);
+    }
+    /// Counts an update by result.
+    pub fn count_update(&self, result: &str) {
+        *lock(&self.updates).entry(result.to_owned()).or_default() += 1;
+    }
+    /// Counts a Git fetch failure.
+    pub fn count_git_failure(&self, endpoint: &str) {
+        *lock(&self.git_failures)
+            .entry(endpoint.to_owned())
+            .or_default() += 1;
+    }
+    /// Records a successful check-in with the controller.
+    pub fn set_last_checkin_ms(&self, ms: u64) {
+        self.last_checkin_ms.store(ms, Ordering::Relaxed);
+    }
+    /// Records how long the last update took.
+    pub fn set_last_update_seconds(&self, s: f64) {
+        *lock(&self.last_update_seconds) = Some(s);
+    }
+
+    /// The text exposition format, with the host's resource gauges read now.
+    pub fn render(&self, host: &crate::host::HostStats) -> String {
+        let mut out = String::with_capacity(2048);
+        let phase = *lock(&self.phase);
+        let _ = writeln!(out, "# HELP fleet_agent_update_phase The update transaction's phase (1 for the current one).\n# TYPE fleet_agent_update_phase gauge");
+        for p in PHASES {
+            let _ = writeln!(
+                out,
+                "fleet_agent_update_phase{{phase=\"{}\"}} {}",
+                phase_name(*p),
+                u8::from(phase == Some(*p))
+            );
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_current_release_info The release `current` points at.\n# TYPE fleet_agent_current_release_info gauge");
+        if let Some(r) = lock(&self.current_release).as_deref() {
+            let _ = writeln!(out, "fleet_agent_current_release_info{{release=\"{r}\"}} 1");
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_updates_total Update attempts by result.\n# TYPE fleet_agent_updates_total counter");
+        for result in ["succeeded", "rolled_back", "rejected", "skipped"] {
+            let n = lock(&self.updates).get(result).copied().unwrap_or(0);
+            let _ = writeln!(out, "fleet_agent_updates_total{{result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_git_fetch_failures_total Git fetch failures by endpoint.\n# TYPE fleet_agent_git_fetch_failures_total counter");
+        for (endpoint, n) in lock(&self.git_failures).iter() {
+            let e = endpoint.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "fleet_agent_git_fetch_failures_total{{endpoint=\"{e}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_safe_mode 1 while the device runs the safe-mode stack.\n# TYPE fleet_agent_safe_mode gauge\nfleet_agent_safe_mode {}", self.safe_mode.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP fleet_agent_last_checkin_timestamp_seconds Last successful check-in with the controller.\n# TYPE fleet_agent_last_checkin_timestamp_seconds gauge\nfleet_agent_last_checkin_timestamp_seconds {}", self.last_checkin_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        if let Some(s) = *lock(&self.last_update_seconds) {
+            let _ = writeln!(out, "# HELP fleet_agent_last_update_duration_seconds How long the last update took.\n# TYPE fleet_agent_last_update_duration_seconds gauge\nfleet_agent_last_update_duration_seconds {s}");
+        }
+        host.render(&mut out);
+        out
+    }
+}
