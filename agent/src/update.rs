@@ -762,3 +762,27 @@ pub fn jittered(base: Duration) -> Duration {
     let frac = (h.finish() % 1000) as f64 / 10_000.0;
     base + base.mul_f64(frac)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_shipped_safe_mode_stack_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../safe-mode");
+        let compose = fleet_config::load::load_stack_dir(&dir, super::SAFE_MODE_STACK)
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
+        assert_eq!(names, vec!["exporter", "logship", "sshd"]);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = super::jittered(std::time::Duration::from_secs(60));
+            assert!(
+                j >= std::time::Duration::from_secs(60) && j <= std::time::Duration::from_secs(66)
+            );
+        }
+    }
+}
