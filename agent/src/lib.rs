@@ -15,6 +15,7 @@ pub mod metrics_server;
 pub mod recovery;
 pub mod runtime;
 pub mod secrets;
+pub mod service;
 pub mod stage;
 pub mod status;
 pub mod update;

@@ -53,6 +53,9 @@ pub enum AgentError {
     /// The Git cache could not be opened.
     #[error(transparent)]
     Git(#[from] GitError),
+    /// This build cannot talk to a controller yet.
+    #[error("controller mode is not available in this build of fleet-agent; remove `controller:` from the configuration to run standalone")]
+    ControllerModeUnavailable,
     /// A credential file named in the configuration could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Credential {

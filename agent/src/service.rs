@@ -1,0 +1,60 @@
+//! The agent's long-running service: boot recovery, the metrics endpoint and the update loop,
+//! all racing one shutdown signal.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::metrics::Metrics;
+use crate::runtime::StackRuntime;
+use crate::update::{AgentError, Updater};
+
+/// Runs the agent until `shutdown` is cancelled. Fails at once when another agent holds the
+/// data directory or the data directory is unusable.
+pub async fn run<R: StackRuntime>(
+    cfg: AgentConfig,
+    runtime: R,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    if cfg.controller.is_some() {
+        // With a controller the agent may only move to a release the controller names; never
+        // fall back to following the branch, which could push a release past the waves.
+        return Err(AgentError::ControllerModeUnavailable);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut updater = Updater::open(cfg.clone(), runtime, metrics.clone())?;
+    tracing::info!(
+        device = %cfg.device_id,
+        data_dir = %cfg.data_dir.display(),
+        mode = if cfg.standalone() { "standalone" } else { "controller" },
+        "fleet-agent starting"
+    );
+    let metrics_task = match cfg.metrics_listen {
+        Some(addr) => match crate::metrics_server::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving /metrics");
+                Some(tokio::spawn(crate::metrics_server::serve(
+                    listener,
+                    metrics.clone(),
+                    cfg.data_dir.clone(),
+                    shutdown.child_token(),
+                )))
+            }
+            Err(e) => {
+                // Metrics are for people; updates must go on without them.
+                tracing::error!(%addr, error = %e, "cannot serve /metrics");
+                None
+            }
+        },
+        None => None,
+    };
+    let reason = updater.recover().await?;
+    tracing::info!(%reason, "recovered");
+    updater.run_standalone(shutdown.clone()).await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    tracing::info!("fleet-agent stopped");
+    Ok(())
+}
