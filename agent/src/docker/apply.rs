@@ -247,7 +247,11 @@ impl Runtime {
         let ours: HashMap<String, Option<String>> = ours
             .into_iter()
             .filter_map(|n| {
-                let hash = n.labels.as_ref().and_then(|l| l.get(LABEL_CONFIG_HASH)).cloned();
+                let hash = n
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_CONFIG_HASH))
+                    .cloned();
                 n.name.map(|name| (name, hash))
             })
             .collect();
@@ -259,14 +263,13 @@ impl Runtime {
                 Some(Some(hash)) if *hash == net.config_hash => continue,
                 Some(_) => {
                     tracing::info!(network = %name, "network definition changed; recreating");
-                    self.docker
-                        .remove_network(name)
-                        .await
-                        .map_err(|source| DockerError::Network {
+                    self.docker.remove_network(name).await.map_err(|source| {
+                        DockerError::Network {
                             action: "remove",
                             network: name.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                 }
                 None => {
                     // Not ours: an explicitly named network someone else made is used as is.
@@ -301,7 +304,10 @@ impl Runtime {
 
     /// Creates the stack's named volumes that do not exist yet. Existing volumes are never
     /// recreated: they hold data.
-    async fn ensure_volumes(&self, wanted: &BTreeMap<String, VolumeSpec>) -> Result<(), DockerError> {
+    async fn ensure_volumes(
+        &self,
+        wanted: &BTreeMap<String, VolumeSpec>,
+    ) -> Result<(), DockerError> {
         for (name, vol) in wanted {
             if vol.external {
                 continue;

@@ -40,7 +40,12 @@ impl Runtime {
         let listed = containers::list(&self.docker, &self.namespace, None).await?;
         Ok(listed
             .iter()
-            .filter_map(|c| c.labels.as_ref().and_then(|l| l.get(LABEL_RELEASE)).cloned())
+            .filter_map(|c| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_RELEASE))
+                    .cloned()
+            })
             .collect())
     }
 

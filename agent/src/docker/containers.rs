@@ -114,11 +114,7 @@ pub(crate) async fn stop_and_remove(
         .and_then(|c| c.stop_timeout)
         .and_then(|t| u64::try_from(t).ok())
         .map_or(DEFAULT_STOP_GRACE, Duration::from_secs);
-    let running = info
-        .state
-        .as_ref()
-        .and_then(|s| s.running)
-        .unwrap_or(false);
+    let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     if running {
         tracing::info!(grace_secs = grace.as_secs(), "stopping container");
         // The request lasts as long as the grace period: give the client longer than that.

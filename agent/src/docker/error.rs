@@ -128,7 +128,9 @@ pub enum DockerError {
         waited: Duration,
     },
     /// A dependency failed its `depends_on` condition (exited, unhealthy, no healthcheck).
-    #[error("service `{service}` of stack `{stack}` cannot start: dependency `{dependency}` {reason}")]
+    #[error(
+        "service `{service}` of stack `{stack}` cannot start: dependency `{dependency}` {reason}"
+    )]
     DependencyFailed {
         /// The stack.
         stack: String,

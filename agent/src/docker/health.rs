@@ -152,12 +152,7 @@ pub(crate) fn judge(o: &Observation) -> (HealthState, Option<String>) {
             )
         }
         "exited" if o.one_shot && o.exit_code == 0 => return (Healthy, None),
-        "exited" => {
-            return (
-                Unhealthy,
-                Some(format!("exited with code {}", o.exit_code)),
-            )
-        }
+        "exited" => return (Unhealthy, Some(format!("exited with code {}", o.exit_code))),
         other => return (Unhealthy, Some(format!("is {other}, not running"))),
     }
     if o.docker_health == Some(DockerHealth::Unhealthy) {
@@ -166,7 +161,10 @@ pub(crate) fn judge(o: &Observation) -> (HealthState, Option<String>) {
             .as_deref()
             .map(|s| format!(": {s}"))
             .unwrap_or_default();
-        return (Unhealthy, Some(format!("Docker healthcheck is unhealthy{detail}")));
+        return (
+            Unhealthy,
+            Some(format!("Docker healthcheck is unhealthy{detail}")),
+        );
     }
     if o.restarts_rose {
         return (
@@ -241,7 +239,11 @@ impl Runtime {
     /// Observes stack `stack` once. Restart counts are compared with this runtime's previous
     /// observation of the same container (the first observation never counts as rising).
     #[tracing::instrument(skip(self, compose), fields(namespace = %self.namespace), err)]
-    pub async fn health(&self, stack: &str, compose: &ComposeFile) -> Result<StackHealth, DockerError> {
+    pub async fn health(
+        &self,
+        stack: &str,
+        compose: &ComposeFile,
+    ) -> Result<StackHealth, DockerError> {
         let listed = containers::list(&self.docker, &self.namespace, Some(stack)).await?;
         // By service: the running container if there are several.
         let mut by_service: BTreeMap<String, ContainerInspectResponse> = BTreeMap::new();
@@ -340,7 +342,9 @@ impl Runtime {
             if now >= deadline {
                 match h.state {
                     HealthState::Healthy => tracing::info!("stack healthy for the whole window"),
-                    _ => tracing::warn!(state = ?h.state, reason = h.reason().unwrap_or_default(), "stack not healthy at the end of its window"),
+                    _ => {
+                        tracing::warn!(state = ?h.state, reason = h.reason().unwrap_or_default(), "stack not healthy at the end of its window")
+                    }
                 }
                 return Ok(h);
             }
@@ -532,7 +536,8 @@ mod tests {
             match reason {
                 None => assert_eq!(why, None, "{name}"),
                 Some(r) => assert!(
-                    why.as_deref().is_some_and(|w| w.starts_with(r) || w.contains(r)),
+                    why.as_deref()
+                        .is_some_and(|w| w.starts_with(r) || w.contains(r)),
                     "{name}: {why:?} should contain {r:?}"
                 ),
             }

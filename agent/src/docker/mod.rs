@@ -114,12 +114,9 @@ impl Runtime {
             socket: socket.to_owned(),
             source,
         };
-        let docker = Docker::connect_with_unix(
-            socket,
-            REQUEST_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(connect_err)?;
+        let docker =
+            Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;
         Ok(Runtime {

@@ -81,7 +81,10 @@ mod tests {
             .collect()
     }
 
-    fn ids(p: &Plan) -> (Vec<(&str, &str, bool)>, Vec<&str>, Vec<&str>) {
+    /// (kept: service, id, needs start), created services, removed ids.
+    type Summary<'a> = (Vec<(&'a str, &'a str, bool)>, Vec<&'a str>, Vec<&'a str>);
+
+    fn ids(p: &Plan) -> Summary<'_> {
         (
             p.keep
                 .iter()
@@ -94,12 +97,7 @@ mod tests {
 
     #[test]
     fn cases() {
-        type Case<'a> = (
-            &'a str,
-            Vec<(&'a str, &'a str)>,
-            Vec<Observed>,
-            (Vec<(&'a str, &'a str, bool)>, Vec<&'a str>, Vec<&'a str>),
-        );
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<Observed>, Summary<'a>);
         let cases: Vec<Case> = vec![
             (
                 "fresh stack",

@@ -31,9 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::env;
 use super::error::{DockerError, MissingSecret};
-use super::labels::{
-    Namespace, DEFAULT_NETWORK, LABEL_CONFIG_HASH, LABEL_RELEASE, LABEL_SERVICE,
-};
+use super::labels::{Namespace, DEFAULT_NETWORK, LABEL_CONFIG_HASH, LABEL_RELEASE, LABEL_SERVICE};
 use super::order;
 
 /// How long a container gets between its stop signal and SIGKILL when the service sets no
@@ -422,14 +420,13 @@ fn service_spec(
             } => {
                 let path = resolve(stack_dir, source);
                 if !source.starts_with('/') {
-                    let digest =
-                        content_digest(&path).map_err(|e| DockerError::ReleaseFile {
-                            stack: stack.to_owned(),
-                            service: name.to_owned(),
-                            what: "bind-mount source",
-                            path: path.clone(),
-                            source: e,
-                        })?;
+                    let digest = content_digest(&path).map_err(|e| DockerError::ReleaseFile {
+                        stack: stack.to_owned(),
+                        service: name.to_owned(),
+                        what: "bind-mount source",
+                        path: path.clone(),
+                        source: e,
+                    })?;
                     bind_contents.insert(source.as_str(), digest);
                 }
                 let ro = if *read_only { ":ro" } else { "" };
@@ -516,7 +513,9 @@ fn service_spec(
                 .services
                 .get(target)
                 .map(|t| ns.container_name(stack, target, t))
-                .ok_or_else(|| input.invalid(format!("`network_mode` names unknown service `{target}`")))?;
+                .ok_or_else(|| {
+                    input.invalid(format!("`network_mode` names unknown service `{target}`"))
+                })?;
             (Some(format!("container:{target_name}")), None)
         }
         (Some(mode), None) => (Some(mode.clone()), None),
@@ -536,7 +535,11 @@ fn service_spec(
             earlier
                 .get(t)
                 .map(|s| s.config_hash.as_str())
-                .ok_or_else(|| input.invalid(format!("`network_mode` names `{t}`, which is not started before it")))?,
+                .ok_or_else(|| {
+                    input.invalid(format!(
+                        "`network_mode` names `{t}`, which is not started before it"
+                    ))
+                })?,
         ),
         None => None,
     };
@@ -588,7 +591,11 @@ fn service_spec(
                 [h] => (*h, *h, "rwm"),
                 [h, c] => (*h, *c, "rwm"),
                 [h, c, p] => (*h, *c, *p),
-                _ => return Err(input.invalid(format!("device `{d}` is not `HOST[:CONTAINER[:PERMISSIONS]]`"))),
+                _ => {
+                    return Err(input.invalid(format!(
+                        "device `{d}` is not `HOST[:CONTAINER[:PERMISSIONS]]`"
+                    )))
+                }
             };
             Ok(DeviceMapping {
                 path_on_host: Some(host.to_owned()),
@@ -672,7 +679,12 @@ fn service_spec(
         image: Some(svc.image.to_string()),
         cmd: svc.command.clone(),
         entrypoint: svc.entrypoint.clone(),
-        env: Some(environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(
+            environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
         labels: Some(labels),
         hostname: svc.hostname.clone(),
         user: svc.user.clone(),
@@ -815,7 +827,11 @@ pub(crate) mod tests {
         std::fs::write(f.dir.path().join("stacks/web/conf/app.conf"), "a=2\n")
             .unwrap_or_else(|e| panic!("{e}"));
         let d = build_spec(&f, "r3", "pw").unwrap_or_else(|e| panic!("{e}"));
-        assert_ne!(hash(&a, "web"), hash(&d, "web"), "bind-mounted file content");
+        assert_ne!(
+            hash(&a, "web"),
+            hash(&d, "web"),
+            "bind-mounted file content"
+        );
     }
 
     #[test]

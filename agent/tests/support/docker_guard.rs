@@ -18,7 +18,13 @@ impl NamespaceGuard {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let short: String = test
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .take(30)
             .collect();
         let name = format!(

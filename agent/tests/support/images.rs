@@ -96,7 +96,11 @@ HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/bin/wget", "-q", "-O",
     let images = [
         ("v1", serve.clone(), "v1"),
         ("v2", serve, "v2"),
-        ("broken", r#"CMD ["/bin/sh", "-c", "echo broken on purpose; exit 1"]"#.to_owned(), "broken"),
+        (
+            "broken",
+            r#"CMD ["/bin/sh", "-c", "echo broken on purpose; exit 1"]"#.to_owned(),
+            "broken",
+        ),
         (
             "unhealthy",
             format!(
