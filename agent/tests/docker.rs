@@ -345,6 +345,31 @@ async fn a_broken_image_fails_the_health_window_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_fails_the_health_window_as_restarting() {
+    let Some(e) = env("a_crash_loop_fails_the_health_window").await else {
+        return;
+    };
+    let rel = release(
+        "loop",
+        "services:\n  app:\n    image: fleet-test/app:broken\n    restart: always\n",
+        &[],
+    );
+    e.rt.apply("loop", &rel.compose, rel.path(), "r1", &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("apply: {e}"));
+    let (h, took) = watch(&e, "loop", &rel, 30).await;
+    let app = &h.services["app"];
+    assert_eq!(h.state, HealthState::Degraded, "{:?}", h.reason());
+    let reason = h.reason().unwrap_or_default();
+    assert!(
+        reason.contains("service `app`") && reason.contains("restart"),
+        "{reason}"
+    );
+    assert!(app.restart_count >= 1 || !app.running, "{app:?}");
+    assert!(took < Duration::from_secs(15), "failed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_image_fails_through_the_docker_healthcheck() {
     let Some(e) = env("an_unhealthy_image_fails_through_docker").await else {
         return;

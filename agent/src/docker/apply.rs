@@ -149,7 +149,7 @@ impl Runtime {
                     if *needs_start {
                         tracing::info!(service = %name, "starting kept container");
                         containers::start(&self.docker, id, &svc.container_name).await?;
-                        self.note_started(id, 0);
+                        self.note_started(id);
                     } else {
                         tracing::debug!(service = %name, "container unchanged");
                     }
@@ -220,7 +220,7 @@ impl Runtime {
                 .map_err(container_err(format!("connect to network `{network}`")))?;
         }
         containers::start(&self.docker, &created.id, &svc.container_name).await?;
-        self.note_started(&created.id, 0);
+        self.note_started(&created.id);
         tracing::info!(id = %created.id, "container started");
         Ok(created.id)
     }

@@ -359,11 +359,13 @@ impl Runtime {
             return (false, Instant::now());
         };
         let entry = seen.entry(id.to_owned()).or_insert(Seen {
-            restart_count,
+            restart_count: None,
             since: Instant::now(),
         });
-        let rose = restart_count > entry.restart_count;
-        entry.restart_count = restart_count;
+        let rose = entry
+            .restart_count
+            .is_some_and(|before| restart_count > before);
+        entry.restart_count = Some(restart_count);
         (rose, entry.since)
     }
 

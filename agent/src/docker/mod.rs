@@ -73,8 +73,8 @@ impl Default for RuntimeOptions {
 /// What the runtime remembers about a container between health observations.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    /// The restart count at the last observation.
-    restart_count: i64,
+    /// The restart count at the last observation; `None` until the first one after a start.
+    restart_count: Option<i64>,
     /// When this runtime started it, or first saw it.
     since: Instant,
 }
@@ -138,13 +138,14 @@ impl Runtime {
         &self.namespace
     }
 
-    /// Records that this runtime (re)started container `id` now: its probe grace starts.
-    fn note_started(&self, id: &str, restart_count: i64) {
+    /// Records that this runtime (re)started container `id` now: its probe grace starts, and
+    /// the next observation takes its restart count as the baseline.
+    fn note_started(&self, id: &str) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(
                 id.to_owned(),
                 Seen {
-                    restart_count,
+                    restart_count: None,
                     since: Instant::now(),
                 },
             );
