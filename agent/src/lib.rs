@@ -2,6 +2,7 @@
 //! Docker, health-checks them and rolls back on its own.
 
 pub mod config;
+pub mod docker;
 pub mod events;
 pub mod fsutil;
 pub mod gc;
