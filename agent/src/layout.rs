@@ -97,6 +97,10 @@ impl DataDir {
     pub fn events_dir(&self) -> PathBuf {
         self.root.join("events")
     }
+    /// A manual rollback request for the running agent (`fleet-agent rollback`).
+    pub fn rollback_request(&self) -> PathBuf {
+        self.root.join("rollback.request")
+    }
     /// The bare Git cache.
     pub fn git_cache(&self) -> PathBuf {
         self.root.join("git-cache.git")

@@ -1,15 +1,24 @@
-//! `fleet-agent`: the device updater's command line. Parses arguments and turns errors into a
-//! message and an exit code; everything else is in the library.
+//! `fleet-agent`: the device updater's command line. Parses arguments, starts logging and turns
+//! errors into a message and an exit code; everything else is in the library.
 //!
 //! Exit codes: 0 ok, 1 failure, 2 usage or invalid configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_agent::config::{AgentConfig, ConfigError};
+use fleet_agent::docker::{Namespace, Runtime};
+use fleet_agent::journal::Journal;
 use fleet_agent::layout::DataDir;
-use fleet_agent::status;
+use fleet_agent::lock::{LockError, UpdateLock};
+use fleet_agent::metrics::Metrics;
+use fleet_agent::runtime::DockerStacks;
+use fleet_agent::update::{AgentError, Updater};
+use fleet_agent::{service, status};
+use fleet_config::protocol::UpdateResult;
+use tokio_util::sync::CancellationToken;
 
 /// The Fleet device agent.
 #[derive(Parser)]
@@ -27,6 +36,12 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: recover, then keep the device on the newest good release.
+    Run {
+        /// The agent's configuration file.
+        #[arg(long, default_value = "/etc/fleet/agent.yaml")]
+        config: PathBuf,
+    },
     /// Check the configuration file and print every problem with its line and column.
     CheckConfig {
         /// The agent's configuration file.
@@ -42,21 +57,204 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Go back to the previous release by hand (the running agent does it, or this command
+    /// when no agent runs), with the same transaction and health window.
+    Rollback {
+        /// The agent's configuration file.
+        #[arg(long, default_value = "/etc/fleet/agent.yaml")]
+        config: PathBuf,
+    },
 }
 
-fn load(path: &std::path::Path) -> Result<AgentConfig, ExitCode> {
+fn load(path: &Path) -> Result<AgentConfig, ExitCode> {
     AgentConfig::load(path).map_err(|e| {
         eprintln!("fleet-agent: {e}");
         match e {
-            ConfigError::Invalid(_) => ExitCode::from(2),
-            ConfigError::Read { .. } => ExitCode::from(2),
+            ConfigError::Invalid(_) | ConfigError::Read { .. } => ExitCode::from(2),
         }
     })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    // One thread: the agent waits on I/O; a single thread keeps it small on a Raspberry Pi.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("fleet-agent: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+async fn docker(cfg: &AgentConfig) -> Result<DockerStacks, String> {
+    let ns = Namespace::new(&cfg.docker_namespace).map_err(|e| e.to_string())?;
+    let docker = Runtime::connect(ns).await.map_err(|e| e.to_string())?;
+    Ok(DockerStacks {
+        docker,
+        health_poll: Duration::from_secs(1),
+    })
+}
+
+fn agent_error(e: AgentError) -> ExitCode {
+    eprintln!("fleet-agent: {e}");
+    ExitCode::from(1)
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    token.cancel();
+}
+
+fn run(cfg: AgentConfig) -> ExitCode {
+    let rt = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let runtime = match docker(&cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let token = CancellationToken::new();
+        tokio::spawn(shutdown_signal(token.clone()));
+        match service::run(cfg, runtime, token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => agent_error(e),
+        }
+    })
+}
+
+fn print_result(r: &UpdateResult) -> ExitCode {
+    match r {
+        UpdateResult::Succeeded { release } => {
+            println!("rolled back: now running {release}");
+            ExitCode::SUCCESS
+        }
+        UpdateResult::RolledBack { release, reason } => {
+            println!(
+                "the previous release {} failed its health window ({reason}); the device stays where it was",
+                release.short()
+            );
+            ExitCode::from(1)
+        }
+        UpdateResult::Rejected { reason, .. } | UpdateResult::Skipped { reason } => {
+            println!("no rollback: {reason}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn rollback(cfg: AgentConfig) -> ExitCode {
+    let data = DataDir::new(&cfg.data_dir);
+    // Is an agent running? Then it must do it: ask and wait for its verdict.
+    match UpdateLock::acquire(&data.lock()) {
+        Err(LockError::Held { holder, .. }) => {
+            let before = Journal::load(&data.journal())
+                .ok()
+                .flatten()
+                .map(|j| j.updated_at_ms);
+            if let Err(e) =
+                fleet_agent::fsutil::write_atomic(&data.rollback_request(), b"rollback\n")
+            {
+                eprintln!("fleet-agent: cannot ask the running agent to roll back: {e}");
+                return ExitCode::from(1);
+            }
+            println!(
+                "asked the running agent{} to roll back; waiting for the health window",
+                holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            );
+            let deadline = Instant::now() + cfg.health_window + Duration::from_secs(300);
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                let j = Journal::load(&data.journal()).ok().flatten();
+                if let Some(j) = j {
+                    let done = !data.rollback_request().exists()
+                        && Some(j.updated_at_ms) != before
+                        && j.phase == fleet_config::protocol::UpdatePhase::Idle;
+                    if done {
+                        if let Some(r) = &j.last_result {
+                            return print_result(r);
+                        }
+                    }
+                }
+            }
+            eprintln!("fleet-agent: the running agent did not finish the rollback in time; see `fleet-agent status`");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("fleet-agent: {e}");
+            ExitCode::from(1)
+        }
+        Ok(lock) => {
+            drop(lock);
+            let rt = match tokio_runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(async {
+                let runtime = match docker(&cfg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let mut updater =
+                    match Updater::open(cfg, runtime, std::sync::Arc::new(Metrics::default())) {
+                        Ok(u) => u,
+                        Err(e) => return agent_error(e),
+                    };
+                if let Err(e) = updater.recover().await {
+                    return agent_error(e);
+                }
+                let result = updater.rollback_by_hand().await;
+                print_result(&result)
+            })
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => match load(&config) {
+            Ok(cfg) => {
+                init_logging();
+                run(cfg)
+            }
+            Err(code) => code,
+        },
+        Command::Rollback { config } => match load(&config) {
+            Ok(cfg) => {
+                init_logging();
+                rollback(cfg)
+            }
+            Err(code) => code,
+        },
         Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 println!(

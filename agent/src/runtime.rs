@@ -19,7 +19,8 @@ pub struct StackSpec<'a> {
     pub name: &'a str,
     /// The compose file.
     pub compose: &'a ComposeFile,
-    /// The stack's directory inside the release (relative bind mounts resolve against it).
+    /// The release's root directory; the stack's files are in `dir/stacks/<name>/`, where
+    /// relative bind mounts and `env_file`s resolve.
     pub dir: &'a Path,
     /// The release it belongs to (for labels).
     pub release: &'a str,
@@ -46,6 +47,99 @@ pub trait StackRuntime {
         stacks: &[StackSpec<'_>],
         window: Duration,
     ) -> Result<(), RuntimeError>;
-    /// Removes images no deployed container uses (to free disk).
-    async fn prune_images(&self) -> Result<u64, RuntimeError>;
+    /// Removes those of `images` that no container uses (to free disk); returns how many.
+    async fn remove_images(&self, images: &[ImageRef]) -> usize;
+    /// Releases whose directories running containers still bind-mount (never pruned).
+    async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError>;
+}
+
+/// The Docker engine as the transaction's runtime.
+pub struct DockerStacks {
+    /// The engine connection, acting for one namespace.
+    pub docker: crate::docker::Runtime,
+    /// How often health is sampled during the window.
+    pub health_poll: Duration,
+}
+
+impl StackRuntime for DockerStacks {
+    async fn ensure_images(&self, images: &[ImageRef]) -> Result<(), RuntimeError> {
+        self.docker
+            .ensure_images(images)
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
+
+    async fn apply(&self, stack: &StackSpec<'_>) -> Result<(), RuntimeError> {
+        let report = self
+            .docker
+            .apply(
+                stack.name,
+                stack.compose,
+                stack.dir,
+                stack.release,
+                stack.secrets,
+            )
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))?;
+        tracing::info!(stack = stack.name, changes = ?report.services, removed = ?report.removed, "stack applied");
+        Ok(())
+    }
+
+    async fn remove_stack(&self, name: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .remove_stack(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
+
+    async fn deployed_stacks(&self) -> Result<Vec<String>, RuntimeError> {
+        self.docker
+            .stacks()
+            .await
+            .map(|s| s.into_iter().collect())
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
+
+    async fn watch_health(
+        &self,
+        stacks: &[StackSpec<'_>],
+        window: Duration,
+    ) -> Result<(), RuntimeError> {
+        let watches = stacks.iter().map(|s| {
+            self.docker
+                .watch_health(s.name, s.compose, window, self.health_poll)
+        });
+        let results = futures_util::future::join_all(watches).await;
+        let mut problems = Vec::new();
+        for (spec, result) in stacks.iter().zip(results) {
+            match result {
+                Ok(h) if h.state == fleet_config::protocol::HealthState::Healthy => {}
+                Ok(h) => problems.push(format!(
+                    "stack `{}` is {:?}: {}",
+                    spec.name,
+                    h.state,
+                    h.reason().unwrap_or_default()
+                )),
+                Err(e) => problems.push(format!("stack `{}`: {e}", spec.name)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError(problems.join("; ")))
+        }
+    }
+
+    async fn remove_images(&self, images: &[ImageRef]) -> usize {
+        self.docker.remove_images_if_unused(images).await.len()
+    }
+
+    async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError> {
+        self.docker
+            .releases_in_use()
+            .await
+            .map(|s| s.into_iter().collect())
+            .map_err(|e| RuntimeError(e.to_string()))
+    }
 }

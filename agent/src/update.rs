@@ -296,7 +296,7 @@ impl<R: StackRuntime> Updater<R> {
         let dirs: Vec<PathBuf> = staged
             .stacks
             .iter()
-            .map(|s| self.data.release(&staged.id).join("stacks").join(s))
+            .map(|_| self.data.release(&staged.id))
             .collect();
         let specs = self.stack_specs(staged, &secrets, &dirs);
         for spec in &specs {
@@ -316,7 +316,7 @@ impl<R: StackRuntime> Updater<R> {
         let dirs: Vec<PathBuf> = staged
             .stacks
             .iter()
-            .map(|s| self.data.release(&staged.id).join("stacks").join(s))
+            .map(|_| self.data.release(&staged.id))
             .collect();
         let specs = self.stack_specs(staged, &secrets, &dirs);
         self.runtime
@@ -337,6 +337,16 @@ impl<R: StackRuntime> Updater<R> {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/"));
+        // The runtime reads a stack's files from `<root>/stacks/<name>/`: give the installed
+        // safe-mode directory that shape with a symlink.
+        let root = self.data.root().join("safe-mode");
+        let link = root.join("stacks").join(SAFE_MODE_STACK);
+        let linked = fs::create_dir_all(root.join("stacks"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| swap_symlink(&link, &dir).map_err(|e| e.to_string()));
+        if let Err(e) = linked {
+            tracing::error!(error = %e, "cannot prepare the safe-mode stack directory");
+        }
         let compose: ComposeFile = match fleet_config::load::load_stack_dir(&dir, SAFE_MODE_STACK) {
             Ok(c) => c,
             Err(errors) => {
@@ -357,7 +367,7 @@ impl<R: StackRuntime> Updater<R> {
         let spec = StackSpec {
             name: SAFE_MODE_STACK,
             compose: &compose,
-            dir: &dir,
+            dir: &root,
             release: "safe-mode",
             secrets: &secrets,
         };
@@ -380,29 +390,7 @@ impl<R: StackRuntime> Updater<R> {
             need,
             "low on disk: pruning old releases and unused images"
         );
-        let current = self.data.current().release().cloned();
-        let previous = self.data.previous().release().cloned();
-        let mut protected: Vec<&ReleaseId> = vec![target];
-        protected.extend(current.iter());
-        protected.extend(previous.iter());
-        let staged: Vec<StagedRelease> = self
-            .data
-            .staged_releases()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|id| {
-                let staged_at = fs::metadata(self.data.release(&id))
-                    .and_then(|m| m.modified())
-                    .ok()?;
-                Some(StagedRelease { id, staged_at })
-            })
-            .collect();
-        for id in releases_to_prune(&staged, 0, &protected) {
-            let _ = fs::remove_dir_all(self.data.release(&id));
-        }
-        if let Err(e) = self.runtime.prune_images().await {
-            tracing::warn!(error = %e, "pruning images failed");
-        }
+        self.collect_garbage(0, Some(target)).await;
         let free = available_space(self.data.root())
             .map_err(|e| format!("cannot read free disk space: {e}"))?;
         if free >= need {
@@ -416,11 +404,32 @@ impl<R: StackRuntime> Updater<R> {
         ))
     }
 
-    /// Keeps `keep_releases` staged releases (always `current` and `previous`).
-    fn collect_garbage(&self) {
-        let current = self.data.current().release().cloned();
-        let previous = self.data.previous().release().cloned();
-        let protected: Vec<&ReleaseId> = current.iter().chain(previous.iter()).collect();
+    /// The releases never pruned: `current`, `previous`, the one being installed, and those
+    /// whose directories running containers still bind-mount.
+    async fn protected_releases(&self, target: Option<&ReleaseId>) -> Vec<ReleaseId> {
+        let mut out: Vec<ReleaseId> = target.into_iter().cloned().collect();
+        out.extend(self.data.current().release().cloned());
+        out.extend(self.data.previous().release().cloned());
+        match self.runtime.releases_in_use().await {
+            Ok(in_use) => out.extend(in_use.iter().filter_map(|r| r.parse().ok())),
+            Err(e) => {
+                // Without knowing, keep everything a container might use.
+                tracing::warn!(error = %e, "cannot list releases in use; pruning nothing");
+                out.extend(self.data.staged_releases().unwrap_or_default());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Deletes staged releases beyond `keep` (protected ones always stay); returns, for each
+    /// release deleted, the images it used.
+    fn prune_releases(
+        &self,
+        keep: usize,
+        protected: &[ReleaseId],
+    ) -> Vec<Vec<fleet_config::compose::ImageRef>> {
         let staged: Vec<StagedRelease> = self
             .data
             .staged_releases()
@@ -433,10 +442,64 @@ impl<R: StackRuntime> Updater<R> {
                 Some(StagedRelease { id, staged_at })
             })
             .collect();
-        for id in releases_to_prune(&staged, self.cfg.keep_releases, &protected) {
-            tracing::info!(release = %id.short(), "removing an old release");
-            let _ = fs::remove_dir_all(self.data.release(&id));
+        let protected: Vec<&ReleaseId> = protected.iter().collect();
+        releases_to_prune(&staged, keep, &protected)
+            .into_iter()
+            .map(|id| {
+                let images = self.release_images(&id);
+                tracing::info!(release = %id.short(), "removing an old release");
+                if let Err(e) = fs::remove_dir_all(self.data.release(&id)) {
+                    tracing::warn!(release = %id.short(), error = %e, "cannot remove an old release");
+                }
+                images
+            })
+            .collect()
+    }
+
+    /// The images a staged release's stacks use on this device (empty if unreadable).
+    fn release_images(&self, id: &ReleaseId) -> Vec<fleet_config::compose::ImageRef> {
+        match self.load_staged(id) {
+            Ok(staged) => staged
+                .stacks
+                .iter()
+                .filter_map(|s| staged.repo.stacks.get(s))
+                .flat_map(|c| c.services.values().map(|svc| svc.image.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
         }
+    }
+
+    /// The safe-mode stack's images: loaded at provisioning, never removed.
+    fn safe_mode_images(&self) -> Vec<fleet_config::compose::ImageRef> {
+        self.cfg
+            .safe_mode_compose
+            .parent()
+            .and_then(|dir| fleet_config::load::load_stack_dir(dir, SAFE_MODE_STACK).ok())
+            .map(|c| c.services.values().map(|s| s.image.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keeps at most `keep` staged releases (protected ones always, `target` among them) and
+    /// removes the images of the deleted ones that no kept release nor safe mode needs.
+    async fn collect_garbage(&self, keep: usize, target: Option<&ReleaseId>) {
+        let protected = self.protected_releases(target).await;
+        let pruned = self.prune_releases(keep, &protected);
+        if pruned.is_empty() {
+            return;
+        }
+        let needed: std::collections::BTreeSet<String> = protected
+            .iter()
+            .flat_map(|id| self.release_images(id))
+            .chain(self.safe_mode_images())
+            .map(|i| i.to_string())
+            .collect();
+        let candidates: Vec<_> = pruned
+            .into_iter()
+            .flatten()
+            .filter(|i| !needed.contains(&i.to_string()))
+            .collect();
+        let removed = self.runtime.remove_images(&candidates).await;
+        tracing::info!(removed, "removed images of pruned releases");
     }
 
     /// Standalone mode: the branch head, from the first endpoint that answers.
@@ -639,7 +702,7 @@ impl<R: StackRuntime> Updater<R> {
         let result = self.finish(UpdateResult::Succeeded {
             release: target.clone(),
         });
-        self.collect_garbage();
+        self.collect_garbage(self.cfg.keep_releases, None).await;
         tracing::info!(release = %target.short(), "release is running and healthy");
         result
     }
@@ -697,9 +760,9 @@ impl<R: StackRuntime> Updater<R> {
     /// `fleet-agent rollback`: back to `previous` by hand, with the same transaction.
     pub async fn rollback_by_hand(&mut self) -> UpdateResult {
         let Some(previous) = self.data.previous().release().cloned() else {
-            return UpdateResult::Skipped {
+            return self.finish(UpdateResult::Skipped {
                 reason: "there is no previous release to go back to".into(),
-            };
+            });
         };
         let current = self.data.current().release().cloned();
         let staged = match self.load_staged(&previous) {
@@ -741,21 +804,34 @@ impl<R: StackRuntime> Updater<R> {
         Some(self.update_to(&head, None).await)
     }
 
-    /// Standalone mode: poll the branch every `poll_interval` (with jitter) until `shutdown`.
+    /// Standalone mode: poll the branch every `poll_interval` (with jitter) until `shutdown`;
+    /// a rollback requested by `fleet-agent rollback` is carried out within a second.
     pub async fn run_standalone(&mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut next_poll = tokio::time::Instant::now();
         loop {
-            if let Some(result) = self.poll_once().await {
-                tracing::info!(result = ?result, "update finished");
+            if self.data.rollback_request().exists() {
+                let _ = fs::remove_file(self.data.rollback_request());
+                tracing::warn!("rollback requested by hand");
+                let result = self.rollback_by_hand().await;
+                tracing::info!(result = ?result, "manual rollback finished");
             }
-            let wait = jittered(self.cfg.poll_interval);
+            if tokio::time::Instant::now() >= next_poll {
+                if let Some(result) = self.poll_once().await {
+                    tracing::info!(result = ?result, "update finished");
+                }
+                next_poll = tokio::time::Instant::now() + jittered(self.cfg.poll_interval);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(REQUEST_CHECK.min(next_poll.saturating_duration_since(tokio::time::Instant::now()))) => {}
             }
         }
         tracing::info!("standalone loop stopped");
     }
 }
+
+/// How often the loop looks for a rollback request.
+const REQUEST_CHECK: Duration = Duration::from_secs(1);
 
 /// `base` plus up to 10% random jitter, so a fleet does not poll in lockstep.
 pub fn jittered(base: Duration) -> Duration {

@@ -162,3 +162,38 @@ impl Runtime {
         Ok(names)
     }
 }
+
+impl Runtime {
+    /// Removes each of `images` that no container (of any namespace) uses, to free disk; an
+    /// image in use, or already gone, is left alone. Never forced: an image a stopped
+    /// container still needs stays. Returns the references removed.
+    #[tracing::instrument(skip(self, images), fields(namespace = %self.namespace))]
+    pub async fn remove_images_if_unused(
+        &self,
+        images: &[fleet_config::compose::ImageRef],
+    ) -> Vec<String> {
+        let mut removed = Vec::new();
+        for image in images {
+            let reference = image.to_string();
+            match self
+                .docker
+                .remove_image(
+                    &reference,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(image = %reference, "removed an image no release needs");
+                    removed.push(reference);
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    tracing::debug!(image = %reference, error = %e, "image kept (in use or not removable)")
+                }
+            }
+        }
+        removed
+    }
+}
