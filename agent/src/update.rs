@@ -714,6 +714,7 @@ impl<R: StackRuntime> Updater<R> {
         from: Option<ReleaseId>,
         reason: String,
     ) -> UpdateResult {
+        let started = Instant::now();
         tracing::error!(release = %target.short(), %reason, "rolling back");
         self.journal.phase = UpdatePhase::RollingBack;
         if let Err(e) = self.save() {
@@ -745,7 +746,11 @@ impl<R: StackRuntime> Updater<R> {
             reason: reason.clone(),
         });
         match (restored, from) {
-            (Ok(()), Some(_)) => {}
+            (Ok(()), Some(old)) => tracing::info!(
+                release = %old.short(),
+                rollback_ms = started.elapsed().as_millis() as u64,
+                "rolled back: the previous release runs again"
+            ),
             (Ok(()), None) => {
                 self.enter_safe_mode(&format!(
                     "the first release failed ({reason}) and there is nothing to go back to"
