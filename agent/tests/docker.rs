@@ -93,6 +93,7 @@ async fn env(test: &str) -> Option<Env> {
             dependency_timeout: Duration::from_secs(30),
             dependency_poll: Duration::from_millis(200),
             probe_start_grace: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(30),
         });
     Some(Env { rt, guard })
 }

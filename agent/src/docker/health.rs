@@ -317,12 +317,13 @@ impl Runtime {
         })
     }
 
-    /// Watches stack `stack` for `window`, observing every `poll`. The verdict is Healthy only
-    /// when no observation was Unhealthy or Degraded and the last one, at the end of the
-    /// window, is Healthy. Services still starting (Unknown) are tolerated while the window
-    /// runs: a release gets the window to come up. The first Unhealthy or Degraded
-    /// observation (a service exited, failed its healthcheck or probe, or is restarting) ends
-    /// the watch at once and is returned, with its reasons.
+    /// Watches stack `stack`, observing every `poll`: first until it is Healthy (services
+    /// still starting are tolerated for [`RuntimeOptions::startup_timeout`](super::RuntimeOptions)),
+    /// then for `window`, during which every observation must be Healthy. The verdict is the
+    /// observation that decided it: Healthy at the end of the window, or the first Unhealthy or
+    /// Degraded one (a service exited, failed its healthcheck or probe, or is restarting), or
+    /// the last Unknown one when the stack never came up. The window thus measures health
+    /// *held*, never a healthcheck that simply had not reported yet.
     #[tracing::instrument(skip(self, compose), fields(namespace = %self.namespace), err)]
     pub async fn watch_health(
         &self,
@@ -331,24 +332,46 @@ impl Runtime {
         window: Duration,
         poll: Duration,
     ) -> Result<StackHealth, DockerError> {
-        let deadline = Instant::now() + window;
+        let startup_deadline = Instant::now() + self.options.startup_timeout;
+        let mut window_end: Option<Instant> = None;
         loop {
             let h = self.health(stack, compose).await?;
-            if matches!(h.state, HealthState::Unhealthy | HealthState::Degraded) {
-                tracing::warn!(state = ?h.state, reason = h.reason().unwrap_or_default(), "stack failed its health window");
-                return Ok(h);
-            }
             let now = Instant::now();
-            if now >= deadline {
-                match h.state {
-                    HealthState::Healthy => tracing::info!("stack healthy for the whole window"),
-                    _ => {
-                        tracing::warn!(state = ?h.state, reason = h.reason().unwrap_or_default(), "stack not healthy at the end of its window")
-                    }
+            match (h.state, window_end) {
+                (HealthState::Unhealthy | HealthState::Degraded, _) => {
+                    tracing::warn!(state = ?h.state, reason = h.reason().unwrap_or_default(), "stack failed its health window");
+                    return Ok(h);
                 }
-                return Ok(h);
+                (HealthState::Healthy, None) => {
+                    tracing::debug!("stack healthy: the health window starts");
+                    window_end = Some(now + window);
+                }
+                (HealthState::Healthy, Some(end)) if now >= end => {
+                    tracing::info!("stack healthy for the whole window");
+                    return Ok(h);
+                }
+                (HealthState::Healthy, Some(_)) => {}
+                (HealthState::Unknown, Some(_)) => {
+                    tracing::warn!(
+                        reason = h.reason().unwrap_or_default(),
+                        "stack stopped reporting healthy during its window"
+                    );
+                    return Ok(h);
+                }
+                (HealthState::Unknown, None) if now >= startup_deadline => {
+                    tracing::warn!(
+                        reason = h.reason().unwrap_or_default(),
+                        "stack did not become healthy in time"
+                    );
+                    return Ok(h);
+                }
+                (HealthState::Unknown, None) => {}
             }
-            tokio::time::sleep(poll.min(deadline - now)).await;
+            let next = match window_end {
+                Some(end) => poll.min(end.saturating_duration_since(now)),
+                None => poll,
+            };
+            tokio::time::sleep(next.max(Duration::from_millis(10))).await;
         }
     }
 

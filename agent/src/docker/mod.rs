@@ -58,6 +58,9 @@ pub struct RuntimeOptions {
     /// After a container starts, how long a failing HTTP probe counts as "still starting"
     /// (Unknown) rather than Unhealthy, when the service has no Docker healthcheck to say so.
     pub probe_start_grace: Duration,
+    /// How long a stack may take to become healthy before its health window starts; a stack
+    /// still starting (healthcheck "starting", probe in its grace) after this fails.
+    pub startup_timeout: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -66,6 +69,7 @@ impl Default for RuntimeOptions {
             dependency_timeout: Duration::from_secs(120),
             dependency_poll: Duration::from_millis(500),
             probe_start_grace: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(120),
         }
     }
 }
