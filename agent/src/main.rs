@@ -126,19 +126,29 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-fn run(cfg: AgentConfig) -> ExitCode {
+/// Runs `body` on a one-thread async runtime with a connection to the Docker engine.
+fn with_docker<F, Fut>(cfg: AgentConfig, body: F) -> ExitCode
+where
+    F: FnOnce(AgentConfig, DockerStacks) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
     let rt = match tokio_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async {
-        let runtime = match docker(&cfg).await {
-            Ok(r) => r,
+        match docker(&cfg).await {
+            Ok(runtime) => body(cfg, runtime).await,
             Err(e) => {
                 eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
-                return ExitCode::from(1);
+                ExitCode::from(1)
             }
-        };
+        }
+    })
+}
+
+fn run(cfg: AgentConfig) -> ExitCode {
+    with_docker(cfg, |cfg, runtime| async move {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
         match service::run(cfg, runtime, token).await {
@@ -211,28 +221,16 @@ fn rollback(cfg: AgentConfig) -> ExitCode {
         }
         Ok(lock) => {
             drop(lock);
-            let rt = match tokio_runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            rt.block_on(async {
-                let runtime = match docker(&cfg).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
-                        return ExitCode::from(1);
-                    }
+            with_docker(cfg, |cfg, runtime| async move {
+                let metrics = std::sync::Arc::new(Metrics::default());
+                let mut updater = match Updater::open(cfg, runtime, metrics) {
+                    Ok(u) => u,
+                    Err(e) => return agent_error(e),
                 };
-                let mut updater =
-                    match Updater::open(cfg, runtime, std::sync::Arc::new(Metrics::default())) {
-                        Ok(u) => u,
-                        Err(e) => return agent_error(e),
-                    };
                 if let Err(e) = updater.recover().await {
                     return agent_error(e);
                 }
-                let result = updater.rollback_by_hand().await;
-                print_result(&result)
+                print_result(&updater.rollback_by_hand().await)
             })
         }
     }

@@ -259,14 +259,11 @@ impl<R: StackRuntime> Updater<R> {
         &self,
         staged: &'a Staged,
         secrets: &'a StackSecrets,
-        dirs: &'a [PathBuf],
+        dir: &'a std::path::Path,
     ) -> Vec<StackSpec<'a>> {
-        staged
-            .stacks
+        secrets
             .iter()
-            .zip(secrets)
-            .zip(dirs)
-            .filter_map(|((name, (_, secrets)), dir)| {
+            .filter_map(|(name, secrets)| {
                 staged.repo.stacks.get(name).map(|compose| StackSpec {
                     name,
                     compose,
@@ -293,12 +290,8 @@ impl<R: StackRuntime> Updater<R> {
     /// Applies every stack of a staged release and removes stacks it no longer runs.
     async fn apply_release(&self, staged: &Staged) -> Result<(), RuntimeError> {
         let secrets = self.secrets_for(staged)?;
-        let dirs: Vec<PathBuf> = staged
-            .stacks
-            .iter()
-            .map(|_| self.data.release(&staged.id))
-            .collect();
-        let specs = self.stack_specs(staged, &secrets, &dirs);
+        let dir = self.data.release(&staged.id);
+        let specs = self.stack_specs(staged, &secrets, &dir);
         for spec in &specs {
             self.runtime.apply(spec).await?;
         }
@@ -313,12 +306,8 @@ impl<R: StackRuntime> Updater<R> {
 
     async fn watch(&self, staged: &Staged) -> Result<(), RuntimeError> {
         let secrets = self.secrets_for(staged)?;
-        let dirs: Vec<PathBuf> = staged
-            .stacks
-            .iter()
-            .map(|_| self.data.release(&staged.id))
-            .collect();
-        let specs = self.stack_specs(staged, &secrets, &dirs);
+        let dir = self.data.release(&staged.id);
+        let specs = self.stack_specs(staged, &secrets, &dir);
         self.runtime
             .watch_health(&specs, self.cfg.health_window)
             .await

@@ -212,3 +212,68 @@ fn a_small_filesystem_skips_the_update_cleanly() {
         .collect();
     assert_eq!(leftovers, vec![0], "no staging left behind");
 }
+
+#[test]
+fn rollback_by_hand_goes_back_to_previous_with_and_without_a_running_agent() {
+    if !ready("rollback_by_hand_goes_back_to_previous_with_and_without_a_running_agent") {
+        return;
+    }
+    let lab = Lab::new("manual-rollback");
+    let r1 = lab.release("v1");
+    let mut agent = AgentProc::start(&lab.config());
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    let r2 = lab.release("v2");
+    agent.wait_for("release 2 running", SETTLE, |s| {
+        idle_on(s, &r2) && s["previous"] == r1.as_str()
+    });
+
+    // With the agent running: it carries the rollback out and the command reports its verdict.
+    let out = std::process::Command::new(support::lab::agent_bin())
+        .args(["rollback", "--config"])
+        .arg(lab.config())
+        .output()
+        .expect("fleet-agent rollback");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("now running {r1}")), "{stdout}");
+    let s = agent.status();
+    assert!(idle_on(&s, &r1), "{s:#}");
+    assert_eq!(s["previous"], r2.as_str());
+    // The branch head (release 2) is not re-installed by the polling loop: it was rolled back by hand.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(idle_on(&agent.status(), &r1), "{:#}", agent.status());
+    let c = lab.containers();
+    assert!(
+        c.iter()
+            .any(|c| c.0 == "web" && c.1 == "fleet-test/app:v1" && c.4),
+        "{c:?}"
+    );
+
+    // Without an agent: the command runs the same transaction itself.
+    agent.stop();
+    let out = std::process::Command::new(support::lab::agent_bin())
+        .args(["rollback", "--config"])
+        .arg(lab.config())
+        .output()
+        .expect("fleet-agent rollback");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = support::lab::status(&lab.config());
+    assert!(idle_on(&s, &r2), "{s:#}");
+    let c = lab.containers();
+    assert!(
+        c.iter()
+            .any(|c| c.0 == "web" && c.1 == "fleet-test/app:v2" && c.4),
+        "{c:?}"
+    );
+}
