@@ -11,6 +11,24 @@ use support::lab::{idle_on, AgentProc, Lab};
 /// Generous: the machine is shared and noisy. Timings are measured in benchmarks, not here.
 const SETTLE: Duration = Duration::from_secs(90);
 
+type Containers = Vec<(String, String, String, String, bool)>;
+
+/// Waits until the lab's containers satisfy `pred`; returns them.
+fn wait_containers(lab: &Lab, what: &str, pred: impl Fn(&Containers) -> bool) -> Containers {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let c = lab.containers();
+        if pred(&c) {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ready(test: &str) -> bool {
     if !support::git_daemon::git_available(test) || !docker_available(test) {
         return false;
@@ -276,4 +294,143 @@ fn rollback_by_hand_goes_back_to_previous_with_and_without_a_running_agent() {
             .any(|c| c.0 == "web" && c.1 == "fleet-test/app:v2" && c.4),
         "{c:?}"
     );
+}
+
+#[test]
+fn an_invalid_release_is_rejected_before_the_swap() {
+    if !ready("an_invalid_release_is_rejected_before_the_swap") {
+        return;
+    }
+    let lab = Lab::new("invalid-release");
+    let r1 = lab.release("v1");
+    let agent = AgentProc::start(&lab.config());
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    let before = lab.containers();
+    let bad = lab.release_with(
+        "v2",
+        &[("fleet.yaml", "name: lab\nrollout: { bake: soon }\n")],
+    );
+    let s = agent.wait_for("the release rejected", SETTLE, |s| {
+        s["last_result"]["result"] == "rejected"
+    });
+    assert_eq!(s["last_result"]["release"], bad.as_str());
+    let reason = s["last_result"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("fleet.yaml:2:18: error: `rollout.bake`: bad duration `soon`"),
+        "{reason}"
+    );
+    assert!(
+        idle_on(&s, &r1),
+        "the device stays on its working release: {s:#}"
+    );
+    assert_eq!(lab.containers(), before, "nothing running was touched");
+}
+
+#[test]
+fn safe_mode_when_nothing_valid_can_run_and_a_healthy_release_leaves_it() {
+    if !ready("safe_mode_when_nothing_valid_can_run_and_a_healthy_release_leaves_it") {
+        return;
+    }
+    let lab = Lab::new("safe-mode");
+    // The very first release fails: there is nothing to go back to.
+    let bad = lab.release("broken");
+    let mut agent = AgentProc::start(&lab.config());
+    let s = agent.wait_for("safe mode", SETTLE, |s| {
+        !s["safe_mode"].is_null() && s["phase"] == "safe_mode"
+    });
+    assert_eq!(s["last_result"]["release"], bad.as_str(), "{s:#}");
+    let c = wait_containers(&lab, "the safe-mode stack alone", |c| {
+        c.len() == 1 && c[0].0 == "rescue" && c[0].4
+    });
+    assert!(!c.iter().any(|c| c.0 == "web" || c.0 == "side"), "{c:?}");
+
+    // A healthy release takes the device out of safe mode.
+    let good = lab.release("v1");
+    let s = agent.wait_for("out of safe mode", SETTLE, |s| {
+        idle_on(s, &good) && s["safe_mode"].is_null()
+    });
+    assert_eq!(s["last_result"]["result"], "succeeded");
+    let c = lab.containers();
+    assert!(
+        !c.iter().any(|c| c.0 == "rescue"),
+        "the safe-mode stack is gone: {c:?}"
+    );
+    assert!(c.iter().any(|c| c.0 == "web" && c.4), "{c:?}");
+
+    // At boot, with `current` broken and no `previous`, the agent runs safe mode.
+    agent.stop();
+    let data = lab.data_dir();
+    std::fs::remove_file(data.join("current")).expect("rm current");
+    std::os::unix::fs::symlink(
+        "releases/0000000000000000000000000000000000000000",
+        data.join("current"),
+    )
+    .expect("symlink");
+    let _ = std::fs::remove_file(data.join("previous"));
+    let dead = format!(
+        "git://127.0.0.1:{}/fleet.git",
+        support::git_daemon::free_port()
+    );
+    let offline = lab.config_with("offline", &[dead], &data, "");
+    let agent = AgentProc::start(&offline);
+    let s = agent.wait_for("safe mode at boot", SETTLE, |s| s["phase"] == "safe_mode");
+    assert!(
+        s["safe_mode"]
+            .as_str()
+            .is_some_and(|r| r.contains("no valid release")),
+        "{s:#}"
+    );
+    let deadline = std::time::Instant::now() + SETTLE;
+    while !lab.containers().iter().any(|c| c.0 == "rescue" && c.4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "safe-mode stack never started: {:?}",
+            lab.containers()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_are_served_and_scraped_by_prometheus() {
+    if !ready("metrics_are_served_and_scraped_by_prometheus")
+        || !support::prometheus::prometheus_available(
+            "metrics_are_served_and_scraped_by_prometheus",
+        )
+    {
+        return;
+    }
+    let lab = Lab::new("metrics");
+    let r1 = lab.release("v1");
+    let port = support::git_daemon::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
+    let config = lab.config_with("metrics", &eps, &lab.data_dir(), "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
+    std::fs::write(&config, text).expect("write");
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    let (status, body) = support::prometheus::http_get(&addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    for want in [
+        "fleet_agent_update_phase{phase=\"idle\"} 1".to_string(),
+        format!("fleet_agent_current_release_info{{release=\"{r1}\"}} 1"),
+        "fleet_agent_updates_total{result=\"succeeded\"} 1".to_string(),
+        "fleet_agent_safe_mode 0".to_string(),
+        "fleet_host_disk_free_bytes ".to_string(),
+        "fleet_agent_resident_memory_bytes ".to_string(),
+    ] {
+        assert!(body.contains(&want), "missing `{want}` in:\n{body}");
+    }
+    support::prometheus::promtool_check(&body).unwrap_or_else(|e| panic!("promtool: {e}\n{body}"));
+    assert_eq!(
+        support::prometheus::http_get(&addr, "/nope").map(|r| r.0),
+        Some(404)
+    );
+
+    let prom = support::prometheus::Prometheus::start(&lab.root.path().join("prometheus"), &addr);
+    let result = prom.wait_for_query("fleet_agent_updates_total{result=\"succeeded\"}", SETTLE);
+    assert_eq!(result[0]["value"][1], "1", "{result:#}");
 }

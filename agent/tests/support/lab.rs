@@ -83,15 +83,31 @@ impl Lab {
 
     /// Commits a release without pushing it.
     pub fn commit(&self, web: &str) -> String {
+        self.commit_with(web, &[])
+    }
+
+    /// Commits a release whose files are the usual ones with `overrides` written over them
+    /// (e.g. a broken `fleet.yaml`), without pushing it.
+    pub fn commit_with(&self, web: &str, overrides: &[(&str, &str)]) -> String {
         let compose = app_compose(web);
-        self.work.commit(
-            &format!("release with web {web}"),
-            &[
-                ("fleet.yaml", Entry::File(FLEET.as_bytes())),
-                ("devices.yaml", Entry::File(DEVICES.as_bytes())),
-                ("stacks/app/compose.yaml", Entry::File(compose.as_bytes())),
-            ],
-        )
+        let mut files: Vec<(&str, Entry<'_>)> = vec![
+            ("fleet.yaml", Entry::File(FLEET.as_bytes())),
+            ("devices.yaml", Entry::File(DEVICES.as_bytes())),
+            ("stacks/app/compose.yaml", Entry::File(compose.as_bytes())),
+        ];
+        for (path, content) in overrides {
+            files.retain(|(p, _)| p != path);
+            files.push((path, Entry::File(content.as_bytes())));
+        }
+        self.work.commit(&format!("release with web {web}"), &files)
+    }
+
+    /// Commits and pushes (to both servers) a release with `overrides`.
+    pub fn release_with(&self, web: &str, overrides: &[(&str, &str)]) -> String {
+        let sha = self.commit_with(web, overrides);
+        self.push_primary();
+        self.push_mirror();
+        sha
     }
 
     /// Pushes `main` to the primary.

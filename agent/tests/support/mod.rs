@@ -6,3 +6,4 @@ pub mod docker_guard;
 pub mod git_daemon;
 pub mod images;
 pub mod lab;
+pub mod prometheus;
