@@ -21,8 +21,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# PostgreSQL tests use FLEET_TEST_POSTGRES_URL, or a private cluster started here when Debian's
+# postgresql is installed (scripts/test-postgres); without either they skip loudly.
 test: lint
-	$(CARGO) test --workspace
+	FLEET_TEST_POSTGRES_URL="$${FLEET_TEST_POSTGRES_URL:-$$(scripts/test-postgres start 2>/dev/null || true)}" \
+		$(CARGO) test --workspace
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: cargo install cargo-fuzz"; exit 2; }

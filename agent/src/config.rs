@@ -23,7 +23,9 @@
 //! safe_mode_compose: /usr/share/fleet/safe-mode/compose.yaml
 //! controller:                       # absent: standalone mode (follow the branch head)
 //!   url: https://controller.fleet.internal:8443
-//!   token_file: /etc/fleet/device-token
+//!   token_file: /etc/fleet/device-token       # written at enrollment (mode 0600)
+//!   bootstrap_token_file: /etc/fleet/bootstrap-token   # optional: enroll at once, no pairing code
+//!   request_timeout: 10s            # one HTTP request to the controller, connect to answer
 //! ```
 
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_config::decode::Ctx;
-use fleet_config::diag::{Diagnostic, Diagnostics};
+use fleet_config::diag::Diagnostic;
 use fleet_config::names::{check_git_url, check_name, check_ref_name};
 use fleet_config::yaml;
 
@@ -79,10 +81,16 @@ pub struct GitConfig {
 /// The controller, in controller mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerConfig {
-    /// Base URL.
+    /// Base URL, without a trailing slash.
     pub url: String,
-    /// File holding the device token (written at enrollment).
+    /// File holding the device token. Absent: the agent enrolls (with the bootstrap token, or
+    /// with a pairing code an operator approves) and writes it here, mode 0600.
     pub token_file: PathBuf,
+    /// File holding the fleet's bootstrap token (bulk provisioning): with it the agent enrolls at
+    /// once instead of waiting for an operator to approve a pairing code.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Longest one request to the controller may take, from connecting to the last byte.
+    pub request_timeout: Duration,
 }
 
 /// The whole configuration.
@@ -151,6 +159,8 @@ pub mod defaults {
     pub fn safe_mode_compose() -> &'static str {
         "/usr/share/fleet/safe-mode/compose.yaml"
     }
+    /// 10 s.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// The configuration could not be used.
@@ -192,7 +202,15 @@ const ENDPOINT_KEYS: &[&str] = &[
     "ssh_key",
     "passphrase_file",
 ];
-const CONTROLLER_KEYS: &[&str] = &["url", "token_file"];
+const CONTROLLER_KEYS: &[&str] = &[
+    "url",
+    "token_file",
+    "bootstrap_token_file",
+    "request_timeout",
+];
+/// Bounds of `controller.request_timeout`.
+const REQUEST_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(300));
 
 impl AgentConfig {
     /// Reads and checks the file at `path`.
@@ -206,35 +224,7 @@ impl AgentConfig {
 
     /// Parses configuration text; `file` names it in messages.
     pub fn parse(text: &str, file: &str) -> Result<AgentConfig, ConfigError> {
-        let mut diags = Diagnostics::new();
-        let cfg = {
-            let mut ctx = Ctx {
-                file: file.to_owned(),
-                diags: &mut diags,
-            };
-            match yaml::parse(text) {
-                Ok(doc) => {
-                    for (pos, msg) in doc.problems {
-                        ctx.error(pos, msg);
-                    }
-                    decode(&mut ctx, &doc.root)
-                }
-                Err(e) => {
-                    ctx.error(e.pos, e.message);
-                    None
-                }
-            }
-        };
-        match cfg {
-            Some(c) if !diags.has_errors() => Ok(c),
-            _ => Err(ConfigError::Invalid(
-                diags
-                    .sorted()
-                    .into_iter()
-                    .filter(|d| d.severity == fleet_config::Severity::Error)
-                    .collect(),
-            )),
-        }
+        fleet_config::decode::decode_document(text, file, decode).map_err(ConfigError::Invalid)
     }
 
     /// True without a controller.
@@ -362,9 +352,35 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
             let token_file = cf
                 .required(ctx, "token_file", "`controller`")
                 .and_then(|t| path_field(ctx, t, "`controller.token_file`"));
+            let bootstrap_token_file = match cf.get("bootstrap_token_file") {
+                None => Some(None),
+                Some(t) => path_field(ctx, t, "`controller.bootstrap_token_file`").map(Some),
+            };
+            let request_timeout = match cf.get("request_timeout") {
+                None => Some(defaults::REQUEST_TIMEOUT),
+                Some(t) => ctx
+                    .duration(t, "`controller.request_timeout`")
+                    .and_then(|d| {
+                        let (min, max) = REQUEST_TIMEOUT_RANGE;
+                        if d < min || d > max {
+                            ctx.error(
+                                t.pos,
+                                format!(
+                                    "`controller.request_timeout` must be between {} and {}",
+                                    fleet_config::units::format_duration(min),
+                                    fleet_config::units::format_duration(max)
+                                ),
+                            );
+                            return None;
+                        }
+                        Some(d)
+                    }),
+            };
             Some(Some(ControllerConfig {
                 url: url?,
                 token_file: token_file?,
+                bootstrap_token_file: bootstrap_token_file?,
+                request_timeout: request_timeout?,
             }))
         })(),
     };
@@ -525,6 +541,68 @@ mod tests {
         assert_eq!(
             c.controller.as_ref().map(|c| c.url.as_str()),
             Some("https://c:8443")
+        );
+        let ctl = c.controller.as_ref().expect("controller");
+        assert_eq!(ctl.bootstrap_token_file, None);
+        assert_eq!(ctl.request_timeout, Duration::from_secs(10));
+    }
+
+    const GIT: &str = "device_id: pi-01\ngit:\n  endpoints:\n    - url: git://h/f.git\n";
+
+    #[test]
+    fn controller_bootstrap_token_and_request_timeout() {
+        let text = format!("{GIT}controller:\n  url: http://c:8080\n  token_file: /etc/fleet/device-token\n  bootstrap_token_file: /etc/fleet/bootstrap-token\n  request_timeout: 30s\n");
+        let c = AgentConfig::parse(&text, "agent.yaml").expect("valid");
+        let ctl = c.controller.expect("controller");
+        assert_eq!(
+            ctl.bootstrap_token_file,
+            Some(PathBuf::from("/etc/fleet/bootstrap-token"))
+        );
+        assert_eq!(ctl.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn controller_key_errors_are_positioned() {
+        let text = format!("{GIT}controller:\n  url: ftp://c\n  token_file: device-token\n  bootstrap_token_file: ''\n  request_timeout: 0s\n  request_timout: 5s\n");
+        let err = AgentConfig::parse(&text, "agent.yaml").expect_err("invalid");
+        let ConfigError::Invalid(d) = err else {
+            panic!("wrong error")
+        };
+        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0]
+                .starts_with("agent.yaml:6:8: error: `controller.url` must start with https://"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "agent.yaml:7:15: error: `controller.token_file` must be an absolute path"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with("agent.yaml:8:25: error: `controller.bootstrap_token_file`"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[3].starts_with(
+                "agent.yaml:9:20: error: `controller.request_timeout` must be between 1s and 5m"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[4].starts_with("agent.yaml:10:3: error: unknown key `request_timout` in `controller` (did you mean `request_timeout`?)"),
+            "{lines:#?}"
+        );
+        let text = format!(
+            "{GIT}controller:\n  url: http://c\n  token_file: /t\n  request_timeout: soon\n"
+        );
+        let err = AgentConfig::parse(&text, "agent.yaml").expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains("agent.yaml:8:20: error: `controller.request_timeout`: bad duration"),
+            "{err}"
         );
     }
 }

@@ -55,23 +55,57 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_with(path, bytes, None, true)
+}
+
+/// [`write_atomic`] for secrets: the file is created with mode 0600 (owner only) before any
+/// byte is written, so the content is never readable by others, not even for an instant.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_with(path, bytes, Some(0o600), true)
+}
+
+/// Replaces `path` with `bytes` atomically but without fsync: for informational files
+/// rewritten often (the check-in status), where losing the last write to a power cut is fine
+/// and a flash card should not pay for two syncs a minute.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_with(path, bytes, None, false)
+}
+
+fn write_with(path: &Path, bytes: &[u8], mode: Option<u32>, durable: bool) -> Result<(), FsError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = temp_name(path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(ctx("create", &tmp))?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            // A leftover temp file keeps its old mode: start from a fresh one.
+            let _ = fs::remove_file(&tmp);
+            opts.mode(mode);
+        }
+        let mut f = opts.open(&tmp).map_err(ctx("create", &tmp))?;
         f.write_all(bytes).map_err(ctx("write", &tmp))?;
-        f.sync_all().map_err(ctx("fsync", &tmp))?;
+        if durable {
+            f.sync_all().map_err(ctx("fsync", &tmp))?;
+        }
         fs::rename(&tmp, path).map_err(ctx("rename", path))?;
-        fsync_dir(parent_of(path))
+        if durable {
+            fsync_dir(parent_of(path))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes a file durably; absent is fine.
+pub fn remove_file(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(parent_of(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ctx("remove", path)(e)),
+    }
 }
 
 /// Points the symlink `link` at `target` atomically: a new link is created beside it and renamed
@@ -133,6 +167,21 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn private_files_are_owner_only_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("device-token");
+        write_private(&p, b"secret\n").expect("write");
+        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read(&p).expect("read"), b"secret\n");
+        write_replace(&p, b"x").expect("replace");
+        assert_eq!(fs::read(&p).expect("read"), b"x");
+        remove_file(&p).expect("remove");
+        remove_file(&p).expect("absent is fine");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! state.json                 the journal
 //! update.lock                one update at a time
 //! events/                    events not yet acknowledged by the controller
+//! pairing-code               controller mode: the code waiting for an operator's approval
+//! checkin.json               controller mode: last check-in and last error, for `status`
 //! git-cache.git/             bare Git cache
 //! ```
 
@@ -100,6 +102,14 @@ impl DataDir {
     /// A manual rollback request for the running agent (`fleet-agent rollback`).
     pub fn rollback_request(&self) -> PathBuf {
         self.root.join("rollback.request")
+    }
+    /// Controller mode: the pairing code an operator must approve (present only while waiting).
+    pub fn pairing_code(&self) -> PathBuf {
+        self.root.join("pairing-code")
+    }
+    /// Controller mode: the last check-in and its error, for `fleet-agent status`.
+    pub fn checkin_status(&self) -> PathBuf {
+        self.root.join("checkin.json")
     }
     /// The bare Git cache.
     pub fn git_cache(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 //! Docker, health-checks them and rolls back on its own.
 
 pub mod config;
+pub mod controller;
 pub mod docker;
 pub mod events;
 pub mod fsutil;
@@ -19,4 +20,6 @@ pub mod secrets;
 pub mod service;
 pub mod stage;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod update;

@@ -275,7 +275,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let s = status::read(&DataDir::new(&c.data_dir), &c.device_id, c.standalone());
+            let s = status::read(
+                &DataDir::new(&c.data_dir),
+                &c.device_id,
+                c.controller.as_ref(),
+            );
             match output {
                 Output::Text => print!("{s}"),
                 Output::Json => match serde_json::to_string_pretty(&s) {

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Git fetch failures by endpoint.
     git_failures: Mutex<BTreeMap<String, u64>>,
     last_checkin_ms: AtomicU64,
+    /// Failed check-ins (and enrollment requests) by reason.
+    checkin_failures: Mutex<BTreeMap<String, u64>>,
+    /// Buffered events dropped because the buffer was full.
+    events_dropped: AtomicU64,
     last_update_seconds: Mutex<Option<f64>>,
     safe_mode: AtomicU64,
 }
@@ -71,6 +75,17 @@ impl Metrics {
     /// Records a successful check-in with the controller.
     pub fn set_last_checkin_ms(&self, ms: u64) {
         self.last_checkin_ms.store(ms, Ordering::Relaxed);
+    }
+    /// Counts a failed request to the controller; `reason` is a
+    /// [`crate::controller::ControllerError::kind`].
+    pub fn count_checkin_failure(&self, reason: &str) {
+        *lock(&self.checkin_failures)
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+    /// Records how many buffered events were dropped (buffer full) since start.
+    pub fn set_events_dropped(&self, n: u64) {
+        self.events_dropped.store(n, Ordering::Relaxed);
     }
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
@@ -109,10 +124,51 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP fleet_agent_safe_mode 1 while the device runs the safe-mode stack.\n# TYPE fleet_agent_safe_mode gauge\nfleet_agent_safe_mode {}", self.safe_mode.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP fleet_agent_last_checkin_timestamp_seconds Last successful check-in with the controller.\n# TYPE fleet_agent_last_checkin_timestamp_seconds gauge\nfleet_agent_last_checkin_timestamp_seconds {}", self.last_checkin_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        let _ = writeln!(out, "# HELP fleet_agent_checkin_failures_total Failed requests to the controller (check-in, enrollment) by reason.\n# TYPE fleet_agent_checkin_failures_total counter");
+        {
+            let failures = lock(&self.checkin_failures);
+            for reason in crate::controller::ControllerError::KINDS {
+                let n = failures.get(*reason).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "fleet_agent_checkin_failures_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_events_dropped_total Events dropped from the full offline buffer since the agent started.\n# TYPE fleet_agent_events_dropped_total counter\nfleet_agent_events_dropped_total {}", self.events_dropped.load(Ordering::Relaxed));
         if let Some(s) = *lock(&self.last_update_seconds) {
             let _ = writeln!(out, "# HELP fleet_agent_last_update_duration_seconds How long the last update took.\n# TYPE fleet_agent_last_update_duration_seconds gauge\nfleet_agent_last_update_duration_seconds {s}");
         }
         host.render(&mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_in_metrics_are_rendered() {
+        let m = Metrics::default();
+        m.set_last_checkin_ms(1_700_000_000_500);
+        m.count_checkin_failure("unreachable");
+        m.count_checkin_failure("unreachable");
+        m.count_checkin_failure("unauthorized");
+        m.set_events_dropped(3);
+        let text = m.render(&crate::host::HostStats::default());
+        for line in [
+            "fleet_agent_last_checkin_timestamp_seconds 1700000000.5",
+            "# TYPE fleet_agent_checkin_failures_total counter",
+            "fleet_agent_checkin_failures_total{reason=\"unreachable\"} 2",
+            "fleet_agent_checkin_failures_total{reason=\"unauthorized\"} 1",
+            "fleet_agent_checkin_failures_total{reason=\"server\"} 0",
+            "fleet_agent_events_dropped_total 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! The agent's long-running service: boot recovery, the metrics endpoint and the update loop,
-//! all racing one shutdown signal.
+//! The agent's long-running service: boot recovery, the metrics endpoint and the update loop
+//! (standalone, or controller mode when `controller:` is configured), all racing one shutdown
+//! signal.
 
 use std::sync::Arc;
 
+use fleet_config::protocol::EventKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -17,11 +19,6 @@ pub async fn run<R: StackRuntime>(
     runtime: R,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    if cfg.controller.is_some() {
-        // With a controller the agent may only move to a release the controller names; never
-        // fall back to following the branch, which could push a release past the waves.
-        return Err(AgentError::ControllerModeUnavailable);
-    }
     let metrics = Arc::new(Metrics::default());
     let mut updater = Updater::open(cfg.clone(), runtime, metrics.clone())?;
     tracing::info!(
@@ -49,12 +46,25 @@ pub async fn run<R: StackRuntime>(
         },
         None => None,
     };
+    updater.record(EventKind::AgentStarted {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
     let reason = updater.recover().await?;
     tracing::info!(%reason, "recovered");
-    updater.run_standalone(shutdown.clone()).await;
+    let result = match cfg.controller.clone() {
+        // With a controller the agent only moves to a release the controller names; it never
+        // falls back to following the branch, which could push a release past the waves.
+        Some(controller) => {
+            crate::controller::mode::run(&mut updater, controller, shutdown.clone()).await
+        }
+        None => {
+            updater.run_standalone(shutdown.clone()).await;
+            Ok(())
+        }
+    };
     if let Some(t) = metrics_task {
         t.abort();
     }
     tracing::info!("fleet-agent stopped");
-    Ok(())
+    result
 }

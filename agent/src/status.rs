@@ -5,8 +5,31 @@ use serde::Serialize;
 
 use fleet_config::protocol::{ReleaseId, UpdatePhase, UpdateResult};
 
-use crate::journal::{BadRelease, Journal, JournalError};
+use crate::config::ControllerConfig;
+use crate::controller::report::CheckinStatus;
+use crate::journal::{now_ms, BadRelease, Journal, JournalError};
 use crate::layout::{DataDir, LinkState};
+
+/// Controller mode: enrollment and the last check-in.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerStatus {
+    /// The controller's URL.
+    pub url: String,
+    /// True once the device token is stored.
+    pub enrolled: bool,
+    /// The pairing code waiting for an operator's approval.
+    pub pairing_code: Option<String>,
+    /// Last successful check-in, ms since the epoch.
+    pub last_checkin_ms: Option<u64>,
+    /// The last failure talking to the controller.
+    pub last_error: Option<String>,
+    /// When, ms since the epoch.
+    pub last_error_ms: Option<u64>,
+    /// Failures since the last success.
+    pub consecutive_failures: u64,
+    /// What the agent did with the last answer.
+    pub last_decision: Option<String>,
+}
 
 /// The device's state as `status` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -33,10 +56,31 @@ pub struct Status {
     pub safe_mode: Option<String>,
     /// The journal could not be read: why.
     pub journal_problem: Option<String>,
+    /// Controller mode only.
+    pub controller: Option<ControllerStatus>,
 }
 
-/// Reads the state of the data directory.
-pub fn read(data: &DataDir, device_id: &str, standalone: bool) -> Status {
+fn controller_status(data: &DataDir, cfg: &ControllerConfig) -> ControllerStatus {
+    let last = CheckinStatus::load(&data.checkin_status()).unwrap_or_default();
+    let pairing_code = std::fs::read_to_string(data.pairing_code())
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|c| !c.is_empty());
+    ControllerStatus {
+        url: cfg.url.clone(),
+        enrolled: cfg.token_file.exists(),
+        pairing_code,
+        last_checkin_ms: last.last_checkin_ms,
+        last_error: last.last_error,
+        last_error_ms: last.last_error_ms,
+        consecutive_failures: last.consecutive_failures,
+        last_decision: last.last_decision,
+    }
+}
+
+/// Reads the state of the data directory; `controller` is the configured controller, if any.
+pub fn read(data: &DataDir, device_id: &str, controller: Option<&ControllerConfig>) -> Status {
+    let standalone = controller.is_none();
     let mut link_problems = Vec::new();
     let mut link = |name: &str, state: LinkState| match state {
         LinkState::Valid(r) => Some(r),
@@ -74,6 +118,17 @@ pub fn read(data: &DataDir, device_id: &str, standalone: bool) -> Status {
         bad_releases: journal.bad_releases,
         safe_mode: journal.safe_mode,
         journal_problem,
+        controller: controller.map(|c| controller_status(data, c)),
+    }
+}
+
+/// "42 s ago", "3 min ago", "5 h ago" for an instant in ms since the epoch.
+fn ago(ms: u64) -> String {
+    let s = now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
     }
 }
 
@@ -121,6 +176,35 @@ impl std::fmt::Display for Status {
         if let Some(p) = &self.journal_problem {
             writeln!(f, "problem:    {p}")?;
         }
+        if let Some(c) = &self.controller {
+            let enrolled = if c.enrolled {
+                "enrolled"
+            } else {
+                "not enrolled"
+            };
+            writeln!(f, "controller: {} ({enrolled})", c.url)?;
+            if let Some(code) = &c.pairing_code {
+                writeln!(
+                    f,
+                    "pairing:    {code}: waiting for approval (`fleetctl devices approve {code}`)"
+                )?;
+            }
+            match c.last_checkin_ms {
+                Some(ms) => writeln!(f, "check-in:   {}", ago(ms))?,
+                None => writeln!(f, "check-in:   never")?,
+            }
+            if let Some(d) = &c.last_decision {
+                writeln!(f, "decision:   {d}")?;
+            }
+            if let (Some(e), Some(ms)) = (&c.last_error, c.last_error_ms) {
+                let failing = if c.consecutive_failures > 0 {
+                    format!(", {} failure(s) in a row", c.consecutive_failures)
+                } else {
+                    String::new()
+                };
+                writeln!(f, "error:      {e} ({}{failing})", ago(ms))?;
+            }
+        }
         Ok(())
     }
 }
@@ -142,7 +226,7 @@ mod tests {
         let mut j = Journal::idle(Some(a.clone()));
         j.last_result = Some(UpdateResult::Succeeded { release: a.clone() });
         j.save(&d.journal()).expect("save");
-        let s = read(&d, "pi-01", true);
+        let s = read(&d, "pi-01", None);
         assert_eq!(s.current, Some(a.clone()));
         assert_eq!(s.previous, None);
         assert_eq!(s.link_problems.len(), 1);
@@ -159,5 +243,53 @@ mod tests {
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!(json["phase"], "idle");
         assert_eq!(json["current"], a.as_str());
+        assert!(json["controller"].is_null());
+    }
+
+    #[test]
+    fn controller_mode_shows_pairing_code_and_last_check_in() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = DataDir::new(tmp.path());
+        d.create().expect("create");
+        let cfg = ControllerConfig {
+            url: "https://c:8443".into(),
+            token_file: tmp.path().join("device-token"),
+            bootstrap_token_file: None,
+            request_timeout: std::time::Duration::from_secs(10),
+        };
+        std::fs::write(d.pairing_code(), "K7PQ2MXD\n").expect("code");
+        let mut last = CheckinStatus {
+            url: cfg.url.clone(),
+            ..CheckinStatus::default()
+        };
+        last.failed(
+            now_ms() - 5_000,
+            "controller https://c:8443 unreachable: refused".into(),
+        );
+        last.save(&d.checkin_status()).expect("save");
+        let s = read(&d, "pi-01", Some(&cfg));
+        let text = s.to_string();
+        assert!(
+            text.contains("device:     pi-01 (controller mode)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("controller: https://c:8443 (not enrolled)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pairing:    K7PQ2MXD: waiting for approval (`fleetctl devices approve K7PQ2MXD`)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("check-in:   never"), "{text}");
+        assert!(
+            text.contains("error:      controller https://c:8443 unreachable: refused (5 s ago, 1 failure(s) in a row)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["controller"]["pairing_code"], "K7PQ2MXD");
+        assert_eq!(json["controller"]["enrolled"], false);
     }
 }

@@ -10,6 +10,12 @@
 //!   atomic symlink rename, with the journal written (temp + fsync + rename) before it.
 //!   Recovery ([`crate::recovery`]) returns an interrupted switch to the journal's `from`.
 //! - A release that fails its health window is rolled back and marked bad: it is not retried.
+//!
+//! In controller mode the updater also records what happens as [`EventKind`]s in the on-disk
+//! [`EventLog`] (`events/`), which the check-in sends and the controller acknowledges: agent
+//! start, update start and end, every journal phase change, Git endpoint failures, safe mode
+//! entered and left. Standalone mode records none: nobody would acknowledge them, and a buffer
+//! nobody drains would only wear the flash.
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,10 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_config::compose::ComposeFile;
-use fleet_config::protocol::{ReleaseId, UpdatePhase, UpdateResult};
+use fleet_config::protocol::{EventKind, ReleaseId, UpdatePhase, UpdateResult};
 use fleet_config::TreeDigest;
 
 use crate::config::{AgentConfig, GitAuth};
+use crate::controller::client::ControllerError;
+use crate::events::EventLog;
 use crate::fsutil::{ctx, remove_symlink, swap_symlink, FsError};
 use crate::gc::{available_space, releases_to_prune, StagedRelease};
 use crate::git::{Auth, Endpoint, GitCache, GitError};
@@ -53,9 +61,9 @@ pub enum AgentError {
     /// The Git cache could not be opened.
     #[error(transparent)]
     Git(#[from] GitError),
-    /// This build cannot talk to a controller yet.
-    #[error("controller mode is not available in this build of fleet-agent; remove `controller:` from the configuration to run standalone")]
-    ControllerModeUnavailable,
+    /// Controller mode could not start (the HTTP client could not be set up).
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
     /// A credential file named in the configuration could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Credential {
@@ -69,6 +77,41 @@ pub enum AgentError {
     },
 }
 
+/// A release through steps 1–4 (staged, verified, images present), ready to swap. Nothing
+/// running was touched; the journal says `pulling`. Either [`Updater::commit`] or
+/// [`Updater::abandon`] it.
+#[derive(Debug)]
+pub struct Prepared {
+    staged: Staged,
+    from: Option<ReleaseId>,
+    started: Instant,
+}
+
+impl Prepared {
+    /// The release.
+    pub fn release(&self) -> &ReleaseId {
+        &self.staged.id
+    }
+}
+
+/// What [`Updater::prepare`] came to.
+#[derive(Debug)]
+pub enum Prepare {
+    /// Ready to swap.
+    Ready(Box<Prepared>),
+    /// Nothing to swap: already running it, refused, or failed before the swap.
+    Done(UpdateResult),
+}
+
+impl From<Result<Prepared, UpdateResult>> for Prepare {
+    fn from(r: Result<Prepared, UpdateResult>) -> Prepare {
+        match r {
+            Ok(p) => Prepare::Ready(Box::new(p)),
+            Err(result) => Prepare::Done(result),
+        }
+    }
+}
+
 /// The device updater: owns the data directory (and its lock), the Git cache and the runtime.
 pub struct Updater<R> {
     cfg: AgentConfig,
@@ -78,6 +121,15 @@ pub struct Updater<R> {
     runtime: R,
     metrics: Arc<Metrics>,
     journal: Journal,
+    /// The release last checked by [`Updater::supervise`], so it is not re-verified each pass.
+    supervised: Option<Staged>,
+    /// Why the last [`Updater::supervise`] could not keep `current` running, if it could not.
+    supervise_problem: Option<String>,
+    /// Controller mode: events waiting for the controller's acknowledgement.
+    events: Option<EventLog>,
+    /// The phase and safe-mode reason last recorded as events, to record changes only.
+    recorded_phase: UpdatePhase,
+    recorded_safe_mode: Option<String>,
     _lock: UpdateLock,
 }
 
@@ -144,6 +196,11 @@ impl<R: StackRuntime> Updater<R> {
             .ok()
             .flatten()
             .unwrap_or_else(|| Journal::idle(None));
+        let events = if cfg.standalone() {
+            None
+        } else {
+            Some(EventLog::open(data.events_dir())?)
+        };
         Ok(Updater {
             cfg,
             data,
@@ -151,9 +208,50 @@ impl<R: StackRuntime> Updater<R> {
             endpoints,
             runtime,
             metrics,
+            recorded_phase: journal.phase,
+            recorded_safe_mode: journal.safe_mode.clone(),
             journal,
+            supervised: None,
+            supervise_problem: None,
+            events,
             _lock: lock,
         })
+    }
+
+    /// Records an event for the controller (controller mode; a no-op standalone). An event
+    /// that cannot be written is logged and lost: events are for people, updates go on.
+    pub fn record(&mut self, kind: EventKind) {
+        let Some(log) = self.events.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.append(kind) {
+            tracing::warn!(error = %e, "cannot record an event for the controller");
+        }
+        self.metrics.set_events_dropped(log.dropped());
+    }
+
+    /// The event buffer (controller mode).
+    pub fn events(&self) -> Option<&EventLog> {
+        self.events.as_ref()
+    }
+
+    /// Drops the buffered events up to `seq`, which the controller stored.
+    pub fn ack_events(&mut self, seq: u64) {
+        if let Some(log) = self.events.as_mut() {
+            if let Err(e) = log.ack(seq) {
+                tracing::warn!(error = %e, seq, "cannot drop acknowledged events");
+            }
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Why the last supervision could not keep `current` running, if it could not.
+    pub fn supervise_problem(&self) -> Option<&str> {
+        self.supervise_problem.as_deref()
     }
 
     /// The configuration.
@@ -179,7 +277,31 @@ impl<R: StackRuntime> Updater<R> {
     fn save(&mut self) -> Result<(), AgentError> {
         self.journal.save(&self.data.journal())?;
         self.metrics.set_phase(self.journal.phase);
+        self.record_changes();
         Ok(())
+    }
+
+    /// Records the phase change and safe-mode change the journal just made durable, if any.
+    fn record_changes(&mut self) {
+        if self.journal.phase != self.recorded_phase {
+            self.recorded_phase = self.journal.phase;
+            let release = self
+                .journal
+                .to
+                .clone()
+                .or_else(|| self.journal.from.clone());
+            self.record(EventKind::PhaseChanged {
+                phase: self.journal.phase,
+                release,
+            });
+        }
+        if self.journal.safe_mode != self.recorded_safe_mode {
+            self.recorded_safe_mode = self.journal.safe_mode.clone();
+            match self.journal.safe_mode.clone() {
+                Some(reason) => self.record(EventKind::SafeModeEntered { reason }),
+                None => self.record(EventKind::SafeModeExited),
+            }
+        }
     }
 
     fn finish(&mut self, result: UpdateResult) -> UpdateResult {
@@ -188,6 +310,10 @@ impl<R: StackRuntime> Updater<R> {
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot write the journal after an update");
         }
+        // After the journal's last phase change, so the controller reads them in that order.
+        self.record(EventKind::UpdateFinished {
+            result: result.clone(),
+        });
         result
     }
 
@@ -519,28 +645,69 @@ impl<R: StackRuntime> Updater<R> {
 
     /// The update transaction to `target` (steps 1–7). Returns how it ended; the device runs
     /// either the new release (succeeded) or what it ran before (every other result).
-    #[tracing::instrument(skip(self, expected), fields(release = %target.short()))]
     pub async fn update_to(
         &mut self,
         target: &ReleaseId,
         expected: Option<TreeDigest>,
     ) -> UpdateResult {
+        match self.prepare(target, expected).await {
+            Prepare::Ready(prepared) => self.commit(prepared).await,
+            Prepare::Done(result) => result,
+        }
+    }
+
+    /// Steps 5–7 for a prepared release: swap, apply, health window, commit or roll back.
+    #[tracing::instrument(skip_all, fields(release = %prepared.staged.id.short()))]
+    pub async fn commit(&mut self, prepared: Box<Prepared>) -> UpdateResult {
+        let result = self
+            .switch_and_verify(&prepared.staged, prepared.from)
+            .await;
+        self.metrics
+            .set_last_update_seconds(prepared.started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Gives up a prepared release before the swap (the emergency stop, or the controller
+    /// names another release meanwhile): nothing running was touched, the release is not
+    /// marked bad, and it stays staged for a later attempt.
+    pub fn abandon(&mut self, prepared: Box<Prepared>, reason: String) -> UpdateResult {
+        tracing::warn!(release = %prepared.staged.id.short(), %reason, "update abandoned before the swap");
+        self.abort_before_swap(reason, false)
+    }
+
+    /// Steps 1–4 of the update transaction to `target`: disk, fetch, stage and verify (against
+    /// `expected` if given), pull. Nothing running is touched; [`Updater::commit`] swaps.
+    #[tracing::instrument(skip(self, expected), fields(release = %target.short()))]
+    pub async fn prepare(&mut self, target: &ReleaseId, expected: Option<TreeDigest>) -> Prepare {
         let started = Instant::now();
         let current = self.data.current().release().cloned();
         if current.as_ref() == Some(target) && self.journal.safe_mode.is_none() {
-            return UpdateResult::Succeeded {
+            return Prepare::Done(UpdateResult::Succeeded {
                 release: target.clone(),
-            };
+            });
         }
         if self.journal.is_bad(target) {
-            return UpdateResult::Skipped {
+            return Prepare::Done(UpdateResult::Skipped {
                 reason: format!("release {} is marked bad on this device", target.short()),
-            };
+            });
         }
+        Prepare::from(self.prepare_steps(target, expected, current, started).await)
+    }
+
+    async fn prepare_steps(
+        &mut self,
+        target: &ReleaseId,
+        expected: Option<TreeDigest>,
+        current: Option<ReleaseId>,
+        started: Instant,
+    ) -> Result<Prepared, UpdateResult> {
+        self.record(EventKind::UpdateStarted {
+            release: target.clone(),
+        });
         // Step 1: disk.
         if let Err(reason) = self.ensure_disk(target).await {
             tracing::warn!(%reason, "update skipped");
-            return self.finish(UpdateResult::Skipped { reason });
+            return Err(self.finish(UpdateResult::Skipped { reason }));
         }
         if self.journal.to.as_ref() != Some(target) {
             self.journal.attempts = 0;
@@ -551,7 +718,7 @@ impl<R: StackRuntime> Updater<R> {
         // Step 2: fetch the pinned commit.
         self.journal.phase = UpdatePhase::Fetching;
         if let Err(e) = self.save() {
-            return self.abort_before_swap(format!("cannot write the journal: {e}"), false);
+            return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
         let fetched = self.git.fetch_commit(
             &self.endpoints,
@@ -563,24 +730,25 @@ impl<R: StackRuntime> Updater<R> {
             Ok(outcome) => {
                 if let Some(f) = outcome.fetched {
                     for failure in &f.failures {
-                        self.metrics.count_git_failure(&failure.endpoint);
+                        self.git_failed(&failure.endpoint, &failure.error);
                     }
                 }
             }
             Err(e) => {
                 if let GitError::AllEndpointsFailed { attempts, .. } = &e {
                     for a in attempts {
-                        self.metrics.count_git_failure(&a.endpoint);
+                        self.git_failed(&a.endpoint, &a.error);
                     }
                 }
-                return self
-                    .abort_before_swap(format!("cannot fetch {}: {e}", target.short()), false);
+                return Err(
+                    self.abort_before_swap(format!("cannot fetch {}: {e}", target.short()), false)
+                );
             }
         }
         // Step 3: stage, verify, validate.
         self.journal.phase = UpdatePhase::Staging;
         if let Err(e) = self.save() {
-            return self.abort_before_swap(format!("cannot write the journal: {e}"), false);
+            return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
         let git = &self.git;
         let staged = match stage::stage(&self.data, target, expected, &self.cfg.device_id, |dst| {
@@ -590,18 +758,18 @@ impl<R: StackRuntime> Updater<R> {
         }) {
             Ok(s) => s,
             Err(e @ stage::StageError::Fs { .. }) | Err(e @ stage::StageError::Checkout { .. }) => {
-                return self.abort_before_swap(e.to_string(), false);
+                return Err(self.abort_before_swap(e.to_string(), false));
             }
-            Err(e) => return self.abort_before_swap(e.to_string(), true),
+            Err(e) => return Err(self.abort_before_swap(e.to_string(), true)),
         };
         self.journal.phase = UpdatePhase::Staged;
         if let Err(e) = self.save() {
-            return self.abort_before_swap(format!("cannot write the journal: {e}"), false);
+            return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
         // Step 4: images, before touching anything running.
         self.journal.phase = UpdatePhase::Pulling;
         if let Err(e) = self.save() {
-            return self.abort_before_swap(format!("cannot write the journal: {e}"), false);
+            return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
         let images: Vec<_> = staged
             .stacks
@@ -610,16 +778,25 @@ impl<R: StackRuntime> Updater<R> {
             .flat_map(|c| c.services.values().map(|svc| svc.image.clone()))
             .collect();
         if let Err(e) = self.runtime.ensure_images(&images).await {
-            return self.abort_before_swap(
+            return Err(self.abort_before_swap(
                 format!("images for {} unavailable: {e}", target.short()),
                 false,
-            );
+            ));
         }
-        // Steps 5–7.
-        let result = self.switch_and_verify(&staged, current).await;
-        self.metrics
-            .set_last_update_seconds(started.elapsed().as_secs_f64());
-        result
+        Ok(Prepared {
+            staged,
+            from: current,
+            started,
+        })
+    }
+
+    /// Counts and records one endpoint's failure to serve a fetch.
+    fn git_failed(&mut self, endpoint: &str, error: &GitError) {
+        self.metrics.count_git_failure(endpoint);
+        self.record(EventKind::GitFetchFailed {
+            endpoint: endpoint.to_owned(),
+            error: error.to_string(),
+        });
     }
 
     /// A failure before the swap: nothing running was touched. `bad` marks the release so it is
@@ -711,6 +888,12 @@ impl<R: StackRuntime> Updater<R> {
         }
         self.journal.mark_bad(target, &reason);
         let restored = match &from {
+            // Re-applying the running release failed (leaving safe mode): there is nothing
+            // else to go back to.
+            Some(old) if old == target => Err(format!(
+                "release {} failed again and there is no other release to go back to",
+                target.short()
+            )),
             Some(old) => {
                 let swapped = swap_symlink(&self.data.current_link(), &DataDir::link_target(old));
                 match (swapped, self.load_staged(old)) {
@@ -768,6 +951,9 @@ impl<R: StackRuntime> Updater<R> {
             }
         };
         self.journal.bad_releases.retain(|b| b.release != previous);
+        self.record(EventKind::UpdateStarted {
+            release: previous.clone(),
+        });
         let result = self.switch_and_verify(&staged, current.clone()).await;
         if let (UpdateResult::Succeeded { .. }, Some(cur)) = (&result, &current) {
             self.journal.mark_bad(cur, "rolled back by hand");
@@ -776,6 +962,75 @@ impl<R: StackRuntime> Updater<R> {
             }
         }
         result
+    }
+
+    /// Keeps `current` running while idle: re-applies it so a container that stopped (by hand,
+    /// after an engine restart, or because a stop the agent asked for before a power cut
+    /// completed after recovery) is started again and strays are removed. Cheap when nothing
+    /// changed: one container listing per stack.
+    pub async fn supervise(&mut self) {
+        if self.journal.phase != UpdatePhase::Idle || self.journal.safe_mode.is_some() {
+            return;
+        }
+        let Some(current) = self.data.current().release().cloned() else {
+            return;
+        };
+        if self.supervised.as_ref().map(|s| &s.id) != Some(&current) {
+            match self.load_staged(&current) {
+                Ok(staged) => self.supervised = Some(staged),
+                Err(e) => {
+                    tracing::warn!(release = %current.short(), error = %e, "cannot re-read the current release to supervise it");
+                    return;
+                }
+            }
+        }
+        let Some(staged) = self.supervised.as_ref() else {
+            return;
+        };
+        match self.apply_release(staged).await {
+            Ok(()) => self.supervise_problem = None,
+            Err(e) => {
+                tracing::warn!(release = %current.short(), error = %e, "cannot keep the current release running");
+                self.supervise_problem = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Leaves safe mode by applying `current` again through steps 5–7 (swap to itself, apply,
+    /// health window). Healthy: safe mode is over. Not healthy: `current` is marked bad and
+    /// the device stays in safe mode, now on its own account.
+    pub async fn reapply_current(&mut self) -> UpdateResult {
+        let Some(current) = self.data.current().release().cloned() else {
+            return self.finish(UpdateResult::Skipped {
+                reason: "there is no current release to leave safe mode with".into(),
+            });
+        };
+        let staged = match self.load_staged(&current) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.finish(UpdateResult::Skipped {
+                    reason: format!("current release is unusable: {e}"),
+                })
+            }
+        };
+        tracing::info!(release = %current.short(), "leaving safe mode: applying the current release again");
+        self.record(EventKind::UpdateStarted {
+            release: current.clone(),
+        });
+        self.switch_and_verify(&staged, Some(current)).await
+    }
+
+    /// Carries out a rollback asked for by `fleet-agent rollback` (a `rollback.request` file),
+    /// if there is one.
+    pub async fn handle_rollback_request(&mut self) -> Option<UpdateResult> {
+        if !self.data.rollback_request().exists() {
+            return None;
+        }
+        let _ = fs::remove_file(self.data.rollback_request());
+        tracing::warn!("rollback requested by hand");
+        let result = self.rollback_by_hand().await;
+        tracing::info!(result = ?result, "manual rollback finished");
+        Some(result)
     }
 
     /// One standalone pass: fetch the branch head and update to it if it is new.
@@ -803,13 +1058,9 @@ impl<R: StackRuntime> Updater<R> {
     pub async fn run_standalone(&mut self, shutdown: tokio_util::sync::CancellationToken) {
         let mut next_poll = tokio::time::Instant::now();
         loop {
-            if self.data.rollback_request().exists() {
-                let _ = fs::remove_file(self.data.rollback_request());
-                tracing::warn!("rollback requested by hand");
-                let result = self.rollback_by_hand().await;
-                tracing::info!(result = ?result, "manual rollback finished");
-            }
+            self.handle_rollback_request().await;
             if tokio::time::Instant::now() >= next_poll {
+                self.supervise().await;
                 if let Some(result) = self.poll_once().await {
                     tracing::info!(result = ?result, "update finished");
                 }
@@ -824,8 +1075,8 @@ impl<R: StackRuntime> Updater<R> {
     }
 }
 
-/// How often the loop looks for a rollback request.
-const REQUEST_CHECK: Duration = Duration::from_secs(1);
+/// How often the loops look for a rollback request.
+pub const REQUEST_CHECK: Duration = Duration::from_secs(1);
 
 /// `base` plus up to 10% random jitter, so a fleet does not poll in lockstep.
 pub fn jittered(base: Duration) -> Duration {
@@ -839,6 +1090,79 @@ pub fn jittered(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use super::*;
+    use crate::testing::{config, NoRuntime};
+
+    fn kinds(u: &Updater<NoRuntime>) -> Vec<(u64, EventKind)> {
+        u.events()
+            .expect("controller mode keeps events")
+            .pending(100)
+            .expect("pending")
+            .into_iter()
+            .map(|e| (e.seq, e.kind))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn controller_mode_records_what_happens_as_events() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let mut u = Updater::open(config(&data, true), NoRuntime, Arc::default()).expect("open");
+        u.record(EventKind::AgentStarted {
+            version: "0.1.0".into(),
+        });
+        u.recover().await.expect("recover");
+        u.enter_safe_mode(crate::controller::mode::OPERATOR_SAFE_MODE)
+            .await;
+        let left = u.reapply_current().await;
+        assert!(matches!(left, UpdateResult::Skipped { .. }), "{left:?}");
+        assert_eq!(
+            kinds(&u),
+            vec![
+                (
+                    1,
+                    EventKind::AgentStarted {
+                        version: "0.1.0".into()
+                    }
+                ),
+                (
+                    2,
+                    EventKind::PhaseChanged {
+                        phase: UpdatePhase::SafeMode,
+                        release: None
+                    }
+                ),
+                (
+                    3,
+                    EventKind::SafeModeEntered {
+                        reason: crate::controller::mode::OPERATOR_SAFE_MODE.into()
+                    }
+                ),
+                (4, EventKind::UpdateFinished { result: left }),
+            ]
+        );
+        u.ack_events(3);
+        assert_eq!(kinds(&u).first().map(|k| k.0), Some(4));
+        // A restart in safe mode announces nothing new: the state did not change.
+        drop(u);
+        let mut u = Updater::open(config(&data, true), NoRuntime, Arc::default()).expect("reopen");
+        u.recover().await.expect("recover");
+        assert_eq!(kinds(&u).len(), 1, "{:?}", kinds(&u));
+    }
+
+    #[tokio::test]
+    async fn standalone_mode_records_no_events() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut u = Updater::open(
+            config(&tmp.path().join("data"), false),
+            NoRuntime,
+            Arc::default(),
+        )
+        .expect("open");
+        u.record(EventKind::SafeModeExited);
+        assert!(u.events().is_none());
+    }
 
     #[test]
     fn the_shipped_safe_mode_stack_loads() {

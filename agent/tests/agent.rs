@@ -153,6 +153,43 @@ fn the_mirror_serves_when_the_primary_is_down() {
 }
 
 #[test]
+fn a_container_stopped_behind_the_agents_back_is_started_again() {
+    if !ready("a_container_stopped_behind_the_agents_back_is_started_again") {
+        return;
+    }
+    let lab = Lab::new("supervise");
+    let r1 = lab.release("v1");
+    let agent = AgentProc::start(&lab.config());
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    let before = wait_containers(&lab, "web running", |c| {
+        c.iter().any(|c| c.0 == "web" && c.4)
+    });
+    let web_id = before
+        .iter()
+        .find(|c| c.0 == "web")
+        .map(|c| c.3.clone())
+        .expect("web container");
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &web_id])
+        .output()
+        .expect("docker stop");
+    assert!(out.status.success(), "docker stop: {out:?}");
+    let after = wait_containers(&lab, "web running again", |c| {
+        c.iter().any(|c| c.0 == "web" && c.4)
+    });
+    let again = after.iter().find(|c| c.0 == "web").expect("web container");
+    assert_eq!(
+        again.3, web_id,
+        "the same container is started again, not replaced"
+    );
+    assert_eq!(
+        after.iter().filter(|c| c.0 == "web").count(),
+        1,
+        "{after:?}"
+    );
+}
+
+#[test]
 fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
     if !ready("a_second_agent_on_the_same_data_dir_refuses_to_start") {
         return;

@@ -61,3 +61,41 @@ fn status_of_a_fresh_device() {
     assert_eq!(v["phase"], "idle");
     assert!(v["current"].is_null());
 }
+
+#[test]
+fn status_of_a_device_waiting_for_approval() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("agent.yaml");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("pairing-code"), "K7PQ2MXD\n").expect("code");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id: pi-01\ndata_dir: {}\ngit:\n  endpoints: [{{ url: git://127.0.0.1/f.git }}]\ncontroller:\n  url: https://controller:8443\n  token_file: {}\n  request_timeout: 5s\n",
+            data.display(),
+            tmp.path().join("device-token").display()
+        ),
+    )
+    .expect("write");
+    let path = cfg.to_str().expect("utf-8 path");
+    let (code, out, err) = agent(&["check-config", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("controller mode"), "{out}");
+    let (code, out, err) = agent(&["status", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(controller mode)"), "{out}");
+    assert!(
+        out.contains(
+            "pairing:    K7PQ2MXD: waiting for approval (`fleetctl devices approve K7PQ2MXD`)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("check-in:   never"), "{out}");
+    let (code, out, err) = agent(&["status", "--config", path, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["mode"], "controller");
+    assert_eq!(v["controller"]["pairing_code"], "K7PQ2MXD");
+    assert_eq!(v["controller"]["enrolled"], false);
+}

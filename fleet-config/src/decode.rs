@@ -402,6 +402,43 @@ impl Ctx<'_> {
     }
 }
 
+/// Parses `text` (a standalone YAML file such as an agent's or the controller's configuration,
+/// named `file` in messages) and decodes its root with `decode`. Returns the value, or every
+/// error (syntax, duplicate keys, decoding) sorted by place.
+pub fn decode_document<T>(
+    text: &str,
+    file: &str,
+    decode: impl FnOnce(&mut Ctx<'_>, &Node) -> Option<T>,
+) -> Result<T, Vec<crate::diag::Diagnostic>> {
+    let mut diags = Diagnostics::new();
+    let value = {
+        let mut ctx = Ctx {
+            file: file.to_owned(),
+            diags: &mut diags,
+        };
+        match crate::yaml::parse(text) {
+            Ok(doc) => {
+                for (pos, msg) in doc.problems {
+                    ctx.error(pos, msg);
+                }
+                decode(&mut ctx, &doc.root)
+            }
+            Err(e) => {
+                ctx.error(e.pos, e.message);
+                None
+            }
+        }
+    };
+    match value {
+        Some(v) if !diags.has_errors() => Ok(v),
+        _ => Err(diags
+            .sorted()
+            .into_iter()
+            .filter(|d| d.severity == crate::diag::Severity::Error)
+            .collect()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

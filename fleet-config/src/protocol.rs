@@ -326,6 +326,81 @@ pub struct CheckinResponse {
     pub next_checkin_secs: u64,
 }
 
+/// The agent-facing routes, relative to the controller's base URL.
+pub mod paths {
+    /// `POST` [`super::EnrollRequest`] → [`super::EnrollResponse`].
+    pub const ENROLL: &str = "/api/v1/enroll";
+    /// `POST` [`super::ClaimRequest`] → [`super::ClaimResponse`].
+    pub const ENROLL_CLAIM: &str = "/api/v1/enroll/claim";
+    /// `POST` [`super::CheckinRequest`] → [`super::CheckinResponse`], device bearer token.
+    pub const CHECKIN: &str = "/api/v1/checkin";
+}
+
+/// An agent asking to join the fleet. Without a token it gets a pairing code that an operator
+/// approves; with the bootstrap token (`Authorization: Bearer …`) it is enrolled at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The id the device wants (its entry in devices.yaml).
+    pub device_id: String,
+    /// Host name, shown to the operator who approves.
+    pub hostname: String,
+    /// CPU architecture (`aarch64`, `x86_64`, …).
+    pub arch: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// The controller's answer to an enrollment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum EnrollResponse {
+    /// Waiting for an operator: show `pairing_code` to them, then claim with `claim_secret`.
+    Pending {
+        /// 8 characters, single use, for the operator (`fleetctl devices approve CODE`).
+        pairing_code: String,
+        /// Secret the agent presents when it claims its token; never shown to people.
+        claim_secret: String,
+        /// Seconds until the code expires.
+        expires_in_secs: u64,
+    },
+    /// Enrolled (bootstrap token): the device token, shown once.
+    Enrolled {
+        /// The device id.
+        device_id: String,
+        /// The device's bearer token (256-bit, hex).
+        token: String,
+    },
+}
+
+/// An agent asking whether its pairing code was approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// The secret from [`EnrollResponse::Pending`].
+    pub claim_secret: String,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ClaimResponse {
+    /// Not approved yet: ask again later.
+    Pending,
+    /// Approved: the device token, handed out exactly once.
+    Enrolled {
+        /// The device id.
+        device_id: String,
+        /// The device's bearer token (256-bit, hex).
+        token: String,
+    },
+}
+
+/// The body of every error answer from the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for people.
+    pub error: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,82 @@
+//! Errors as HTTP answers: a status and `{"error": "…"}`. Client mistakes get 4xx with a
+//! message naming the problem; only the store failing gives a 5xx.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleet_config::protocol::ApiError as Body;
+
+use crate::db::DbError;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials fine, not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not in this state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Gone for good (expired or used pairing code).
+    #[error("{0}")]
+    Gone(String),
+    /// Body too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Too many attempts.
+    #[error("{message}")]
+    RateLimited {
+        /// For people.
+        message: String,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// The store failed.
+    #[error("{0}")]
+    Db(#[from] DbError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Db(e) = &self {
+            tracing::error!(error = %e, "store failure while answering a request");
+        }
+        let message = match &self {
+            ApiError::Db(_) => "the controller's database is unavailable; try again".to_owned(),
+            other => other.to_string(),
+        };
+        let mut resp = (status, Json(Body { error: message })).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        resp
+    }
+}

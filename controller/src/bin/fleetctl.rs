@@ -1,0 +1,448 @@
+//! `fleetctl`: the on-call CLI for the Fleet controller.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fleet_controller::db::now_ms;
+use fleet_controller::fleetctl::{ago, cell, reason, resolve, table, Api, CtlError};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "On-call CLI for the Fleet controller"
+)]
+struct Cli {
+    /// Controller URL.
+    #[arg(long, global = true, env = "FLEET_URL")]
+    url: Option<String>,
+    /// API token (from `fleet-controller tokens create NAME`).
+    #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file with `url:` and `token:` (default ~/.config/fleet/fleetctl.yaml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fleet health at a glance.
+    Status,
+    /// Devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Rollouts.
+    Rollouts {
+        #[command(subcommand)]
+        command: RolloutsCommand,
+    },
+    /// Emergency stop: every check-in answers hold until `fleetctl resume`.
+    Stop {
+        /// Why (required; it goes to the audit log and the dashboard banner).
+        #[arg(long)]
+        reason: String,
+        /// Also send the active rollout's devices back to their last good release.
+        #[arg(long)]
+        rollback: bool,
+    },
+    /// Clear the emergency stop.
+    Resume {
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Roll the active rollout back: every device of it returns to its previous release.
+    Rollback {
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Ask a device to enter or leave safe mode.
+    SafeMode {
+        /// Device id.
+        device: String,
+        /// on or off.
+        state: OnOff,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The audit log.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Validate a fleet repository locally (no controller needed).
+    Validate {
+        /// The repository's directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List devices.
+    List {
+        /// Only this state (online, offline, updating, failed, safe_mode, revoked).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One device with its recent events.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Approve a pairing code shown by a device.
+    Approve {
+        /// The 8-character code.
+        code: String,
+    },
+    /// Revoke a device's token.
+    Revoke {
+        /// Device id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutsCommand {
+    /// List rollouts.
+    List,
+    /// One rollout with its waves.
+    Show {
+        /// Rollout id.
+        id: String,
+    },
+    /// Stop progressing.
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Continue (retries a halted wave).
+    Resume {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Send every device of the rollout back to its previous release.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Skip the gates: start the next wave now.
+    Promote {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleetctl: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleetctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
+}
+
+async fn run(cli: Cli) -> Result<String, CtlError> {
+    // Validation is local: it needs no controller, URL or token.
+    if let Command::Validate { path } = &cli.command {
+        return validate(path);
+    }
+    let api = Api::new(resolve(
+        cli.url.clone(),
+        cli.token.clone(),
+        cli.config.as_deref(),
+    )?)?;
+    let json_out = cli.output == Output::Json;
+    let now = now_ms();
+    match cli.command {
+        Command::Validate { path } => validate(&path),
+        Command::Status => {
+            let s = api.get("/api/v1/status").await?;
+            if json_out {
+                return Ok(pretty(&s));
+            }
+            let mut out = String::new();
+            if !s["emergency_stop"].is_null() {
+                out.push_str(&format!(
+                    "EMERGENCY STOP by {} {}: {}\n",
+                    cell(&s["emergency_stop"]["actor"]),
+                    ago(&s["emergency_stop"]["at_ms"], now),
+                    cell(&s["emergency_stop"]["reason"])
+                ));
+            }
+            out.push_str(&format!(
+                "devices: {}   healthy: {:.1}%\n",
+                s["devices"],
+                s["healthy_percent"].as_f64().unwrap_or(0.0)
+            ));
+            if let Some(m) = s["by_state"].as_object() {
+                let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                out.push_str(&format!("by state: {}\n", parts.join(", ")));
+            }
+            if let Some(m) = s["versions"].as_object() {
+                let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                out.push_str(&format!("versions: {}\n", parts.join(", ")));
+            }
+            for r in s["active_rollouts"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "rollout {} of {}: {}\n",
+                    cell(&r["id"]),
+                    cell(&r["release"]),
+                    cell(&r["state"])
+                ));
+            }
+            for p in s["pending_pairings"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "waiting for approval: {} ({}), code {}: fleetctl devices approve {}\n",
+                    cell(&p["device_id"]),
+                    cell(&p["hostname"]),
+                    cell(&p["code"]),
+                    cell(&p["code"])
+                ));
+            }
+            Ok(out)
+        }
+        Command::Devices { command } => match command {
+            DevicesCommand::List { state } => {
+                let path = match &state {
+                    Some(s) => format!("/api/v1/devices?state={s}"),
+                    None => "/api/v1/devices".into(),
+                };
+                let list = api.get(&path).await?;
+                if json_out {
+                    return Ok(pretty(&list));
+                }
+                let rows: Vec<Vec<String>> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        vec![
+                            cell(&d["id"]),
+                            cell(&d["state"]),
+                            cell(&d["current"]),
+                            cell(&d["desired_release"]),
+                            cell(&d["health"]),
+                            ago(&d["last_seen_ms"], now),
+                        ]
+                    })
+                    .collect();
+                Ok(table(
+                    &["ID", "STATE", "CURRENT", "DESIRED", "HEALTH", "LAST SEEN"],
+                    &rows,
+                ))
+            }
+            DevicesCommand::Show { id } => {
+                let d = api.get(&format!("/api/v1/devices/{id}")).await?;
+                Ok(pretty(&d))
+            }
+            DevicesCommand::Approve { code } => {
+                let r = api
+                    .post("/api/v1/devices/approve", json!({"code": code}))
+                    .await?;
+                Ok(if json_out {
+                    pretty(&r)
+                } else {
+                    format!("approved device {}\n", cell(&r["approved"]))
+                })
+            }
+            DevicesCommand::Revoke { id, reason: why } => {
+                let r = api
+                    .post(&format!("/api/v1/devices/{id}/revoke"), reason(&why))
+                    .await?;
+                Ok(if json_out {
+                    pretty(&r)
+                } else {
+                    format!("revoked device {id}\n")
+                })
+            }
+        },
+        Command::Rollouts { command } => {
+            let (id, action, why) = match command {
+                RolloutsCommand::List => {
+                    let list = api.get("/api/v1/rollouts").await?;
+                    if json_out {
+                        return Ok(pretty(&list));
+                    }
+                    let rows: Vec<Vec<String>> = list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            vec![
+                                cell(&r["id"]),
+                                cell(&r["release"]),
+                                cell(&r["state"]),
+                                ago(&r["created_ms"], now),
+                            ]
+                        })
+                        .collect();
+                    return Ok(table(&["ID", "RELEASE", "STATE", "CREATED"], &rows));
+                }
+                RolloutsCommand::Show { id } => {
+                    return Ok(pretty(&api.get(&format!("/api/v1/rollouts/{id}")).await?));
+                }
+                RolloutsCommand::Pause { id, reason } => (id, "pause", reason),
+                RolloutsCommand::Resume { id, reason } => (id, "resume", reason),
+                RolloutsCommand::Abort { id, reason } => (id, "abort", reason),
+                RolloutsCommand::Promote { id, reason } => (id, "promote", reason),
+            };
+            let r = api
+                .post(&format!("/api/v1/rollouts/{id}/{action}"), reason(&why))
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!("rollout {id}: {action} done, now {}\n", cell(&r["state"]))
+            })
+        }
+        Command::Stop {
+            reason: why,
+            rollback,
+        } => {
+            let r = api
+                .post("/api/v1/stop", json!({"reason": why, "rollback": rollback}))
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                "EMERGENCY STOP set: every device holds until `fleetctl resume`\n".into()
+            })
+        }
+        Command::Resume { reason: why } => {
+            let r = api.post("/api/v1/resume", reason(&why)).await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else if r["was_set"] == true {
+                "emergency stop cleared\n".into()
+            } else {
+                "no emergency stop was set\n".into()
+            })
+        }
+        Command::Rollback { reason: why } => {
+            let r = api
+                .post("/api/v1/rollouts/active/abort", reason(&why))
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!(
+                    "rollout {} aborted: its devices go back to their previous release\n",
+                    cell(&r["id"])
+                )
+            })
+        }
+        Command::SafeMode {
+            device,
+            state,
+            reason: why,
+        } => {
+            let on = state == OnOff::On;
+            let r = api
+                .post(
+                    &format!("/api/v1/devices/{device}/safe-mode"),
+                    json!({"on": on, "reason": why.unwrap_or_default()}),
+                )
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!(
+                    "device {device}: safe mode {}\n",
+                    if on { "requested" } else { "off" }
+                )
+            })
+        }
+        Command::Audit { limit } => {
+            let list = api.get(&format!("/api/v1/audit?limit={limit}")).await?;
+            if json_out {
+                return Ok(pretty(&list));
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    vec![
+                        ago(&e["at_ms"], now),
+                        cell(&e["actor"]),
+                        cell(&e["action"]),
+                        cell(&e["target"]),
+                        cell(&e["reason"]),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["WHEN", "ACTOR", "ACTION", "TARGET", "REASON"],
+                &rows,
+            ))
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> Result<String, CtlError> {
+    let v = fleet_config::validate_dir(path).map_err(|e| CtlError::Local(e.to_string()))?;
+    let diags = v.diagnostics.sorted();
+    let mut out = String::new();
+    for d in &diags {
+        out.push_str(&format!("{d}\n"));
+    }
+    if v.repo.is_none() {
+        return Err(CtlError::Local(format!(
+            "{out}{} is not a valid fleet repository",
+            path.display()
+        )));
+    }
+    out.push_str(&format!("{}: valid\n", path.display()));
+    Ok(out)
+}

@@ -1,0 +1,173 @@
+//! The controller's store: one schema on SQLite (default, one file) or PostgreSQL, reached
+//! through sqlx's `Any` driver so every query is written once. Queries use `$1, $2, …` in
+//! ascending order of first appearance, which both engines read the same way.
+
+mod audit;
+mod devices;
+mod enroll;
+mod releases;
+mod rollouts;
+mod settings;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use audit::AuditEntry;
+pub use devices::{DeviceRow, DeviceState};
+pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
+pub use releases::ReleaseRow;
+pub use rollouts::RolloutRow;
+pub use settings::EmergencyStop;
+pub use users::{Role, User};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database URL is not one this controller speaks.
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://…")]
+    Url(String),
+    /// Connecting failed.
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// Redacted URL.
+        url: String,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("cannot migrate the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error while {what}: {source}")]
+    Query {
+        /// What the controller was doing.
+        what: &'static str,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Wraps a sqlx error with what was being done.
+pub(crate) fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Query { what, source }
+}
+
+/// Which engine the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite: one file, one writer.
+    Sqlite,
+    /// PostgreSQL: several controller replicas may share it.
+    Postgres,
+}
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Db {
+    /// Opens (creating a SQLite file if needed) and migrates.
+    pub async fn open(url: &str) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::Url(redact(url)));
+        };
+        let connect_err = |source| DbError::Connect {
+            url: redact(url),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                             PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Db { pool, backend })
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for the few callers that need a connection of their own (leader lock).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://fleet:s3cret@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        assert_eq!(redact("postgres://db/fleet"), "postgres://db/fleet");
+    }
+}

@@ -1,0 +1,94 @@
+//! Releases the watcher has seen: valid ones (with their digest) and rejected ones (with the
+//! validation errors), so a bad commit is recorded once and never rolled out.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{now_ms, q, Db, DbError};
+
+/// A commit the controller looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseRow {
+    /// Commit sha.
+    pub sha: String,
+    /// Tree digest, for valid releases.
+    pub digest: Option<String>,
+    /// When it was seen.
+    pub seen_ms: i64,
+    /// `valid` or `rejected`.
+    pub status: String,
+    /// Validation errors of a rejected commit, one per line.
+    pub errors: String,
+    /// Where it came from (`poll`, `webhook`).
+    pub source: String,
+}
+
+fn release_from(r: &sqlx::any::AnyRow) -> Result<ReleaseRow, DbError> {
+    let e = || q("reading a release");
+    Ok(ReleaseRow {
+        sha: r.try_get("sha").map_err(e())?,
+        digest: r.try_get("digest").map_err(e())?,
+        seen_ms: r.try_get("seen_ms").map_err(e())?,
+        status: r.try_get("status").map_err(e())?,
+        errors: r.try_get("errors").map_err(e())?,
+        source: r.try_get("source").map_err(e())?,
+    })
+}
+
+impl Db {
+    /// Records a commit; false if it was recorded before.
+    pub async fn record_release(
+        &self,
+        sha: &str,
+        digest: Option<&str>,
+        errors: Option<&str>,
+        source: &str,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "INSERT INTO releases (sha, digest, seen_ms, status, errors, source) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha) DO NOTHING",
+        )
+        .bind(sha)
+        .bind(digest)
+        .bind(now_ms())
+        .bind(if errors.is_some() {
+            "rejected"
+        } else {
+            "valid"
+        })
+        .bind(errors.unwrap_or(""))
+        .bind(source)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a release"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// One release.
+    pub async fn release(&self, sha: &str) -> Result<Option<ReleaseRow>, DbError> {
+        sqlx::query(
+            "SELECT sha, digest, seen_ms, status, errors, source FROM releases WHERE sha = $1",
+        )
+        .bind(sha)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading a release"))?
+        .as_ref()
+        .map(release_from)
+        .transpose()
+    }
+
+    /// The newest releases, newest first.
+    pub async fn releases(&self, limit: i64) -> Result<Vec<ReleaseRow>, DbError> {
+        sqlx::query(
+            "SELECT sha, digest, seen_ms, status, errors, source FROM releases ORDER BY seen_ms DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing releases"))?
+        .iter()
+        .map(release_from)
+        .collect()
+    }
+}

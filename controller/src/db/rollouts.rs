@@ -1,0 +1,115 @@
+//! Rollouts as stored: the engine's state as JSON plus a few columns to find them.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{now_ms, q, Db, DbError};
+
+/// A stored rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutRow {
+    /// Id.
+    pub id: String,
+    /// Release it rolls out.
+    pub release: String,
+    /// Short state name.
+    pub state: String,
+    /// Still being driven (not completed, aborted or superseded).
+    pub active: bool,
+    /// The engine's state.
+    pub data: serde_json::Value,
+    /// Created.
+    pub created_ms: i64,
+    /// Last changed.
+    pub updated_ms: i64,
+}
+
+fn rollout_from(r: &sqlx::any::AnyRow) -> Result<RolloutRow, DbError> {
+    let e = || q("reading a rollout");
+    let active: i64 = r.try_get("active").map_err(e())?;
+    let data: String = r.try_get("data").map_err(e())?;
+    Ok(RolloutRow {
+        id: r.try_get("id").map_err(e())?,
+        release: r.try_get("release").map_err(e())?,
+        state: r.try_get("state").map_err(e())?,
+        active: active != 0,
+        data: serde_json::from_str(&data).map_err(|e| DbError::Corrupt {
+            what: "rollout state",
+            detail: e.to_string(),
+        })?,
+        created_ms: r.try_get("created_ms").map_err(e())?,
+        updated_ms: r.try_get("updated_ms").map_err(e())?,
+    })
+}
+
+const COLUMNS: &str = "id, release, state, active, data, created_ms, updated_ms";
+
+impl Db {
+    /// Inserts or replaces a rollout.
+    pub async fn save_rollout(
+        &self,
+        id: &str,
+        release: &str,
+        state: &str,
+        active: bool,
+        data: &str,
+    ) -> Result<(), DbError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO rollouts (id, release, state, active, data, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+             state = excluded.state, active = excluded.active, data = excluded.data, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(id)
+        .bind(release)
+        .bind(state)
+        .bind(i64::from(active))
+        .bind(data)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(q("saving a rollout"))?;
+        Ok(())
+    }
+
+    /// One rollout.
+    pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, DbError> {
+        sqlx::query(&format!("SELECT {COLUMNS} FROM rollouts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a rollout"))?
+            .as_ref()
+            .map(rollout_from)
+            .transpose()
+    }
+
+    /// Rollouts, newest first.
+    pub async fn rollouts(&self, limit: i64) -> Result<Vec<RolloutRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rollouts ORDER BY created_ms DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing rollouts"))?
+        .iter()
+        .map(rollout_from)
+        .collect()
+    }
+
+    /// The rollouts still being driven, oldest first.
+    pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rollouts WHERE active = 1 ORDER BY created_ms, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing active rollouts"))?
+        .iter()
+        .map(rollout_from)
+        .collect()
+    }
+}

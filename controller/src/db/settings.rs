@@ -1,0 +1,74 @@
+//! Fleet-wide settings: the emergency stop.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::{q, Db, DbError};
+
+const STOP_KEY: &str = "emergency_stop";
+
+/// The emergency stop, while it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyStop {
+    /// Who pressed it (`controller` for the automatic fleet-wide gate).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Whether the active rollout's devices were sent back to their last good release.
+    pub rollback: bool,
+}
+
+impl Db {
+    /// The stop, if set. Read from the store at every check-in: replicas share it at once.
+    pub async fn emergency_stop(&self) -> Result<Option<EmergencyStop>, DbError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(STOP_KEY)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading the emergency stop"))?;
+        match row {
+            Some(r) => {
+                let v: String = r
+                    .try_get("value")
+                    .map_err(q("reading the emergency stop"))?;
+                serde_json::from_str(&v)
+                    .map(Some)
+                    .map_err(|e| DbError::Corrupt {
+                        what: "emergency stop",
+                        detail: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Sets the stop (keeping the first one's record if it is already set); returns whether
+    /// it was newly set.
+    pub async fn set_emergency_stop(&self, stop: &EmergencyStop) -> Result<bool, DbError> {
+        let value = serde_json::to_string(stop).map_err(|e| DbError::Corrupt {
+            what: "emergency stop",
+            detail: e.to_string(),
+        })?;
+        let r = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(STOP_KEY)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(q("setting the emergency stop"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Clears the stop; returns whether it was set.
+    pub async fn clear_emergency_stop(&self) -> Result<bool, DbError> {
+        let r = sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(STOP_KEY)
+            .execute(&self.pool)
+            .await
+            .map_err(q("clearing the emergency stop"))?;
+        Ok(r.rows_affected() == 1)
+    }
+}

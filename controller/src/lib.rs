@@ -1,0 +1,16 @@
+//! The fleet controller: decides which release each device runs and when (DESIGN.md,
+//! "Controller"). Devices pull; the controller never connects to them.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod engine;
+pub mod fleetctl;
+pub mod leader;
+pub mod metrics;
+pub mod ratelimit;
+pub mod rollout;
+pub mod server;
+pub mod sim;
+pub mod tokens;
+pub mod watcher;

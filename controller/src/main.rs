@@ -1,0 +1,294 @@
+//! `fleet-controller`: serve the fleet, and provision users and tokens without a browser.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_controller::config::ControllerConfig;
+use fleet_controller::db::{Db, Role};
+use fleet_controller::server;
+use fleet_controller::tokens;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-controller",
+    version,
+    about = "The Fleet controller: enrollment, check-in, wave rollouts, emergency stop"
+)]
+struct Cli {
+    /// Configuration file (YAML); without it the defaults apply.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`; overrides the file.
+    #[arg(long, global = true, env = "FLEET_DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Serve {
+        /// Listen address; overrides the file.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Check the configuration file and exit.
+    CheckConfig,
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// API tokens for fleetctl.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Bootstrap tokens, for provisioning devices in bulk without approval.
+    BootstrapToken {
+        #[command(subcommand)]
+        command: BootstrapCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user (or reset an existing one); prints the password (if generated) and an API token.
+    Add {
+        /// Login name.
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        /// Read the password from stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create an API token for a user and print it.
+    Create {
+        /// The user.
+        name: String,
+    },
+    /// Revoke every API token of a user.
+    Revoke {
+        /// The user.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BootstrapCommand {
+    /// Create a bootstrap token and print it.
+    Create,
+}
+
+/// A failure with its exit code: 2 for usage and configuration, 1 for everything else.
+struct Failure(u8, String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-controller: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("fleet-controller: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<ControllerConfig, Failure> {
+    let mut cfg = match &cli.config {
+        Some(p) => ControllerConfig::load(p).map_err(|e| Failure(2, e.to_string()))?,
+        None => ControllerConfig::default(),
+    };
+    if let Some(url) = &cli.database_url {
+        cfg.database_url = Some(url.clone());
+    }
+    Ok(cfg)
+}
+
+async fn open_db(cfg: &ControllerConfig) -> Result<Db, Failure> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        Failure(
+            1,
+            format!(
+                "cannot create the data directory {}: {e}",
+                cfg.data_dir.display()
+            ),
+        )
+    })?;
+    Db::open(&cfg.database_url())
+        .await
+        .map_err(|e| Failure(1, e.to_string()))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let mut cfg = load_config(&cli)?;
+    match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "configuration OK: listen {}, database {}",
+                cfg.listen,
+                fleet_controller::db::redact(&cfg.database_url())
+            );
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let state = server::prepare(cfg)
+                .await
+                .map_err(|e| Failure(1, e.to_string()))?;
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+                s.cancel();
+            });
+            server::serve(state, shutdown)
+                .await
+                .map_err(|e| Failure(1, e.to_string()))
+        }
+        Command::Users { command } => {
+            let db = open_db(&cfg).await?;
+            match command {
+                UsersCommand::Add {
+                    name,
+                    role,
+                    password_stdin,
+                } => {
+                    let role: Role = role.parse().map_err(|e: String| Failure(2, e))?;
+                    fleet_config::names::check_name(&name)
+                        .map_err(|e| Failure(2, format!("user name {e}")))?;
+                    let (password, generated) = if password_stdin {
+                        let mut s = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut s)
+                            .map_err(|e| Failure(1, format!("cannot read the password: {e}")))?;
+                        (s.trim_end_matches(['\n', '\r']).to_owned(), false)
+                    } else {
+                        (tokens::random_password(), true)
+                    };
+                    let hash =
+                        tokens::hash_password(&password).map_err(|e| Failure(2, e.to_string()))?;
+                    db.upsert_user(&name, &hash, role)
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    let token = db
+                        .create_api_token(&name)
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    db.audit("fleet-controller", "user.add", &name, "", role.as_str())
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    println!("user={name}");
+                    println!("role={role}");
+                    if generated {
+                        println!("password={password}");
+                    }
+                    println!("token={token}");
+                    Ok(())
+                }
+                UsersCommand::List => {
+                    for u in db.users().await.map_err(|e| Failure(1, e.to_string()))? {
+                        println!("{}\t{}", u.name, u.role);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Tokens { command } => {
+            let db = open_db(&cfg).await?;
+            match command {
+                TokensCommand::Create { name } => {
+                    if db
+                        .user_with_password(&name)
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?
+                        .is_none()
+                    {
+                        return Err(Failure(1, format!("no user `{name}`; add it with `fleet-controller users add {name} --role ROLE`")));
+                    }
+                    let token = db
+                        .create_api_token(&name)
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    db.audit("fleet-controller", "token.create", &name, "", "")
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    println!("{token}");
+                    Ok(())
+                }
+                TokensCommand::Revoke { name } => {
+                    let n = db
+                        .revoke_api_tokens(&name)
+                        .await
+                        .map_err(|e| Failure(1, e.to_string()))?;
+                    db.audit(
+                        "fleet-controller",
+                        "token.revoke",
+                        &name,
+                        "",
+                        &n.to_string(),
+                    )
+                    .await
+                    .map_err(|e| Failure(1, e.to_string()))?;
+                    println!("revoked {n} token(s) of `{name}`");
+                    Ok(())
+                }
+            }
+        }
+        Command::BootstrapToken {
+            command: BootstrapCommand::Create,
+        } => {
+            let db = open_db(&cfg).await?;
+            let token = db
+                .create_bootstrap_token("fleet-controller")
+                .await
+                .map_err(|e| Failure(1, e.to_string()))?;
+            db.audit("fleet-controller", "bootstrap_token.create", "", "", "")
+                .await
+                .map_err(|e| Failure(1, e.to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

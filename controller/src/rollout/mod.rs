@@ -1,0 +1,16 @@
+//! The rollout engine, pure: no I/O, no clock, no database. Its state is plain data the
+//! controller stores as JSON after every step, so a restarted controller resumes where it was
+//! (DESIGN.md, "Rollout semantics").
+//!
+//! - [`plan`]: which devices make up each wave (deterministic, cumulative, rounded up).
+//! - [`machine`]: the rollout's life: waves, health gate, bake, halt, pause, resume, abort,
+//!   promote, superseding.
+//! - [`desired`]: what each device should run, from the rollout and the fleet's history.
+
+pub mod desired;
+pub mod machine;
+pub mod plan;
+
+pub use desired::{desired_for, Fallback, Target};
+pub use machine::{DeviceView, Effect, OpError, Outcome, Rollout, State};
+pub use plan::{plan_waves, Policy, WavePlan, WaveSpec};

@@ -1,0 +1,195 @@
+//! The Git watcher: polls the fleet repository (primary, then mirrors) and wakes at once on a
+//! signed push webhook. A new head commit is checked out, validated and digested exactly as an
+//! agent will; a valid one becomes a release (and, by policy, a rollout), an invalid one is
+//! recorded as rejected with its errors and never rolled out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_agent::git::{Endpoint, GitCache, GitError};
+use fleet_config::protocol::ReleaseId;
+use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::config::GitSource;
+use crate::db::DbError;
+
+/// Errors of one watcher pass.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// Git failed on every endpoint, or the cache is unusable.
+    #[error("{0}")]
+    Git(#[from] GitError),
+    /// Reading the checked-out tree failed.
+    #[error("cannot read release {sha}: {reason}")]
+    Tree {
+        /// Commit.
+        sha: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error("{0}")]
+    Db(#[from] DbError),
+    /// The blocking Git task died.
+    #[error("the Git task failed: {0}")]
+    Task(String),
+}
+
+/// A commit checked like an agent would.
+pub enum Checked {
+    /// Valid: a release.
+    Valid {
+        /// Commit.
+        release: ReleaseId,
+        /// Tree digest.
+        digest: TreeDigest,
+        /// The parsed repository.
+        repo: Box<FleetRepo>,
+    },
+    /// Invalid: the errors, one per line, `FILE:LINE:COL: error: …`.
+    Rejected {
+        /// Commit.
+        release: ReleaseId,
+        /// Errors.
+        errors: String,
+    },
+}
+
+/// Fetches the branch head (failover across endpoints) and checks it.
+pub fn check_head(cache_dir: &std::path::Path, git: &GitSource) -> Result<Checked, WatchError> {
+    let cache = GitCache::open_or_init(cache_dir)?;
+    let endpoints: Vec<Endpoint> = git.endpoints.iter().map(Endpoint::new).collect();
+    let outcome = cache.fetch(&endpoints, &git.branch, git.failover_timeout)?;
+    for f in &outcome.failures {
+        tracing::warn!(endpoint = %f.endpoint, error = %f.error, "Git endpoint failed; used the next one");
+    }
+    let release: ReleaseId =
+        outcome
+            .head
+            .parse()
+            .map_err(|e: fleet_config::protocol::BadReleaseId| WatchError::Tree {
+                sha: outcome.head.clone(),
+                reason: e.0,
+            })?;
+    check_commit(&cache, &release)
+}
+
+/// Checks out `release` from the cache into a scratch directory, digests and validates it.
+pub fn check_commit(cache: &GitCache, release: &ReleaseId) -> Result<Checked, WatchError> {
+    let tree_err = |reason: String| WatchError::Tree {
+        sha: release.as_str().to_owned(),
+        reason,
+    };
+    let scratch = tempfile::tempdir().map_err(|e| tree_err(e.to_string()))?;
+    let dest = scratch.path().join("tree");
+    cache.checkout(release.as_str(), &dest)?;
+    let digest = digest_dir(&dest).map_err(|e| tree_err(e.to_string()))?;
+    let validation = validate_dir(&dest).map_err(|e| tree_err(e.to_string()))?;
+    Ok(match validation.repo {
+        Some(repo) => Checked::Valid {
+            release: release.clone(),
+            digest,
+            repo: Box::new(repo),
+        },
+        None => Checked::Rejected {
+            release: release.clone(),
+            errors: validation
+                .diagnostics
+                .sorted()
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
+    })
+}
+
+/// One pass: look at the head; record and act on it if it is new. Returns the head.
+pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, WatchError> {
+    let Some(git) = state.cfg.git.clone() else {
+        return Ok(None);
+    };
+    let cache_dir: PathBuf = state.cfg.data_dir.join("git-cache");
+    let checked = tokio::task::spawn_blocking(move || check_head(&cache_dir, &git))
+        .await
+        .map_err(|e| WatchError::Task(e.to_string()))??;
+    match checked {
+        Checked::Valid {
+            release,
+            digest,
+            repo,
+        } => {
+            let digest_hex = digest.to_string();
+            if state
+                .db
+                .record_release(release.as_str(), Some(&digest_hex), None, source)
+                .await?
+            {
+                tracing::info!(release = %release.short(), %source, "new release");
+                state
+                    .db
+                    .audit(
+                        "controller",
+                        "release.new",
+                        release.as_str(),
+                        "",
+                        &format!("digest {digest_hex}, via {source}"),
+                    )
+                    .await?;
+                crate::engine::new_release(state, &release, digest, &repo).await?;
+            }
+            Ok(Some(release))
+        }
+        Checked::Rejected { release, errors } => {
+            if state
+                .db
+                .record_release(release.as_str(), None, Some(&errors), source)
+                .await?
+            {
+                tracing::error!(release = %release.short(), %errors, "commit rejected: it does not validate; it will not be rolled out");
+                state
+                    .db
+                    .audit(
+                        "controller",
+                        "release.rejected",
+                        release.as_str(),
+                        "validation failed",
+                        &errors,
+                    )
+                    .await?;
+            }
+            Ok(Some(release))
+        }
+    }
+}
+
+/// Runs passes every `poll_interval` and whenever the webhook wakes it, until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let Some(git) = state.cfg.git.clone() else {
+        tracing::info!("no Git source configured; the watcher is off");
+        return;
+    };
+    let mut failures = 0u32;
+    loop {
+        match pass(&state, "poll").await {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                // Every failure is logged, but not at error level each time on a long outage.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::error!(error = %e, failures, "Git watcher pass failed; releases stay as they are");
+                } else {
+                    tracing::warn!(error = %e, failures, "Git watcher pass failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = state.watch.notified() => {}
+            _ = tokio::time::sleep(git.poll_interval.max(Duration::from_millis(200))) => {}
+        }
+    }
+}

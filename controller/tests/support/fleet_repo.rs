@@ -1,0 +1,83 @@
+//! A fleet repository served by a real `git daemon`, for the controller's tests.
+
+use std::path::Path;
+
+use super::git_daemon::{init_bare, Entry, GitDaemon, WorkRepo};
+
+/// A served fleet repository.
+pub struct FleetRepo {
+    /// The daemon (killed on drop).
+    pub daemon: GitDaemon,
+    /// Where commits are made.
+    pub work: WorkRepo,
+    bare: std::path::PathBuf,
+    devices: usize,
+    canaries: usize,
+    bake: String,
+}
+
+/// Device ids of a test fleet.
+pub fn device_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("dev-{i:03}")).collect()
+}
+
+impl FleetRepo {
+    /// An empty repository for a fleet of `devices` (the first `canaries` in the canary ring).
+    pub fn new(dir: &Path, devices: usize, canaries: usize, bake: &str) -> FleetRepo {
+        let base = dir.join("git");
+        std::fs::create_dir_all(&base).expect("git base");
+        let bare = init_bare(&base, "fleet.git");
+        let daemon = GitDaemon::start(&base);
+        let work = WorkRepo::init(&dir.join("work"));
+        FleetRepo {
+            daemon,
+            work,
+            bare,
+            devices,
+            canaries,
+            bake: bake.to_owned(),
+        }
+    }
+
+    /// The URL to watch.
+    pub fn url(&self) -> String {
+        self.daemon.url("fleet.git")
+    }
+
+    /// Commits a release running image tag `tag` and pushes it; returns the sha.
+    pub fn release(&self, tag: &str) -> String {
+        let fleet = format!(
+            "name: test-fleet\nrelease_branch: main\nrollout:\n  waves:\n    - {{ name: canary, select: {{ ring: canary }} }}\n    - {{ name: five-percent, percent: 5 }}\n    - {{ name: quarter, percent: 25 }}\n    - {{ name: all, percent: 100 }}\n  bake: {}\n  health_timeout: 60s\n  max_failure_rate: 5%\n  fleet_unhealthy_stop: 50%\n",
+            self.bake
+        );
+        let mut devices = String::from("devices:\n");
+        for (i, id) in device_ids(self.devices).iter().enumerate() {
+            let ring = if i < self.canaries { "canary" } else { "main" };
+            devices.push_str(&format!("  - id: {id}\n    labels: {{ ring: {ring} }}\n"));
+        }
+        devices.push_str("stacks:\n  - name: app\n    select: {}\n");
+        let compose = format!(
+            "services:\n  web:\n    image: fleet-test/app:{tag}\n    restart: unless-stopped\n"
+        );
+        let sha = self.work.commit(
+            &format!("release {tag}"),
+            &[
+                ("fleet.yaml", Entry::File(fleet.as_bytes())),
+                ("devices.yaml", Entry::File(devices.as_bytes())),
+                ("stacks/app/compose.yaml", Entry::File(compose.as_bytes())),
+            ],
+        );
+        self.work.push(&self.bare, "main");
+        sha
+    }
+
+    /// Commits something that does not validate and pushes it; returns the sha.
+    pub fn broken(&self) -> String {
+        let sha = self.work.commit(
+            "broken",
+            &[("fleet.yaml", Entry::File(b"name: test-fleet\nrolout: {}\n"))],
+        );
+        self.work.push(&self.bare, "main");
+        sha
+    }
+}
