@@ -14,7 +14,8 @@ use fleet_controller::config::GitSource;
 use fleet_controller::sim::SimFleet;
 use serde_json::{json, Value};
 use support::fleet_repo::{device_ids, FleetRepo};
-use support::{client, database_url, test_config, Store, TestController};
+use support::process::{free_addr, ControllerProcess};
+use support::{client, database_url, test_config, Remote, Store, TestController};
 
 const DEVICES: usize = 100;
 const CANARIES: usize = 2;
@@ -92,10 +93,10 @@ async fn rounds_until(
     n
 }
 
-async fn get(c: &TestController, path: &str) -> Value {
+async fn get(c: &impl Remote, path: &str) -> Value {
     client()
         .get(c.url(path))
-        .bearer_auth(&c.viewer)
+        .bearer_auth(c.viewer_token())
         .send()
         .await
         .expect("get")
@@ -104,7 +105,7 @@ async fn get(c: &TestController, path: &str) -> Value {
         .expect("json")
 }
 
-async fn rollout_of(c: &TestController, sha: &str) -> Value {
+async fn rollout_of(c: &impl Remote, sha: &str) -> Value {
     let id = format!("r-{}", &sha[..12]);
     get(c, &format!("/api/v1/rollouts/{id}")).await
 }
@@ -199,7 +200,7 @@ async fn waves_in_order(store: Store) {
 
 /// Check-in rounds until the rollout of `sha` is in `state` (through the API).
 async fn rounds_until_state(
-    c: &TestController,
+    c: &impl Remote,
     fleet: &mut SimFleet,
     sha: &str,
     state: &str,
@@ -353,13 +354,19 @@ async fn the_emergency_stop_holds_every_device_until_resume(store: Store) {
     c.stop().await;
 }
 
-async fn a_restarted_controller_resumes_the_rollout(store: Store) {
+/// The real binary, killed with SIGKILL in the middle of the third wave and started again on
+/// the same store: the stored rollout goes on where it was, it is not started again.
+async fn a_killed_controller_resumes_the_rollout(store: Store) {
     let test = format!("restart_{store:?}");
     let Some(s) = Suite::new(store, &test, "500ms").await else {
         return;
     };
-    let c = s.controller().await;
-    let mut fleet = enrolled_fleet(&c).await;
+    let mut cfg = test_config(&s.dir.path().join("controller"), &s.url, Some(s.git()));
+    cfg.listen = free_addr();
+    let mut c = ControllerProcess::start(&cfg).await;
+    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
+        .await
+        .expect("enroll 100 devices");
     let a = s.repo.release("v1");
     let deadline = Instant::now() + LIMIT;
     loop {
@@ -372,15 +379,14 @@ async fn a_restarted_controller_resumes_the_rollout(store: Store) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = on(&fleet, &a).len();
-    let listen = c.state.cfg.listen;
-    c.stop().await;
+    c.kill();
     // Devices cannot reach it meanwhile; they keep what they run.
     let errors = fleet.round(&BTreeSet::new(), 16).await;
     assert_eq!(errors.len(), DEVICES, "the controller is down");
-    // A new process on the same store, on the same address.
-    let mut cfg = test_config(&s.dir.path().join("controller"), &s.url, Some(s.git()));
-    cfg.listen = listen;
-    let c = TestController::start_on(cfg).await;
+    assert_eq!(on(&fleet, &a).len(), before);
+    // A new process on the same store and address; with PostgreSQL it must win the advisory
+    // lock the killed one held, with SQLite the lock file.
+    c.restart(1).await;
     let r = rollout_of(&c, &a).await;
     assert_eq!(
         r["detail"]["wave"], 2,
@@ -393,14 +399,16 @@ async fn a_restarted_controller_resumes_the_rollout(store: Store) {
     assert!(before < DEVICES);
     rounds_until_state(&c, &mut fleet, &a, "completed").await;
     let audit = get(&c, "/api/v1/audit?limit=1000").await;
-    let created = audit
-        .as_array()
-        .expect("audit")
-        .iter()
-        .filter(|e| e["action"] == "rollout.created")
-        .count();
-    assert_eq!(created, 1, "resumed, not started again");
-    c.stop().await;
+    let count = |action: &str| {
+        audit
+            .as_array()
+            .expect("audit")
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count()
+    };
+    assert_eq!(count("rollout.created"), 1, "resumed, not started again");
+    assert_eq!(count("rollout.wave_started"), 4, "each wave started once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,11 +442,11 @@ async fn the_emergency_stop_holds_until_resume_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_controller_resumes_on_sqlite() {
-    a_restarted_controller_resumes_the_rollout(Store::Sqlite).await;
+async fn a_killed_controller_resumes_on_sqlite() {
+    a_killed_controller_resumes_the_rollout(Store::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_controller_resumes_on_postgres() {
-    a_restarted_controller_resumes_the_rollout(Store::Postgres).await;
+async fn a_killed_controller_resumes_on_postgres() {
+    a_killed_controller_resumes_the_rollout(Store::Postgres).await;
 }

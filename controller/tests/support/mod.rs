@@ -7,6 +7,7 @@ pub mod fleet_repo;
 #[path = "../../../agent/tests/support/git_daemon.rs"]
 pub mod git_daemon;
 pub mod postgres;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,22 +79,6 @@ impl TestController {
     /// Starts a controller with `cfg`, creating users `admin`, `operator`, `viewer`.
     pub async fn start(cfg: ControllerConfig) -> TestController {
         Self::start_with_secret(cfg, None).await
-    }
-
-    /// A controller on the address `cfg.listen` names (a restart on the same port).
-    pub async fn start_on(cfg: ControllerConfig) -> TestController {
-        let mut listener = None;
-        for _ in 0..50 {
-            match tokio::net::TcpListener::bind(cfg.listen).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let listener = listener.expect("bind the same port again");
-        Self::serve(listener, cfg, None).await
     }
 
     /// As [`TestController::start`], with a webhook secret.
@@ -181,6 +166,32 @@ async fn user(db: &Db, name: &str, role: Role) -> String {
     let hash = tokens::hash_password("a long test password").expect("hash");
     db.upsert_user(name, &hash, role).await.expect("user");
     db.create_api_token(name).await.expect("token")
+}
+
+/// A controller the tests talk to over HTTP: in this process or a child process.
+pub trait Remote {
+    /// `base` + `path`.
+    fn url(&self, path: &str) -> String;
+    /// A viewer's API token.
+    fn viewer_token(&self) -> &str;
+}
+
+impl Remote for TestController {
+    fn url(&self, path: &str) -> String {
+        TestController::url(self, path)
+    }
+    fn viewer_token(&self) -> &str {
+        &self.viewer
+    }
+}
+
+impl Remote for process::ControllerProcess {
+    fn url(&self, path: &str) -> String {
+        process::ControllerProcess::url(self, path)
+    }
+    fn viewer_token(&self) -> &str {
+        &self.viewer
+    }
 }
 
 /// An HTTP client.

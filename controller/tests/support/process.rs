@@ -1,0 +1,209 @@
+//! The real `fleet-controller` binary as a child process: configured by a YAML file,
+//! provisioned through its own CLI (`users add`, `bootstrap-token create`), killed with
+//! SIGKILL like a crashed or power-cut server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_config::units::format_duration;
+use fleet_controller::config::ControllerConfig;
+
+/// The controller binary Cargo built for this test run.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fleet-controller"))
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The YAML the binary reads for `cfg`.
+pub fn config_yaml(cfg: &ControllerConfig) -> String {
+    let mut y = format!(
+        "listen: \"{}\"\ndata_dir: \"{}\"\noffline_after: {}\ncheckin_interval: {}\npairing_ttl: {}\nreconcile_interval: {}\n",
+        cfg.listen,
+        cfg.data_dir.display(),
+        format_duration(cfg.offline_after),
+        format_duration(cfg.checkin_interval),
+        format_duration(cfg.pairing_ttl),
+        format_duration(cfg.reconcile_interval),
+    );
+    if let Some(url) = &cfg.database_url {
+        y.push_str(&format!("database_url: \"{url}\"\n"));
+    }
+    if let Some(g) = &cfg.git {
+        y.push_str("git:\n  endpoints:\n");
+        for e in &g.endpoints {
+            y.push_str(&format!("    - \"{e}\"\n"));
+        }
+        y.push_str(&format!(
+            "  branch: {}\n  poll_interval: {}\n  failover_timeout: {}\n",
+            g.branch,
+            format_duration(g.poll_interval),
+            format_duration(g.failover_timeout)
+        ));
+    }
+    y
+}
+
+/// A running `fleet-controller serve`.
+pub struct ControllerProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// API tokens by role, made with `fleet-controller users add`.
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+    /// Made with `fleet-controller bootstrap-token create`.
+    pub bootstrap: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+/// Runs the binary with `--config FILE` and `args`; its stdout, or a panic with its stderr.
+pub fn run_cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run fleet-controller");
+    assert!(
+        out.status.success(),
+        "fleet-controller {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn token_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .unwrap_or_else(|| panic!("no token= line in {stdout:?}"))
+        .to_owned()
+}
+
+impl ControllerProcess {
+    /// Writes the configuration next to the data directory, provisions users of every role and
+    /// a bootstrap token through the CLI, and starts `serve`.
+    pub async fn start(cfg: &ControllerConfig) -> ControllerProcess {
+        std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
+        let config = cfg.data_dir.join("controller.yaml");
+        std::fs::write(&config, config_yaml(cfg)).expect("write config");
+        let token = |name: &str, role: &str| {
+            token_of(&run_cli(&config, &["users", "add", name, "--role", role]))
+        };
+        let admin = token("admin", "admin");
+        let operator = token("operator", "operator");
+        let viewer = token("viewer", "viewer");
+        let bootstrap = run_cli(&config, &["bootstrap-token", "create"])
+            .trim()
+            .to_owned();
+        let log = cfg.data_dir.join("controller.log");
+        let child = spawn(&config, &log, 0);
+        let mut p = ControllerProcess {
+            base: format!("http://{}", cfg.listen),
+            admin,
+            operator,
+            viewer,
+            bootstrap,
+            config,
+            log,
+            child,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    /// SIGKILL: no shutdown handler runs, connections and locks die with the process.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the controller");
+        let status = self.child.wait().expect("reap");
+        assert!(!status.success(), "killed, so not a clean exit: {status}");
+    }
+
+    /// A new process on the same configuration (same store, same address).
+    pub async fn restart(&mut self, generation: u32) {
+        self.child = spawn(&self.config, &self.log, generation);
+        self.wait_ready().await;
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The process's log so far (JSON lines on stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = super::client();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "fleet-controller exited at start ({status}):\n{}",
+                    self.log()
+                );
+            }
+            // Ready once it answers and leads (it is alone): /api/v1/status says so.
+            if let Ok(r) = client
+                .get(self.url("/api/v1/status"))
+                .bearer_auth(&self.viewer)
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        if v["leader"] == true {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fleet-controller not ready after 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path, log: &Path, generation: u32) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    use std::io::Write;
+    let mut g = &f;
+    let _ = writeln!(g, "=== process {generation} ===");
+    Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .expect("spawn fleet-controller serve")
+}
