@@ -128,6 +128,25 @@ async fn exercise(store: Store) {
     assert_eq!(d.desired_release.map(|r| r.to_string()), Some(SHA.into()));
     assert!(d.pinned_release.is_some());
     assert_eq!(db.devices().await.expect("list").len(), 1);
+    // A device enrolling after the release takes its labels from that release's inventory;
+    // one the inventory does not list stays out of rollouts.
+    inv.insert(
+        "pi-2".to_owned(),
+        BTreeMap::from([("site".to_owned(), "north".to_owned())]),
+    );
+    db.sync_inventory(&inv).await.expect("inventory");
+    db.enroll_device("pi-2", "h2", "aarch64", "v1")
+        .await
+        .expect("late enrollment");
+    db.enroll_device("pi-9", "h9", "aarch64", "v1")
+        .await
+        .expect("enrollment outside the inventory");
+    let late = db.device("pi-2").await.expect("q").expect("row");
+    assert!(late.in_inventory, "{late:?}");
+    assert_eq!(late.labels["site"], "north");
+    let outside = db.device("pi-9").await.expect("q").expect("row");
+    assert!(!outside.in_inventory && outside.labels.is_empty());
+    assert_eq!(db.devices().await.expect("list").len(), 3);
     assert!(db.revoke_device("pi-1").await.expect("revoke"));
     assert!(
         db.device_for_token(&token).await.expect("q").is_none(),

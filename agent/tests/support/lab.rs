@@ -191,9 +191,9 @@ pub struct AgentProc {
     pub log: PathBuf,
 }
 
-/// The agent binary built for these tests.
+/// The agent binary of this test run (the including test crate says where it is).
 pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fleet-agent")
+    super::agent_bin()
 }
 
 impl AgentProc {

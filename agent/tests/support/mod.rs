@@ -7,3 +7,8 @@ pub mod git_daemon;
 pub mod images;
 pub mod lab;
 pub mod prometheus;
+
+/// The `fleet-agent` binary Cargo built for this test run.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fleet-agent")
+}

@@ -259,6 +259,9 @@ pub struct CheckinIdentity {
     pub safe_mode_requested: bool,
 }
 
+/// Settings key of the newest valid release's devices.yaml (id → labels), as JSON.
+const INVENTORY_KEY: &str = "inventory";
+
 impl Db {
     /// Creates a device with a fresh token; returns the token (shown once). An existing
     /// device of that id gets a new token (re-enrollment after a re-flash) and is un-revoked.
@@ -270,6 +273,11 @@ impl Db {
         agent_version: &str,
     ) -> Result<String, DbError> {
         let token = tokens::generate(tokens::TokenKind::Device);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("starting an enrollment"))?;
         sqlx::query(
             "INSERT INTO devices (id, hostname, arch, agent_version, token_hash, enrolled_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -283,9 +291,33 @@ impl Db {
         .bind(agent_version)
         .bind(tokens::hash(&token))
         .bind(super::now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("enrolling a device"))?;
+        // A device that joins after the newest release takes its labels from that release's
+        // devices.yaml now, not at the next release (or it would never be offered anything).
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(INVENTORY_KEY)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("reading the inventory"))?;
+        if let Some(r) = row {
+            let text: String = r.try_get("value").map_err(q("reading the inventory"))?;
+            let inventory: BTreeMap<String, BTreeMap<String, String>> = serde_json::from_str(&text)
+                .map_err(|e| DbError::Corrupt {
+                    what: "inventory",
+                    detail: e.to_string(),
+                })?;
+            if let Some(labels) = inventory.get(id) {
+                sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
+                    .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("enrolling a device"))?;
+            }
+        }
+        tx.commit().await.map_err(q("committing an enrollment"))?;
         Ok(token)
     }
 
@@ -477,6 +509,22 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(q("syncing the inventory"))?;
+        // Kept for devices that enroll later (see `enroll_device`).
+        let text = serde_json::to_string(inventory).map_err(|e| DbError::Corrupt {
+            what: "inventory",
+            detail: e.to_string(),
+        })?;
+        sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(INVENTORY_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("storing the inventory"))?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
+            .bind(INVENTORY_KEY)
+            .bind(text)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("storing the inventory"))?;
         for (id, labels) in inventory {
             sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
                 .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))

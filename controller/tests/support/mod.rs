@@ -194,6 +194,11 @@ impl Remote for process::ControllerProcess {
     }
 }
 
+/// The `fleet-controller` binary Cargo built for this test run.
+pub fn controller_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_fleet-controller"))
+}
+
 /// An HTTP client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use fleet_config::units::format_duration;
 use fleet_controller::config::ControllerConfig;
 
-/// The controller binary Cargo built for this test run.
+/// The controller binary of this test run (the including test crate says where it is).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fleet-controller"))
+    super::controller_bin()
 }
 
 /// A loopback address with a port that was free a moment ago.

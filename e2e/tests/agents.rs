@@ -1,0 +1,316 @@
+//! Three real `fleet-agent` processes in controller mode on the real Docker engine, enrolled
+//! with a bootstrap token to the real `fleet-controller` binary, which watches a fleet
+//! repository served by two real `git daemon`s (primary and mirror). A commit pushed to the
+//! repository reaches every device through the waves: canary first, each wave only after the
+//! one before ran it and baked.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fleet_controller::config::GitSource;
+use serde_json::Value;
+use support::docker_guard::NamespaceGuard;
+use support::git_daemon::{git_available, init_bare, Entry, GitDaemon, WorkRepo};
+use support::images::{build_test_images, docker_available};
+use support::lab::{app_compose, idle_on, tail, AgentProc};
+use support::process::{free_addr, ControllerProcess};
+
+const DEVICES: [&str; 3] = ["dev-1", "dev-2", "dev-3"];
+const LIMIT: Duration = Duration::from_secs(120);
+
+const FLEET: &str = "name: e2e\nrelease_branch: main\nrollout:\n  waves:\n    - { name: canary, select: { ring: canary } }\n    - { name: five-percent, percent: 5 }\n    - { name: quarter, percent: 25 }\n    - { name: all, percent: 100 }\n  bake: 2s\n  health_timeout: 90s\n  max_failure_rate: 5%\n  fleet_unhealthy_stop: 50%\n";
+const INVENTORY: &str = "devices:\n  - id: dev-1\n    labels: { ring: canary }\n  - id: dev-2\n  - id: dev-3\nstacks:\n  - { name: app, select: {} }\n";
+
+/// The fleet repository: a working copy pushed to a primary and a mirror.
+struct Repo {
+    work: WorkRepo,
+    primary: GitDaemon,
+    mirror: GitDaemon,
+    primary_bare: PathBuf,
+    mirror_bare: PathBuf,
+}
+
+impl Repo {
+    fn new(root: &Path) -> Repo {
+        let pbase = root.join("primary");
+        let mbase = root.join("mirror");
+        std::fs::create_dir_all(&pbase).expect("mkdir");
+        std::fs::create_dir_all(&mbase).expect("mkdir");
+        let primary_bare = init_bare(&pbase, "fleet.git");
+        let mirror_bare = init_bare(&mbase, "fleet.git");
+        Repo {
+            work: WorkRepo::init(&root.join("work")),
+            primary: GitDaemon::start(&pbase),
+            mirror: GitDaemon::start(&mbase),
+            primary_bare,
+            mirror_bare,
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        vec![self.primary.url("fleet.git"), self.mirror.url("fleet.git")]
+    }
+
+    /// Commits a release whose `web` runs `fleet-test/app:<web>` and pushes it to both.
+    fn release(&self, web: &str) -> String {
+        let compose = app_compose(web);
+        let sha = self.work.commit(
+            &format!("release web {web}"),
+            &[
+                ("fleet.yaml", Entry::File(FLEET.as_bytes())),
+                ("devices.yaml", Entry::File(INVENTORY.as_bytes())),
+                ("stacks/app/compose.yaml", Entry::File(compose.as_bytes())),
+            ],
+        );
+        self.work.push(&self.primary_bare, "main");
+        self.work.push(&self.mirror_bare, "main");
+        sha
+    }
+}
+
+/// One device: its data directory, its own Docker label namespace, its agent process.
+struct Device {
+    id: &'static str,
+    config: PathBuf,
+    ns: NamespaceGuard,
+    agent: AgentProc,
+}
+
+impl Device {
+    fn start(
+        root: &Path,
+        id: &'static str,
+        repo: &Repo,
+        controller: &str,
+        bootstrap: &Path,
+    ) -> Device {
+        let dir = root.join(id);
+        std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
+        std::fs::write(
+            dir.join("safe-mode.yaml"),
+            "services:\n  rescue:\n    image: fleet-test/app:v1\n    restart: always\n",
+        )
+        .expect("safe-mode stack");
+        let ns = NamespaceGuard::new(&format!("e2e-{id}"));
+        let eps: String = repo
+            .endpoints()
+            .iter()
+            .map(|u| format!("    - url: {u}\n"))
+            .collect();
+        let text = format!(
+            "device_id: {id}\ndata_dir: {data}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 3s\npoll_interval: 1s\nhealth_window: 2s\nmin_free_disk: 1MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {ns}\nsecrets_dir: {secrets}\nsafe_mode_compose: {safe}\ncontroller:\n  url: {controller}\n  token_file: {token}\n  bootstrap_token_file: {bootstrap}\n  request_timeout: 10s\n",
+            data = dir.join("data").display(),
+            ns = ns.name,
+            secrets = dir.join("secrets").display(),
+            safe = dir.join("safe-mode.yaml").display(),
+            token = dir.join("device-token").display(),
+            bootstrap = bootstrap.display(),
+        );
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, text).expect("agent config");
+        let agent = AgentProc::start(&config);
+        Device {
+            id,
+            config,
+            ns,
+            agent,
+        }
+    }
+
+    /// `web` containers of this device: (image, release label, running).
+    fn web(&self) -> Vec<(String, String, bool)> {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-a", "--filter", &self.ns.filter(), "--filter"])
+            .arg("label=fleet.service=web")
+            .arg("--format")
+            .arg("{{.Image}}|{{.Label \"fleet.release\"}}|{{.State}}")
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let p: Vec<&str> = l.split('|').collect();
+                (p.len() == 3).then(|| (p[0].to_owned(), p[1].to_owned(), p[2] == "running"))
+            })
+            .collect()
+    }
+
+    fn status(&self) -> Value {
+        self.agent.status()
+    }
+}
+
+async fn get(c: &ControllerProcess, path: &str) -> Value {
+    support::client()
+        .get(c.url(path))
+        .bearer_auth(&c.viewer)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Waits until every device is idle on `sha`; returns when each first was (from the start).
+async fn wait_all_on(
+    c: &ControllerProcess,
+    devices: &mut [Device],
+    sha: &str,
+    what: &str,
+) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut when: Vec<Option<Duration>> = vec![None; devices.len()];
+    loop {
+        for (i, d) in devices.iter_mut().enumerate() {
+            if let Some(status) = d.agent.exited() {
+                panic!(
+                    "{}'s agent exited ({status}):\n{}",
+                    d.id,
+                    tail(&d.agent.log_text(), 60)
+                );
+            }
+            if when[i].is_none() && idle_on(&d.status(), sha) {
+                when[i] = Some(start.elapsed());
+            }
+        }
+        if when.iter().all(Option::is_some) {
+            return when.into_iter().flatten().collect();
+        }
+        if start.elapsed() > LIMIT {
+            let report: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    format!(
+                        "--- {} status {:#}\n{}",
+                        d.id,
+                        d.status(),
+                        tail(&d.agent.log_text(), 30)
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out waiting for {what}:\n{}\n--- releases {:#}\n--- rollouts {:#}\n--- controller log\n{}",
+                report.join("\n"),
+                get(c, "/api/v1/releases").await,
+                get(c, "/api/v1/rollouts").await,
+                tail(&c.log(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_commit_reaches_three_real_agents_through_the_waves() {
+    let test = "a_pushed_commit_reaches_three_real_agents_through_the_waves";
+    if !git_available(test) || !docker_available(test) {
+        return;
+    }
+    build_test_images();
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::new(root.path());
+    let v1 = repo.release("v1");
+
+    let mut cfg = fleet_controller::config::ControllerConfig {
+        listen: free_addr(),
+        data_dir: root.path().join("controller"),
+        database_url: None,
+        git: Some(GitSource {
+            endpoints: repo.endpoints(),
+            branch: "main".into(),
+            poll_interval: Duration::from_millis(500),
+            failover_timeout: Duration::from_secs(5),
+        }),
+        ..Default::default()
+    };
+    cfg.checkin_interval = Duration::from_secs(1);
+    cfg.reconcile_interval = Duration::from_millis(200);
+    let controller = ControllerProcess::start(&cfg).await;
+    let bootstrap = root.path().join("bootstrap-token");
+    std::fs::write(&bootstrap, &controller.bootstrap).expect("bootstrap token file");
+
+    let mut devices: Vec<Device> = DEVICES
+        .iter()
+        .map(|id| Device::start(root.path(), id, &repo, &controller.base, &bootstrap))
+        .collect();
+    // The first release reaches everyone (enrolled with the bootstrap token, no approval).
+    wait_all_on(&controller, &mut devices, &v1, "every device on v1").await;
+    let listed = get(&controller, "/api/v1/devices").await;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("device list")
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 3, "three devices enrolled: {listed:#}");
+    for d in &devices {
+        assert!(
+            std::fs::metadata(d.config.with_file_name("device-token")).is_ok(),
+            "{} keeps its device token",
+            d.id
+        );
+    }
+
+    // Push v2: it goes canary → 5% → 25% (one device each with three devices).
+    let v2 = repo.release("v2");
+    let when = wait_all_on(&controller, &mut devices, &v2, "every device on v2").await;
+    let rollout_id = format!("r-{}", &v2[..12]);
+    let mut r = get(&controller, &format!("/api/v1/rollouts/{rollout_id}")).await;
+    let deadline = Instant::now() + LIMIT;
+    while r["state"] != "completed" {
+        assert!(Instant::now() < deadline, "rollout never completed: {r:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        r = get(&controller, &format!("/api/v1/rollouts/{rollout_id}")).await;
+    }
+    let names: Vec<&str> = r["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["canary", "five-percent", "quarter"], "{r:#}");
+    let wave_of = |id: &str| r["devices"][id]["wave"].as_u64().expect("wave of device");
+    assert_eq!(
+        wave_of("dev-1"),
+        0,
+        "the canary-labelled device is the canary"
+    );
+    // Each device ran v2 after every device of an earlier wave had, plus the 2 s bake.
+    let mut by_wave: Vec<(u64, Duration, &str)> = devices
+        .iter()
+        .zip(&when)
+        .map(|(d, t)| (wave_of(d.id), *t, d.id))
+        .collect();
+    by_wave.sort();
+    for pair in by_wave.windows(2) {
+        let ((wa, ta, a), (wb, tb, b)) = (pair[0], pair[1]);
+        assert!(wa < wb, "one device per wave: {by_wave:?}");
+        assert!(
+            tb >= ta + Duration::from_millis(1500),
+            "{b} (wave {wb}) ran v2 at {tb:?}, too soon after {a} (wave {wa}) at {ta:?}: no bake"
+        );
+    }
+    // What runs is what the controller says: v2's web container, and only that.
+    for d in &devices {
+        let web = d.web();
+        assert_eq!(
+            web,
+            vec![("fleet-test/app:v2".to_owned(), v2.clone(), true)],
+            "{}'s web containers",
+            d.id
+        );
+        let s = d.status();
+        assert_eq!(s["previous"], v1.as_str(), "{}: {s:#}", d.id);
+    }
+    // The controller saw the devices report it.
+    for id in DEVICES {
+        let d = get(&controller, &format!("/api/v1/devices/{id}")).await;
+        assert_eq!(d["device"]["current"], v2.as_str(), "{d:#}");
+    }
+    for d in &mut devices {
+        d.agent.stop();
+    }
+}

@@ -1,0 +1,39 @@
+//! Helpers of the end-to-end tests: the agent's lab pieces (git daemons, test images, Docker
+//! namespaces, agent processes) and the controller's process wrapper, reused by path, plus the
+//! binaries built for the run.
+#![allow(dead_code)]
+
+pub mod bins;
+#[path = "../../../agent/tests/support/docker_guard.rs"]
+pub mod docker_guard;
+#[path = "../../../agent/tests/support/git_daemon.rs"]
+pub mod git_daemon;
+#[path = "../../../agent/tests/support/images.rs"]
+pub mod images;
+#[path = "../../../agent/tests/support/lab.rs"]
+pub mod lab;
+#[path = "../../../controller/tests/support/process.rs"]
+pub mod process;
+
+use std::time::Duration;
+
+/// The `fleet-agent` binary.
+pub fn agent_bin() -> &'static str {
+    bins::bins()
+        .agent
+        .to_str()
+        .expect("the target directory path is UTF-8")
+}
+
+/// The `fleet-controller` binary.
+pub fn controller_bin() -> std::path::PathBuf {
+    bins::bins().controller.clone()
+}
+
+/// An HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
