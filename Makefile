@@ -2,14 +2,28 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: help build test lint fmt fuzz clean
+.PHONY: help demo build test lint fmt fuzz clean
 
 help:
+	@echo "make demo   - the whole product on this machine: git servers, controller, 3 real agents on Docker, 200 simulated devices (Ctrl-C stops and cleans up)"
 	@echo "make test   - formatting, lints and the whole test suite (what CI runs)"
 	@echo "make build  - release build of every binary"
 	@echo "make lint   - cargo fmt --check and clippy with warnings as errors"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
+
+# The demo needs git, a running Docker engine and Debian's busybox-static (its images are built
+# from it); as root it installs the packages that are missing. DEMO_ARGS are passed on, e.g.
+# DEMO_ARGS="--listen 127.0.0.1:9090 --simulated 500".
+demo:
+	@missing=""; command -v git >/dev/null || missing="$$missing git"; \
+	test -x /bin/busybox || missing="$$missing busybox-static"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq --no-install-recommends $$missing; \
+		else echo "the demo needs:$$missing (sudo apt-get install$$missing)"; exit 2; fi; \
+	fi
+	$(CARGO) build --workspace --bins
+	$(CARGO) run -q -p fleet-demo --bin fleet-demo -- run $(DEMO_ARGS)
 
 build:
 	$(CARGO) build --workspace --release

@@ -12,5 +12,6 @@ pub mod ratelimit;
 pub mod rollout;
 pub mod server;
 pub mod sim;
+pub mod sim_run;
 pub mod tokens;
 pub mod watcher;
