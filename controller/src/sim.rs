@@ -166,6 +166,11 @@ impl SimDevice {
         self.next_seq += 1;
     }
 
+    /// Queues an event for the next check-in (the benchmark's occasional events).
+    pub fn push_event(&mut self, kind: EventKind) {
+        self.event(kind);
+    }
+
     /// Events not yet acknowledged.
     pub fn pending_events(&self) -> usize {
         self.events.len()
