@@ -1,5 +1,5 @@
 //! The product's binaries for end-to-end tests. Cargo only hands a test the binaries of its own
-//! package, so this builds `fleet-agent` and `fleet-controller` once per test process with the
+//! package, so this builds `fleet-agent`, `fleet-controller` and `fleet-demo` once per test process with the
 //! same cargo, profile and target directory as the test itself (a no-op when they are fresh),
 //! and finds them next to it.
 
@@ -12,6 +12,8 @@ pub struct Bins {
     pub agent: PathBuf,
     pub controller: PathBuf,
     pub fleetctl: PathBuf,
+    pub sim: PathBuf,
+    pub demo: PathBuf,
 }
 
 /// Builds (once) and returns the binaries; panics with cargo's output when the build fails.
@@ -43,6 +45,8 @@ fn build() -> Bins {
             "fleet-agent",
             "-p",
             "fleet-controller",
+            "-p",
+            "fleet-demo",
             "--bins",
         ])
         .arg("--target-dir")
@@ -65,5 +69,7 @@ fn build() -> Bins {
         agent: bin("fleet-agent"),
         controller: bin("fleet-controller"),
         fleetctl: bin("fleetctl"),
+        sim: bin("fleet-sim"),
+        demo: bin("fleet-demo"),
     }
 }
