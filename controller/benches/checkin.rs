@@ -73,6 +73,23 @@ fn cpu_ticks(pid: &str) -> u64 {
     get(11) + get(12)
 }
 
+/// Busy clock ticks of the whole machine, all CPUs (`/proc/stat`).
+fn machine_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
+        })
+        .unwrap_or(0)
+}
+
 fn clock_ticks_per_sec() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -242,6 +259,8 @@ struct Run {
     /// Controller and load generator CPU, in cores (1.0 = one core busy all the time).
     controller_cores: f64,
     generator_cores: f64,
+    /// Everything else on the machine (other people's builds), in cores.
+    other_cores: f64,
     /// Fixed-rate mode: the most the generator fell behind its schedule, ms.
     max_lag_ms: f64,
     /// Controller-side mean handling time (its own histogram), ms.
@@ -279,11 +298,13 @@ impl Probe {
         let rec = Arc::new(Recorder::default());
         let c0 = cpu_ticks(&self.pid.to_string());
         let g0 = cpu_ticks("self");
+        let m0 = machine_busy_ticks();
         let t0 = Instant::now();
         let (secs, max_lag_ms) = body(rec.clone()).await;
         let wall = t0.elapsed().as_secs_f64();
         let c1 = cpu_ticks(&self.pid.to_string());
         let g1 = cpu_ticks("self");
+        let m1 = machine_busy_ticks();
         let after = ctrl.metrics(&fleet.client).await.unwrap_or_default();
         let n = metric(&after, "fleet_checkin_duration_seconds_count")
             - metric(&before, "fleet_checkin_duration_seconds_count");
@@ -299,6 +320,10 @@ impl Probe {
             first_errors,
             controller_cores: (c1 - c0) as f64 / self.tck / wall,
             generator_cores: (g1 - g0) as f64 / self.tck / wall,
+            other_cores: (m1.saturating_sub(m0) as f64 - (c1 - c0) as f64 - (g1 - g0) as f64)
+                .max(0.0)
+                / self.tck
+                / wall,
             max_lag_ms,
             server_mean_ms: if n > 0.0 { s / n * 1000.0 } else { 0.0 },
         }
@@ -384,7 +409,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_run(label: &str, i: usize, r: &Run) {
     println!(
-        "{label:<22} {:>3} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>7} {:>8.2} {:>9.2} {:>8.2} {:>8.1}",
+        "{label:<22} {:>3} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>7} {:>8.2} {:>9.2} {:>8.2} {:>9.2} {:>8.1}",
         i + 1,
         r.rps(),
         r.pct(0.50),
@@ -395,6 +420,7 @@ fn print_run(label: &str, i: usize, r: &Run) {
         r.server_mean_ms,
         r.controller_cores,
         r.generator_cores,
+        r.other_cores,
         r.max_lag_ms,
     );
 }
@@ -402,7 +428,7 @@ fn print_run(label: &str, i: usize, r: &Run) {
 fn print_median(label: &str, runs: &[Run]) {
     let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
     println!(
-        "{label:<22} med {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>7} {:>8.2} {:>9.2} {:>8.2} {:>8.1}",
+        "{label:<22} med {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>7} {:>8.2} {:>9.2} {:>8.2} {:>9.2} {:>8.1}",
         m(&|r| r.rps()),
         m(&|r| r.pct(0.50)),
         m(&|r| r.pct(0.90)),
@@ -412,6 +438,7 @@ fn print_median(label: &str, runs: &[Run]) {
         m(&|r| r.server_mean_ms),
         m(&|r| r.controller_cores),
         m(&|r| r.generator_cores),
+        m(&|r| r.other_cores),
         runs.iter().map(|r| r.max_lag_ms).fold(0.0, f64::max),
     );
 }
@@ -610,7 +637,7 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
     let rss_rolled_out = rss_kb(ctrl.pid);
 
     println!(
-        "\nmode                   run    req/s  p50 ms  p90 ms  p99 ms   max ms  errors  srv ms  ctrl cpu  gen cpu  lag ms"
+        "\nmode                   run    req/s  p50 ms  p90 ms  p99 ms   max ms  errors  srv ms  ctrl cpu  gen cpu  other cpu  lag ms"
     );
     let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     let rate_label = format!("(a) fixed {rate:.0}/s");
@@ -633,6 +660,11 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
         results.entry("b").or_default().push(run);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // No check-ins: what is left is the engine's periodic pass over every device.
+    let idle_secs = 15.0;
+    let c0 = cpu_ticks(&ctrl.pid.to_string());
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let idle_cores = (cpu_ticks(&ctrl.pid.to_string()) - c0) as f64 / tck / idle_secs;
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
     let a = results.remove("a").unwrap_or_default();
@@ -641,8 +673,8 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
     print_median(&flat_label, &b);
     println!(
         "(medians over {runs} runs of {secs:.0} s; max and errors over all runs; srv ms: the \
-         controller's own mean handling time; cpu in cores; lag: the generator's worst delay \
-         behind its schedule)"
+         controller's own mean handling time; cpu in cores: the controller, this load generator, \
+         everything else on the machine; lag: the generator's worst delay behind its schedule)"
     );
     println!(
         "controller RSS: {:.1} MB idle, {:.1} MB after enrollment, {:.1} MB after the rollout, \
@@ -652,6 +684,9 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
         rss_rolled_out as f64 / 1024.0,
         rss_kb(ctrl.pid) as f64 / 1024.0,
         peak_rss.load(Ordering::Relaxed) as f64 / 1024.0
+    );
+    println!(
+        "controller CPU with {devices} devices and no check-ins ({idle_secs:.0} s): {idle_cores:.3} cores"
     );
     let all: Vec<&Run> = a.iter().chain(b.iter()).collect();
     fail_on_errors("benchmark", &all);

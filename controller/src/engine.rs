@@ -1,7 +1,7 @@
 //! The rollout driver: runs the pure engine ([`crate::rollout`]) over the store. The leader
-//! calls [`reconcile_once`] every `reconcile_interval` and after each check-in: it steps the
-//! current rollout, writes it back, applies the fleet-wide gate and sets every device's desired
-//! release. Everything it needs is read from the store each time, so a restarted controller
+//! calls [`reconcile_once`] every `reconcile_interval` and after each check-in that changes what
+//! it sees of a device (release, phase, health, back online): it steps the current rollout,
+//! writes it back, applies the fleet-wide gate and sets every device's desired release. Everything it needs is read from the store each time, so a restarted controller
 //! (or a new leader) goes on where the last one was.
 
 use std::collections::HashMap;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod engine;
 pub mod fleetctl;

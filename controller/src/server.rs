@@ -81,6 +81,10 @@ pub async fn serve_on(
         tokio::spawn(crate::leader::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::watcher::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::engine::run(state.clone(), shutdown.child_token())),
+        tokio::spawn(crate::dashboard::live::run(
+            state.clone(),
+            shutdown.child_token(),
+        )),
     ];
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();

@@ -18,6 +18,8 @@ pub enum TokenKind {
     Bootstrap,
     /// The agent's secret for claiming its token after approval.
     Claim,
+    /// A dashboard login (the session cookie).
+    Session,
 }
 
 impl TokenKind {
@@ -27,6 +29,7 @@ impl TokenKind {
             TokenKind::Api => "fleetapi_",
             TokenKind::Bootstrap => "fleetboot_",
             TokenKind::Claim => "fleetclaim_",
+            TokenKind::Session => "fleetsess_",
         }
     }
 }

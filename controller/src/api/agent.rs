@@ -179,8 +179,10 @@ async fn checkin_inner(
             "more than 5000 events in one check-in; send them in batches".into(),
         ));
     }
-    let acked = state.db.record_checkin(&who, &req, now_ms()).await?;
-    let stop = state.db.emergency_stop().await?;
+    let now = now_ms();
+    let wake_engine = who.changes_rollout_view(&req, now, state.offline_after_ms());
+    let acked = state.db.record_checkin(&who, &req, now).await?;
+    let stop = who.emergency_stop.clone();
     let target = match (&who.desired_release, &who.desired_digest) {
         (Some(r), Some(d)) => match (r.parse::<ReleaseId>(), d.parse()) {
             (Ok(release), Ok(digest)) => Some((release, digest)),
@@ -204,7 +206,9 @@ async fn checkin_inner(
         }
         _ => Desired::Hold,
     };
-    state.reconcile.notify_one();
+    if wake_engine {
+        state.reconcile.notify_one();
+    }
     Ok(CheckinResponse {
         desired,
         emergency_stop: stop.is_some(),

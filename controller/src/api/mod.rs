@@ -48,6 +48,10 @@ pub struct AppState {
     pub leader: Arc<AtomicBool>,
     /// The webhook secret, if the webhook is enabled.
     pub webhook_secret: Option<Arc<Vec<u8>>>,
+    /// Dashboard logins per peer address and user name (guessing passwords).
+    pub login_limit: Arc<RateLimit>,
+    /// The dashboard's live snapshot and event streams.
+    pub live: Arc<crate::dashboard::live::Hub>,
 }
 
 impl AppState {
@@ -64,6 +68,8 @@ impl AppState {
             approve_limit: Arc::new(RateLimit::new(10, 60_000)),
             leader: Arc::new(AtomicBool::new(false)),
             webhook_secret: webhook_secret.map(Arc::new),
+            login_limit: Arc::new(RateLimit::new(10, 60_000)),
+            live: Arc::new(crate::dashboard::live::Hub::default()),
         }
     }
 
@@ -85,7 +91,8 @@ pub struct RouteDoc {
     pub method: &'static str,
     /// Path with `{param}`s.
     pub path: &'static str,
-    /// Who may call it: `device`, `bootstrap or none`, `viewer`, `operator`, `admin`, `hmac`, `none`.
+    /// Who may call it: `device`, `bootstrap or none`, `viewer`, `operator`, `admin`, `hmac`,
+    /// `none`; dashboard pages: `session` (viewer or more), `session (operator)`.
     pub auth: &'static str,
     /// One line.
     pub summary: &'static str,
@@ -113,6 +120,21 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc { method: "GET", path: "/metrics", auth: "none", summary: "Prometheus metrics" },
     RouteDoc { method: "GET", path: "/api/openapi.json", auth: "none", summary: "This API's OpenAPI document" },
     RouteDoc { method: "GET", path: "/healthz", auth: "none", summary: "Liveness: the process answers and the database is reachable" },
+    RouteDoc { method: "GET", path: "/", auth: "session", summary: "Dashboard (HTML): fleet health, devices by state, versions, the active rollout's waves, open alerts" },
+    RouteDoc { method: "GET", path: "/devices", auth: "session", summary: "Dashboard (HTML): devices with sort, filter (?q=, state=, label=, release=) and pages" },
+    RouteDoc { method: "GET", path: "/devices/{id}", auth: "session", summary: "Dashboard (HTML): one device: health, releases, telemetry over time, events, update history" },
+    RouteDoc { method: "GET", path: "/rollouts", auth: "session", summary: "Dashboard (HTML): rollouts, newest first" },
+    RouteDoc { method: "GET", path: "/rollouts/{id}", auth: "session", summary: "Dashboard (HTML): one rollout's waves and devices, with its actions for operators" },
+    RouteDoc { method: "GET", path: "/audit", auth: "session", summary: "Dashboard (HTML): the audit log" },
+    RouteDoc { method: "GET", path: "/login", auth: "none", summary: "Dashboard (HTML): the login form" },
+    RouteDoc { method: "POST", path: "/login", auth: "none", summary: "Dashboard: log in (form: name, password, next); sets the session cookie" },
+    RouteDoc { method: "POST", path: "/logout", auth: "session", summary: "Dashboard: log out" },
+    RouteDoc { method: "POST", path: "/ui/stop", auth: "session (operator)", summary: "Dashboard form: emergency stop (csrf, reason required, rollback)" },
+    RouteDoc { method: "POST", path: "/ui/resume", auth: "session (operator)", summary: "Dashboard form: clear the emergency stop (csrf, reason)" },
+    RouteDoc { method: "POST", path: "/ui/rollouts/{id}", auth: "session (operator)", summary: "Dashboard form: pause, resume, abort or promote a rollout (csrf, action, reason)" },
+    RouteDoc { method: "GET", path: "/ui/events", auth: "session", summary: "Dashboard live updates (text/event-stream): `summary` and `devices` events" },
+    RouteDoc { method: "GET", path: "/assets/app.css", auth: "none", summary: "Dashboard stylesheet" },
+    RouteDoc { method: "GET", path: "/assets/app.js", auth: "none", summary: "Dashboard script (live updates only; pages work without it)" },
 ];
 
 /// The router.
@@ -138,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
         .with_state(state)

@@ -22,6 +22,7 @@ pub fn build() -> Value {
             .collect();
         let security = match r.auth {
             "none" | "hmac" | "claim secret in body" => json!([]),
+            a if a.starts_with("session") => json!([{"session": []}]),
             _ => json!([{"bearer": []}]),
         };
         let mut responses = json!({
@@ -31,7 +32,10 @@ pub fn build() -> Value {
         if r.auth != "none" {
             responses["401"] = json!({"description": "Missing, unknown or revoked credentials"});
         }
-        if matches!(r.auth, "operator" | "admin" | "device") {
+        if matches!(
+            r.auth,
+            "operator" | "admin" | "device" | "session (operator)"
+        ) {
             responses["403"] = json!({"description": "Not allowed for this role or device"});
         }
         if r.path.contains('{') {
@@ -55,7 +59,10 @@ pub fn build() -> Value {
         "info": {"title": "Fleet controller API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": crate::dashboard::session::COOKIE},
+            },
             "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}},
         },
     })

@@ -14,7 +14,7 @@ use super::auth::require;
 use super::body;
 use super::error::ApiError;
 use super::AppState;
-use crate::db::{now_ms, ApproveOutcome, DeviceRow, DeviceState, EmergencyStop, Role};
+use crate::db::{now_ms, ApproveOutcome, DbError, DeviceRow, DeviceState, EmergencyStop, Role};
 
 /// A device with its derived state, as listings show it.
 #[derive(Debug, Serialize)]
@@ -258,6 +258,7 @@ pub async fn stop(
         rollback: b.rollback,
     };
     let new = crate::engine::emergency_stop(&state, &stop).await?;
+    crate::dashboard::live::refresh(&state).await;
     Ok(Json(
         json!({"emergency_stop": state.db.emergency_stop().await?, "newly_set": new}),
     ))
@@ -271,16 +272,23 @@ pub async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let r = reason_of(raw)?;
+    let was = clear_stop(&state, &user.name, &r.reason).await?;
+    Ok(Json(json!({"emergency_stop": null, "was_set": was})))
+}
+
+/// Clears the emergency stop as `actor` (API and dashboard); true if it was set.
+pub async fn clear_stop(state: &AppState, actor: &str, reason: &str) -> Result<bool, DbError> {
     let was = state.db.clear_emergency_stop().await?;
     if was {
         state
             .db
-            .audit(&user.name, "emergency_stop.resume", "fleet", &r.reason, "")
+            .audit(actor, "emergency_stop.resume", "fleet", reason, "")
             .await?;
-        tracing::warn!(actor = %user.name, "emergency stop cleared");
+        tracing::warn!(%actor, "emergency stop cleared");
     }
     state.reconcile.notify_one();
-    Ok(Json(json!({"emergency_stop": null, "was_set": was})))
+    crate::dashboard::live::refresh(state).await;
+    Ok(was)
 }
 
 /// Paging of the audit log.

@@ -34,6 +34,7 @@ impl Db {
         reason: &str,
         detail: &str,
     ) -> Result<(), DbError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO audit (at_ms, actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )

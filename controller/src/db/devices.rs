@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use fleet_config::protocol::{
-    CheckinRequest, HealthState, ReleaseId, Telemetry, UpdatePhase, UpdateResult,
+    CheckinRequest, DeviceEvent, HealthState, ReleaseId, Telemetry, UpdatePhase, UpdateResult,
 };
 use serde::Serialize;
 use sqlx::Row;
@@ -257,6 +257,52 @@ pub struct CheckinIdentity {
     pub acked_seq: i64,
     /// Safe mode requested.
     pub safe_mode_requested: bool,
+    /// Its last check-in as stored (`None`: it never checked in).
+    pub last_report: Option<LastReport>,
+    /// The emergency stop, read in the same query (every check-in sees the store's).
+    pub emergency_stop: Option<super::EmergencyStop>,
+    /// When its telemetry was last kept as a sample (see [`super::telemetry`]).
+    pub telemetry_sampled_ms: Option<i64>,
+}
+
+/// What a device's last check-in stored of what the rollout engine looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReport {
+    /// When.
+    pub last_seen_ms: i64,
+    /// `current_release`.
+    pub current: Option<String>,
+    /// Phase, wire name.
+    pub phase: String,
+    /// Health, wire name.
+    pub health: String,
+    /// Last result, JSON.
+    pub last_result: Option<String>,
+    /// Bad releases, JSON.
+    pub bad_releases: String,
+}
+
+impl CheckinIdentity {
+    /// Whether storing `req` at `now_ms` changes what the rollout engine sees of the device:
+    /// its first check-in, back from offline, or a new release, phase, health, last result or
+    /// list of bad releases. Routine check-ins change none of these, so they need not wake
+    /// the engine (its periodic pass still runs).
+    pub fn changes_rollout_view(
+        &self,
+        req: &CheckinRequest,
+        now_ms: i64,
+        offline_after_ms: i64,
+    ) -> bool {
+        let Some(last) = &self.last_report else {
+            return true;
+        };
+        now_ms.saturating_sub(last.last_seen_ms) > offline_after_ms
+            || last.current.as_deref() != req.current.as_ref().map(ReleaseId::as_str)
+            || last.phase != wire_name(&req.phase)
+            || last.health != wire_name(&req.health)
+            || last.last_result != req.last_result.as_ref().map(to_json)
+            || last.bad_releases != to_json(&req.bad_releases)
+    }
 }
 
 /// Settings key of the newest valid release's devices.yaml (id → labels), as JSON.
@@ -273,6 +319,7 @@ impl Db {
         agent_version: &str,
     ) -> Result<String, DbError> {
         let token = tokens::generate(tokens::TokenKind::Device);
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin()
@@ -324,9 +371,12 @@ impl Db {
     /// Who a device token belongs to.
     pub async fn device_for_token(&self, token: &str) -> Result<Option<CheckinIdentity>, DbError> {
         let row = sqlx::query(
-            "SELECT id, revoked_ms, desired_release, desired_digest, acked_seq, safe_mode_requested \
-             FROM devices WHERE token_hash = $1",
+            "SELECT id, revoked_ms, desired_release, desired_digest, acked_seq, safe_mode_requested, \
+             last_seen_ms, current_release, phase, health, last_result, bad_releases, \
+             telemetry_sampled_ms, (SELECT value FROM settings WHERE key = $1) AS emergency_stop \
+             FROM devices WHERE token_hash = $2",
         )
+        .bind(super::settings::STOP_KEY)
         .bind(tokens::hash(token))
         .fetch_optional(&self.pool)
         .await
@@ -336,6 +386,23 @@ impl Db {
         let safe: i64 = r
             .try_get("safe_mode_requested")
             .map_err(q("reading a device"))?;
+        let stop: Option<String> = r
+            .try_get("emergency_stop")
+            .map_err(q("reading the emergency stop"))?;
+        let last_seen: Option<i64> = r.try_get("last_seen_ms").map_err(q("reading a device"))?;
+        let last_report = match last_seen {
+            None => None,
+            Some(last_seen_ms) => Some(LastReport {
+                last_seen_ms,
+                current: r
+                    .try_get("current_release")
+                    .map_err(q("reading a device"))?,
+                phase: r.try_get("phase").map_err(q("reading a device"))?,
+                health: r.try_get("health").map_err(q("reading a device"))?,
+                last_result: r.try_get("last_result").map_err(q("reading a device"))?,
+                bad_releases: r.try_get("bad_releases").map_err(q("reading a device"))?,
+            }),
+        };
         Ok(Some(CheckinIdentity {
             id: r.try_get("id").map_err(q("reading a device"))?,
             revoked: revoked.is_some(),
@@ -345,46 +412,90 @@ impl Db {
             desired_digest: r.try_get("desired_digest").map_err(q("reading a device"))?,
             acked_seq: r.try_get("acked_seq").map_err(q("reading a device"))?,
             safe_mode_requested: safe != 0,
+            last_report,
+            emergency_stop: stop
+                .as_deref()
+                .map(super::settings::parse_stop)
+                .transpose()?,
+            telemetry_sampled_ms: r
+                .try_get("telemetry_sampled_ms")
+                .map_err(q("reading a device"))?,
         }))
     }
 
     /// Stores a check-in: the report, and its events (each `seq` once). Returns the highest
     /// event sequence number stored for the device.
+    ///
+    /// One statement for the events (if any), then one for the report, each its own
+    /// transaction: on SQLite every statement is a round trip to the connection's thread made
+    /// while holding the one write lock, so fewer statements is more check-ins per second. The
+    /// order keeps it safe without a transaction: events are stored before `acked_seq` says so,
+    /// and a device whose check-in failed half-way sends them again (stored once by `seq`).
     pub async fn record_checkin(
         &self,
         who: &CheckinIdentity,
         req: &CheckinRequest,
         now_ms: i64,
     ) -> Result<i64, DbError> {
-        let mut tx = self.pool.begin().await.map_err(q("starting a check-in"))?;
+        let _turn = self.write_turn().await;
         let mut acked = who.acked_seq;
-        let mut events: Vec<_> = req.events.iter().collect();
-        events.sort_by_key(|e| e.seq);
-        for e in events {
-            let Ok(seq) = i64::try_from(e.seq) else {
-                continue;
-            };
-            let body = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
-            let kind = body["event"].as_str().unwrap_or("unknown").to_owned();
-            sqlx::query(
+        let mut events: Vec<(i64, &DeviceEvent)> = req
+            .events
+            .iter()
+            .filter_map(|e| i64::try_from(e.seq).ok().map(|seq| (seq, e)))
+            .collect();
+        events.sort_by_key(|(seq, _)| *seq);
+        events.dedup_by_key(|(seq, _)| *seq);
+        // 6 parameters a row; 500 rows stay far below both engines' parameter limits.
+        for chunk in events.chunks(500) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO device_events (device_id, seq, at_ms, kind, body, stored_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id, seq) DO NOTHING",
-            )
-            .bind(&who.id)
-            .bind(seq)
-            .bind(i64::try_from(e.at_ms).unwrap_or(i64::MAX))
-            .bind(kind)
-            .bind(body.to_string())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("storing device events"))?;
-            acked = acked.max(seq);
+                 VALUES {} ON CONFLICT (device_id, seq) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (seq, e) in chunk {
+                let body = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+                let kind = body["event"].as_str().unwrap_or("unknown").to_owned();
+                query = query
+                    .bind(&who.id)
+                    .bind(*seq)
+                    .bind(i64::try_from(e.at_ms).unwrap_or(i64::MAX))
+                    .bind(kind)
+                    .bind(body.to_string())
+                    .bind(now_ms);
+                acked = acked.max(*seq);
+            }
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(q("storing device events"))?;
         }
+        let sampled_ms = if super::telemetry::sample_due(who.telemetry_sampled_ms, now_ms) {
+            self.insert_telemetry_sample(&who.id, now_ms, &req.telemetry)
+                .await?;
+            Some(now_ms)
+        } else {
+            who.telemetry_sampled_ms
+        };
         sqlx::query(
             "UPDATE devices SET last_seen_ms = $1, agent_version = $2, current_release = $3, \
              previous_release = $4, phase = $5, health = $6, last_result = $7, bad_releases = $8, \
-             telemetry = $9, acked_seq = $10 WHERE id = $11",
+             telemetry = $9, acked_seq = $10, telemetry_sampled_ms = $11 WHERE id = $12",
         )
         .bind(now_ms)
         .bind(&req.agent_version)
@@ -396,11 +507,11 @@ impl Db {
         .bind(to_json(&req.bad_releases))
         .bind(to_json(&req.telemetry))
         .bind(acked)
+        .bind(sampled_ms)
         .bind(&who.id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(q("storing a check-in"))?;
-        tx.commit().await.map_err(q("committing a check-in"))?;
         Ok(acked)
     }
 
@@ -468,6 +579,7 @@ impl Db {
         if changes.is_empty() {
             return Ok(());
         }
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin()
@@ -500,6 +612,7 @@ impl Db {
         &self,
         inventory: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<(), DbError> {
+        let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin()
@@ -573,6 +686,77 @@ mod tests {
 
     const A: &str = "0123456789abcdef0123456789abcdef01234567";
     const B: &str = "1123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn only_check_ins_that_change_the_rollout_view_wake_the_engine() {
+        let a: ReleaseId = A.parse().expect("sha");
+        let req = CheckinRequest {
+            device_id: "d".into(),
+            agent_version: "1".into(),
+            current: Some(a.clone()),
+            previous: None,
+            phase: UpdatePhase::Idle,
+            health: HealthState::Healthy,
+            last_result: Some(UpdateResult::Succeeded { release: a.clone() }),
+            bad_releases: Vec::new(),
+            telemetry: Telemetry::default(),
+            events: Vec::new(),
+        };
+        let stored = LastReport {
+            last_seen_ms: 1_000,
+            current: Some(A.into()),
+            phase: "idle".into(),
+            health: "healthy".into(),
+            last_result: req.last_result.as_ref().map(to_json),
+            bad_releases: "[]".into(),
+        };
+        let who = |last: Option<LastReport>| CheckinIdentity {
+            id: "d".into(),
+            revoked: false,
+            desired_release: None,
+            desired_digest: None,
+            acked_seq: 0,
+            safe_mode_requested: false,
+            last_report: last,
+            emergency_stop: None,
+            telemetry_sampled_ms: None,
+        };
+        let off = 180_000;
+        let same = who(Some(stored.clone()));
+        assert!(
+            !same.changes_rollout_view(&req, 61_000, off),
+            "routine check-in"
+        );
+        assert!(
+            who(None).changes_rollout_view(&req, 61_000, off),
+            "first check-in"
+        );
+        assert!(
+            same.changes_rollout_view(&req, 1_000 + off + 1, off),
+            "back from offline"
+        );
+        let mut r = req.clone();
+        r.phase = UpdatePhase::Fetching;
+        assert!(same.changes_rollout_view(&r, 61_000, off), "phase");
+        let mut r = req.clone();
+        r.health = HealthState::Unhealthy;
+        assert!(same.changes_rollout_view(&r, 61_000, off), "health");
+        let mut r = req.clone();
+        r.current = None;
+        assert!(same.changes_rollout_view(&r, 61_000, off), "release");
+        let mut r = req.clone();
+        r.bad_releases = vec![a.clone()];
+        assert!(same.changes_rollout_view(&r, 61_000, off), "bad releases");
+        let mut r = req.clone();
+        r.last_result = None;
+        assert!(same.changes_rollout_view(&r, 61_000, off), "last result");
+        let mut r = req.clone();
+        r.telemetry.cpu_percent = Some(99.0);
+        assert!(
+            !same.changes_rollout_view(&r, 61_000, off),
+            "telemetry only"
+        );
+    }
 
     #[test]
     fn state_table() {

@@ -7,7 +7,9 @@ mod devices;
 mod enroll;
 mod releases;
 mod rollouts;
+mod sessions;
 mod settings;
+pub mod telemetry;
 mod users;
 
 use std::str::FromStr;
@@ -17,11 +19,13 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::AuditEntry;
-pub use devices::{DeviceRow, DeviceState};
+pub use devices::{CheckinIdentity, DeviceRow, DeviceState, LastReport};
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
 pub use releases::ReleaseRow;
 pub use rollouts::RolloutRow;
+pub use sessions::SESSION_TTL_MS;
 pub use settings::EmergencyStop;
+pub use telemetry::TelemetrySample;
 pub use users::{Role, User};
 
 /// Errors of the store.
@@ -78,6 +82,11 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time, and a connection that finds the file locked sleeps in
+    /// SQLite's busy handler (1, 2, 5, 10 … ms) instead of being woken when the lock is free.
+    /// Frequent writers (check-ins, enrollments, the audit log, desired releases) take this
+    /// gate first, so they queue here in order and never meet a lock held by another.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages and logs.
@@ -135,7 +144,19 @@ impl Db {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            write_gate: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Held around a write on SQLite (see `write_gate`); nothing to wait for on PostgreSQL.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// The engine.

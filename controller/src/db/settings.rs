@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{q, Db, DbError};
 
-const STOP_KEY: &str = "emergency_stop";
+pub(crate) const STOP_KEY: &str = "emergency_stop";
 
 /// The emergency stop, while it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,14 @@ pub struct EmergencyStop {
     pub at_ms: i64,
     /// Whether the active rollout's devices were sent back to their last good release.
     pub rollback: bool,
+}
+
+/// The stored stop.
+pub(crate) fn parse_stop(text: &str) -> Result<EmergencyStop, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Corrupt {
+        what: "emergency stop",
+        detail: e.to_string(),
+    })
 }
 
 impl Db {
@@ -33,12 +41,7 @@ impl Db {
                 let v: String = r
                     .try_get("value")
                     .map_err(q("reading the emergency stop"))?;
-                serde_json::from_str(&v)
-                    .map(Some)
-                    .map_err(|e| DbError::Corrupt {
-                        what: "emergency stop",
-                        detail: e.to_string(),
-                    })
+                parse_stop(&v).map(Some)
             }
             None => Ok(None),
         }

@@ -3,6 +3,7 @@
 //! role and a bootstrap token.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fleet_repo;
 #[path = "../../../agent/tests/support/git_daemon.rs"]
 pub mod git_daemon;

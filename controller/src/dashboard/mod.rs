@@ -1,0 +1,521 @@
+//! The dashboard: server-rendered pages (maud) served by the controller, assets embedded in
+//! the binary, live updates by server-sent events ([`live`]), login with the controller's
+//! users ([`session`]). Read-only pages work without JavaScript; what a page offers follows the
+//! role (the emergency stop, resume and rollout actions are for operators and admins).
+
+pub mod format;
+pub mod live;
+pub mod model;
+pub mod pages;
+pub mod session;
+pub mod svg;
+
+use std::collections::HashMap;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::Markup;
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::db::{now_ms, DbError, DeviceState, EmergencyStop, Role, SESSION_TTL_MS};
+use crate::rollout::Rollout;
+use pages::Chrome;
+use session::Session;
+
+const APP_CSS: &str = include_str!("assets/app.css");
+const APP_JS: &str = include_str!("assets/app.js");
+
+/// The dashboard's routes (documented in [`crate::api::ROUTES`]).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/devices", get(devices))
+        .route("/devices/{id}", get(device))
+        .route("/rollouts", get(rollouts))
+        .route("/rollouts/{id}", get(rollout))
+        .route("/audit", get(audit))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/ui/stop", post(stop))
+        .route("/ui/resume", post(resume))
+        .route("/ui/rollouts/{id}", post(rollout_action))
+        .route("/ui/events", get(live::events))
+        .route("/assets/app.css", get(css))
+        .route("/assets/app.js", get(js))
+}
+
+/// A value's serde name (`healthy`, `fetching`).
+pub(crate) fn wire<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Errors of a page, as the browser gets them.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// Not logged in: go to the login page.
+    #[error("log in first")]
+    Login(String),
+    /// The store failed.
+    #[error("{0}")]
+    Db(#[from] DbError),
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::Login(next) => {
+                Redirect::to(&format!("/login?next={}", model::encode(&next))).into_response()
+            }
+            PageError::Db(e) => {
+                tracing::error!(error = %e, "dashboard: store failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("The controller cannot read its database: {e}\nTry again; if it persists, check the controller's logs.\n"),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+fn html(m: Markup) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        m.into_string(),
+    )
+        .into_response()
+}
+
+fn path_of(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned())
+}
+
+/// The message a form left (`?msg=`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Flash {
+    /// Shown at the top of the page.
+    pub msg: Option<String>,
+}
+
+/// The session and the stop, or a redirect to the login page.
+async fn enter(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(Session, Option<EmergencyStop>), PageError> {
+    let s = session::current(state, headers)
+        .await?
+        .ok_or_else(|| PageError::Login(path_of(uri)))?;
+    Ok((s, state.db.emergency_stop().await?))
+}
+
+macro_rules! chrome {
+    ($s:expr, $here:expr, $path:expr, $stop:expr, $flash:expr) => {
+        Chrome {
+            session: &$s,
+            here: $here,
+            path: &$path,
+            stop: $stop.as_ref(),
+            flash: $flash.msg.as_deref(),
+        }
+    };
+}
+
+fn states_of(devices: &[crate::db::DeviceRow], now: i64, off: i64) -> HashMap<String, DeviceState> {
+    devices
+        .iter()
+        .map(|d| (d.id.clone(), d.state(now, off)))
+        .collect()
+}
+
+async fn active_rollout(state: &AppState) -> Result<Option<Rollout>, DbError> {
+    Ok(state
+        .db
+        .active_rollouts()
+        .await?
+        .pop()
+        .and_then(|r| serde_json::from_value(r.data).ok()))
+}
+
+async fn overview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let now = now_ms();
+    let off = state.offline_after_ms();
+    let rows = state.db.devices().await?;
+    let summary = model::summarize(&rows, now, off);
+    let active = state.db.active_rollouts().await?;
+    let alerts = model::alerts(&summary, stop.as_ref(), &active);
+    let rollout = active_rollout(&state).await?;
+    let states = states_of(&rows, now, off);
+    let path = path_of(&uri);
+    let c = chrome!(s, "overview", path, stop, flash);
+    Ok(html(pages::overview(
+        &c,
+        &summary,
+        &alerts,
+        rollout.as_ref(),
+        &states,
+    )))
+}
+
+async fn devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<model::ListQuery>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let now = now_ms();
+    let rows = state.db.devices().await?;
+    let page = q.apply(&rows, now, state.offline_after_ms());
+    let path = path_of(&uri);
+    let c = chrome!(s, "devices", path, stop, flash);
+    Ok(html(pages::devices(&c, &q, &page, rows.len(), now)))
+}
+
+async fn device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let path = path_of(&uri);
+    let c = chrome!(s, "devices", path, stop, flash);
+    let Some(d) = state.db.device(&id).await? else {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            html(pages::error_page(
+                &c,
+                "No such device",
+                &format!("There is no device `{id}`."),
+            )),
+        )
+            .into_response());
+    };
+    let now = now_ms();
+    let events = state.db.device_events(&id, 50).await?;
+    let samples = state
+        .db
+        .telemetry_samples(&id, now - crate::db::telemetry::KEEP_MS)
+        .await?;
+    let st = d.state(now, state.offline_after_ms());
+    Ok(html(pages::device(&c, &d, st, &events, &samples, now)))
+}
+
+async fn rollouts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let rows = state.db.rollouts(200).await?;
+    let path = path_of(&uri);
+    let c = chrome!(s, "rollouts", path, stop, flash);
+    Ok(html(pages::rollouts(&c, &rows)))
+}
+
+async fn rollout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let path = path_of(&uri);
+    let c = chrome!(s, "rollouts", path, stop, flash);
+    let parsed = state
+        .db
+        .rollout(&id)
+        .await?
+        .map(|row| serde_json::from_value::<Rollout>(row.data));
+    let r = match parsed {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            return Ok(html(pages::error_page(
+                &c,
+                "Unreadable rollout",
+                &format!("The stored rollout `{id}` cannot be read: {e}"),
+            )))
+        }
+        None => {
+            return Ok((
+                StatusCode::NOT_FOUND,
+                html(pages::error_page(
+                    &c,
+                    "No such rollout",
+                    &format!("There is no rollout `{id}`."),
+                )),
+            )
+                .into_response())
+        }
+    };
+    let now = now_ms();
+    let rows = state.db.devices().await?;
+    let states = states_of(&rows, now, state.offline_after_ms());
+    Ok(html(pages::rollout(&c, &r, &states)))
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(flash): Query<Flash>,
+) -> Result<Response, PageError> {
+    let (s, stop) = enter(&state, &headers, &uri).await?;
+    let entries = state.db.audit_log(500).await?;
+    let path = path_of(&uri);
+    let c = chrome!(s, "audit", path, stop, flash);
+    Ok(html(pages::audit(&c, &entries)))
+}
+
+/// `?next=` of the login page.
+#[derive(Debug, Default, Deserialize)]
+pub struct NextQuery {
+    /// Where to go after logging in.
+    pub next: Option<String>,
+}
+
+async fn login_page(Query(q): Query<NextQuery>) -> Response {
+    html(pages::login(None, &session::safe_next(q.next.as_deref())))
+}
+
+/// The login form.
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginForm {
+    /// User name.
+    #[serde(default)]
+    pub name: String,
+    /// Password.
+    #[serde(default)]
+    pub password: String,
+    /// Where to go next.
+    pub next: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    let next = session::safe_next(f.next.as_deref());
+    let deny = |status: StatusCode, msg: &str| {
+        (status, html(pages::login(Some(msg), &next))).into_response()
+    };
+    let now = now_ms();
+    if let Err(wait) = state
+        .login_limit
+        .check(&format!("{}|{}", peer.ip(), f.name), now)
+    {
+        return Ok(deny(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many attempts for this user; wait {wait} s."),
+        ));
+    }
+    let user = match state.db.user_with_password(f.name.trim()).await? {
+        Some((user, hash)) if crate::tokens::verify_password(&f.password, &hash) => user,
+        _ => {
+            tracing::warn!(user = %f.name, %peer, "dashboard: failed login");
+            return Ok(deny(
+                StatusCode::UNAUTHORIZED,
+                "Unknown user or wrong password.",
+            ));
+        }
+    };
+    let token = state.db.create_session(&user.name).await?;
+    tracing::info!(user = %user.name, "dashboard: logged in");
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, next),
+            (
+                header::SET_COOKIE,
+                session::set_cookie(&token, SESSION_TTL_MS / 1000),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// The fields a dashboard form may carry.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionForm {
+    /// The session's CSRF token.
+    #[serde(default)]
+    pub csrf: String,
+    /// Why (audit log).
+    #[serde(default)]
+    pub reason: String,
+    /// Stop with rollback (`on`).
+    pub rollback: Option<String>,
+    /// Rollout action.
+    pub action: Option<String>,
+    /// Where to go back to.
+    pub next: Option<String>,
+}
+
+/// A form's sender: logged in, the right CSRF token, at least `role`.
+async fn form_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    f: &ActionForm,
+    role: Role,
+) -> Result<Result<Session, Response>, PageError> {
+    let Some(s) = session::current(state, headers).await? else {
+        return Ok(Err(Redirect::to("/login").into_response()));
+    };
+    if f.csrf != s.csrf {
+        return Ok(Err((
+            StatusCode::FORBIDDEN,
+            "This form is stale or came from another site (CSRF token mismatch); reload the page and try again.\n",
+        )
+            .into_response()));
+    }
+    if s.user.role < role {
+        return Ok(Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "user `{}` is {}; this needs {role} or more\n",
+                s.user.name, s.user.role
+            ),
+        )
+            .into_response()));
+    }
+    Ok(Ok(s))
+}
+
+fn back_with(next: Option<&str>, msg: &str) -> Response {
+    let next = session::safe_next(next);
+    let sep = if next.contains('?') { '&' } else { '?' };
+    Redirect::to(&format!("{next}{sep}msg={}", model::encode(msg))).into_response()
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, PageError> {
+    if let Some(token) = session::session_token(&headers) {
+        state.db.delete_session(&token).await?;
+    }
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/login".to_owned()),
+            (header::SET_COOKIE, session::clear_cookie()),
+        ],
+    )
+        .into_response())
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
+    if f.reason.trim().is_empty() {
+        return Ok(back_with(
+            f.next.as_deref(),
+            "Not stopped: a reason is required (on-call reads it).",
+        ));
+    }
+    let stop = EmergencyStop {
+        actor: s.user.name.clone(),
+        reason: f.reason.trim().to_owned(),
+        at_ms: now_ms(),
+        rollback: f.rollback.as_deref() == Some("on"),
+    };
+    let new = crate::engine::emergency_stop(&state, &stop).await?;
+    live::refresh(&state).await;
+    let msg = if new {
+        "Emergency stop set: every device holds what it runs."
+    } else {
+        "The emergency stop was already set."
+    };
+    Ok(back_with(f.next.as_deref(), msg))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
+    let was = crate::api::ops::clear_stop(&state, &s.user.name, f.reason.trim()).await?;
+    let msg = if was {
+        "Emergency stop cleared: rollouts go on."
+    } else {
+        "There was no emergency stop."
+    };
+    Ok(back_with(f.next.as_deref(), msg))
+}
+
+async fn rollout_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
+    let action = f.action.as_deref().unwrap_or("");
+    if !matches!(action, "pause" | "resume" | "abort" | "promote") {
+        return Ok(back_with(
+            f.next.as_deref(),
+            &format!("Unknown action `{action}`: pause, resume, abort or promote."),
+        ));
+    }
+    let msg = match crate::engine::act(&state, &id, action, &s.user.name, f.reason.trim()).await {
+        Ok(r) => format!("Rollout {}: {action} done; it is {}.", r.id, r.state.name()),
+        Err(e) => format!("Rollout {id}: {action} refused: {e}"),
+    };
+    live::refresh(&state).await;
+    Ok(back_with(f.next.as_deref(), &msg))
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        APP_CSS,
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        APP_JS,
+    )
+        .into_response()
+}

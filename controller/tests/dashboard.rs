@@ -1,0 +1,438 @@
+//! The dashboard in a real headless Chromium over WebDriver: log in, see the fleet, press the
+//! emergency stop and see check-ins answer hold, resume, watch a device change state without a
+//! reload, and a viewer who gets no stop button. Screenshots of every page are saved under
+//! `target/test-artifacts/dashboard_in_a_real_browser/`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use fleet_config::protocol::{Desired, Telemetry, UpdatePhase};
+use fleet_controller::config::GitSource;
+use fleet_controller::db::now_ms;
+use fleet_controller::sim::SimFleet;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::browser::Browser;
+use support::fleet_repo::{device_ids, FleetRepo};
+use support::{client, test_config, TestController};
+
+const DEVICES: usize = 20;
+const PASSWORD: &str = "a long test password";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn login(b: &Browser, base: &str, user: &str) {
+    b.client
+        .goto(&format!("{base}/login"))
+        .await
+        .expect("login page");
+    b.client
+        .find(Locator::Css("#name"))
+        .await
+        .expect("name field")
+        .send_keys(user)
+        .await
+        .expect("type name");
+    b.client
+        .find(Locator::Css("#password"))
+        .await
+        .expect("password field")
+        .send_keys(PASSWORD)
+        .await
+        .expect("type password");
+    b.client
+        .find(Locator::Css("#login-submit"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    b.wait_text("header .who", WAIT, "the logged-in header", |t| {
+        t.contains(user)
+    })
+    .await;
+}
+
+async fn round(fleet: &mut SimFleet) {
+    let errors = fleet.round(&BTreeSet::new(), 8).await;
+    assert!(errors.is_empty(), "check-ins failed: {:?}", errors.first());
+}
+
+async fn status(c: &TestController) -> Value {
+    client()
+        .get(c.url("/api/v1/status"))
+        .bearer_auth(&c.viewer)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let test = "dashboard_in_a_real_browser";
+    if !support::git_daemon::git_available(test) {
+        return;
+    }
+    let Some(b) = Browser::start(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = FleetRepo::new(dir.path(), DEVICES, 2, "1h");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("fleet.db").display()
+    );
+    let c = TestController::start(test_config(
+        &dir.path().join("controller"),
+        &url,
+        Some(GitSource {
+            endpoints: vec![repo.url()],
+            branch: "main".into(),
+            poll_interval: Duration::from_millis(300),
+            failover_timeout: Duration::from_secs(5),
+        }),
+    ))
+    .await;
+    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
+        .await
+        .expect("enroll");
+    round(&mut fleet).await;
+
+    // A release: the canaries take it and bake (1 h), so the rollout stays active in wave 1.
+    let sha = repo.release("v1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        round(&mut fleet).await;
+        let on = fleet
+            .devices
+            .iter()
+            .filter(|d| d.current.as_ref().is_some_and(|r| r.as_str() == sha))
+            .count();
+        if on == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the canaries never took {sha}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    round(&mut fleet).await;
+    // Telemetry history for the device page's sparklines.
+    let now = now_ms();
+    for (i, cpu) in [12.0, 40.0, 25.0, 70.0].iter().enumerate() {
+        let t = Telemetry {
+            cpu_percent: Some(*cpu),
+            mem_used_bytes: Some((200 + 50 * i as u64) << 20),
+            mem_total_bytes: Some(1 << 30),
+            disk_free_bytes: Some(8 << 30),
+            temperature_c: Some(45.0 + i as f64),
+            load1: Some(0.1 * i as f64),
+            uptime_secs: None,
+        };
+        c.db()
+            .add_telemetry_sample("dev-000", now - (4 - i as i64) * 600_000, &t)
+            .await
+            .expect("sample");
+    }
+
+    // Not logged in: every page sends to the login form, and a wrong password is refused.
+    b.client.goto(&c.url("/devices")).await.expect("devices");
+    let here = b.client.current_url().await.expect("url");
+    assert_eq!(
+        here.path(),
+        "/login",
+        "anonymous users go to the login page"
+    );
+    b.client
+        .find(Locator::Css("#name"))
+        .await
+        .expect("name")
+        .send_keys("operator")
+        .await
+        .expect("type");
+    b.client
+        .find(Locator::Css("#password"))
+        .await
+        .expect("password")
+        .send_keys("wrong")
+        .await
+        .expect("type");
+    b.client
+        .find(Locator::Css("#login-submit"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    b.wait_text(".flash", WAIT, "the refusal", |t| {
+        t.contains("wrong password")
+    })
+    .await;
+
+    // The operator logs in and sees the fleet.
+    login(&b, &c.base, "operator").await;
+    assert_eq!(b.text("#device-count").await, DEVICES.to_string());
+    assert_eq!(b.text("#card-health .n").await, "100.0 %");
+    let waves = b.text(".waves").await;
+    assert!(
+        waves.contains("canary") && waves.contains("2 healthy"),
+        "{waves}"
+    );
+    assert!(b.exists(".chart rect").await, "the version chart is drawn");
+    b.screenshot("01-overview").await;
+
+    // Emergency stop: one click, a reason, a confirmation; then the banner.
+    assert!(!b
+        .client
+        .find(Locator::Css("#stop-banner"))
+        .await
+        .expect("banner element")
+        .is_displayed()
+        .await
+        .expect("displayed"));
+    b.client
+        .find(Locator::Css("#estop-open"))
+        .await
+        .expect("stop button")
+        .click()
+        .await
+        .expect("open");
+    b.client
+        .find(Locator::Css("#estop-reason"))
+        .await
+        .expect("reason field")
+        .send_keys("canaries reboot in a loop")
+        .await
+        .expect("type reason");
+    b.screenshot("02-stop-confirmation").await;
+    b.client
+        .find(Locator::Css("#estop-confirm"))
+        .await
+        .expect("confirm")
+        .click()
+        .await
+        .expect("confirm click");
+    let banner = b
+        .wait_text("#stop-banner", WAIT, "the stop banner", |t| {
+            t.contains("canaries reboot in a loop")
+        })
+        .await;
+    assert!(
+        banner.contains("EMERGENCY STOP") && banner.contains("operator"),
+        "{banner}"
+    );
+    b.screenshot("03-stop-banner").await;
+    // Through the API: the stop is stored and every check-in now answers hold.
+    let s = status(&c).await;
+    assert_eq!(s["emergency_stop"]["reason"], "canaries reboot in a loop");
+    let http = client();
+    for i in [0, 7, 19] {
+        let fails = fleet.fails.clone();
+        let answer = fleet.devices[i]
+            .checkin(&http, &c.base, &fails)
+            .await
+            .expect("check-in");
+        assert!(answer.emergency_stop, "device {i} is told about the stop");
+        assert_eq!(answer.desired, Desired::Hold, "device {i} must hold");
+    }
+    // The banner is on every page.
+    b.client.goto(&c.url("/audit")).await.expect("audit");
+    assert!(b
+        .text("#stop-banner")
+        .await
+        .contains("canaries reboot in a loop"));
+    assert!(b.text("#audit").await.contains("emergency_stop"));
+
+    // Resume from the banner.
+    b.client
+        .find(Locator::Css("#resume"))
+        .await
+        .expect("resume button")
+        .click()
+        .await
+        .expect("resume");
+    b.wait_text(".flash", WAIT, "the resume message", |t| {
+        t.contains("cleared")
+    })
+    .await;
+    assert!(!b
+        .client
+        .find(Locator::Css("#stop-banner"))
+        .await
+        .expect("banner element")
+        .is_displayed()
+        .await
+        .expect("displayed"));
+    assert!(status(&c).await["emergency_stop"].is_null());
+    b.client.goto(&c.url("/audit")).await.expect("audit");
+    assert!(b.text("#audit").await.contains("emergency_stop.resume"));
+    b.screenshot("04-audit").await;
+
+    // A device changing state updates the open page without a reload.
+    b.client
+        .goto(&c.url("/devices?q=dev-01&sort=id"))
+        .await
+        .expect("devices");
+    assert_eq!(b.text("#match-count").await, "10 of 20 devices match");
+    b.wait_text("body", WAIT, "the live connection", |_| true)
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let live = b
+            .client
+            .execute(
+                "return document.body.getAttribute('data-live-status');",
+                vec![],
+            )
+            .await
+            .expect("script");
+        if live == "connected" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event stream never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.client
+        .execute("window.__notReloaded = true;", vec![])
+        .await
+        .expect("mark");
+    let badge = r#"[data-device-state="dev-012"]"#;
+    assert_eq!(b.text(badge).await, "online");
+    let k = fleet
+        .devices
+        .iter()
+        .position(|d| d.id == "dev-012")
+        .expect("dev-012");
+    fleet.devices[k].phase = UpdatePhase::Fetching;
+    let fails = fleet.fails.clone();
+    fleet.devices[k]
+        .checkin(&http, &c.base, &fails)
+        .await
+        .expect("check-in");
+    b.wait_text(badge, WAIT, "dev-012 to show updating", |t| t == "updating")
+        .await;
+    let same_page = b
+        .client
+        .execute("return window.__notReloaded === true;", vec![])
+        .await
+        .expect("script");
+    assert_eq!(same_page, Value::Bool(true), "the page was not reloaded");
+    b.screenshot("05-devices").await;
+
+    // Device detail: releases, sparklines, events and update history.
+    b.client
+        .goto(&c.url("/devices/dev-000"))
+        .await
+        .expect("device");
+    let facts = b.text("dl.facts").await;
+    assert!(facts.contains(&sha[..12]), "{facts}");
+    assert!(
+        b.exists(r#"figure[data-metric="CPU"] polyline"#).await,
+        "a CPU sparkline from the samples"
+    );
+    assert!(b.text("main").await.contains("update_finished"));
+    b.screenshot("06-device").await;
+
+    // Rollouts: the list and the active one with its waves and the operator's actions.
+    b.client.goto(&c.url("/rollouts")).await.expect("rollouts");
+    let id = format!("r-{}", &sha[..12]);
+    assert!(b.text("#rollouts").await.contains(&id));
+    b.screenshot("07-rollouts").await;
+    b.client
+        .goto(&c.url(&format!("/rollouts/{id}")))
+        .await
+        .expect("rollout");
+    assert!(b.exists("#rollout-actions button[value=pause]").await);
+    b.screenshot("08-rollout").await;
+    b.client
+        .find(Locator::Css("#rollout-actions button[value=pause]"))
+        .await
+        .expect("pause")
+        .click()
+        .await
+        .expect("pause click");
+    b.wait_text("#rollout-state", WAIT, "the rollout to pause", |t| {
+        t == "paused"
+    })
+    .await;
+
+    // A viewer sees the fleet but no stop button, no resume, no rollout actions.
+    b.client
+        .find(Locator::Css("header form[action='/logout'] button"))
+        .await
+        .expect("logout")
+        .click()
+        .await
+        .expect("logout click");
+    b.wait_text("h1", WAIT, "the login page", |t| t == "Fleet")
+        .await;
+    login(&b, &c.base, "viewer").await;
+    assert_eq!(b.text("#device-count").await, DEVICES.to_string());
+    assert!(
+        !b.exists("#estop-open").await,
+        "a viewer has no stop button"
+    );
+    assert!(!b.exists("#resume").await);
+    b.client
+        .goto(&c.url(&format!("/rollouts/{id}")))
+        .await
+        .expect("rollout");
+    assert!(!b.exists("#rollout-actions").await);
+    b.screenshot("09-viewer-overview").await;
+    b.close().await;
+
+    // And the server refuses a viewer's stop even if the form is forged.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(c.url("/login"))
+        .form(&[("name", "viewer"), ("password", PASSWORD)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+    let page = http
+        .get(c.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("overview")
+        .text()
+        .await
+        .expect("html");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf in the page")
+        .to_owned();
+    let r = http
+        .post(c.url("/ui/stop"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "forged")])
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(status(&c).await["emergency_stop"].is_null());
+    c.stop().await;
+}
