@@ -26,6 +26,9 @@
     }
   }
   var source = new EventSource("/ui/events");
+  // Close the stream when the page goes away (navigation, back-forward cache): browsers allow
+  // only a few connections per host, and a stream left open holds one.
+  window.addEventListener("pagehide", function () { source.close(); });
   source.addEventListener("open", function () { body.setAttribute("data-live-status", "connected"); });
   source.addEventListener("error", function () { body.setAttribute("data-live-status", "reconnecting"); });
   source.addEventListener("summary", function (e) {
