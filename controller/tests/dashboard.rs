@@ -60,7 +60,7 @@ async fn round(fleet: &mut SimFleet) {
     assert!(errors.is_empty(), "check-ins failed: {:?}", errors.first());
 }
 
-async fn status(c: &TestController) -> Value {
+async fn fleet_status(c: &TestController) -> Value {
     client()
         .get(c.url("/api/v1/status"))
         .bearer_auth(&c.viewer)
@@ -226,7 +226,7 @@ async fn dashboard_in_a_real_browser() {
     );
     b.screenshot("03-stop-banner").await;
     // Through the API: the stop is stored and every check-in now answers hold.
-    let s = status(&c).await;
+    let s = fleet_status(&c).await;
     assert_eq!(s["emergency_stop"]["reason"], "canaries reboot in a loop");
     let http = client();
     for i in [0, 7, 19] {
@@ -266,7 +266,7 @@ async fn dashboard_in_a_real_browser() {
         .is_displayed()
         .await
         .expect("displayed"));
-    assert!(status(&c).await["emergency_stop"].is_null());
+    assert!(fleet_status(&c).await["emergency_stop"].is_null());
     b.client.goto(&c.url("/audit")).await.expect("audit");
     assert!(b.text("#audit").await.contains("emergency_stop.resume"));
     b.screenshot("04-audit").await;
@@ -433,6 +433,191 @@ async fn dashboard_in_a_real_browser() {
         .await
         .expect("stop");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(status(&c).await["emergency_stop"].is_null());
+    assert!(fleet_status(&c).await["emergency_stop"].is_null());
     c.stop().await;
+}
+
+/// A client that shows redirects instead of following them, with an optional session cookie.
+struct Plain {
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl Plain {
+    fn new() -> Plain {
+        Plain {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, c: &TestController, path: &str) -> (StatusCode, String, String) {
+        let mut req = self.http.get(c.url(path));
+        if let Some(k) = &self.cookie {
+            req = req.header("cookie", k);
+        }
+        let r = req.send().await.expect("get");
+        let loc = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (r.status(), loc, r.text().await.unwrap_or_default())
+    }
+
+    async fn post(&self, c: &TestController, path: &str, form: &[(&str, &str)]) -> StatusCode {
+        let mut req = self.http.post(c.url(path)).form(form);
+        if let Some(k) = &self.cookie {
+            req = req.header("cookie", k);
+        }
+        req.send().await.expect("post").status()
+    }
+
+    async fn login(&mut self, c: &TestController, user: &str, password: &str) -> StatusCode {
+        let r = self
+            .http
+            .post(c.url("/login"))
+            .form(&[("name", user), ("password", password), ("next", "/devices")])
+            .send()
+            .await
+            .expect("login");
+        self.cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        r.status()
+    }
+}
+
+/// Without a browser (no JavaScript): every page renders for a viewer, anonymous visitors go
+/// to the login form, bad input gets a 4xx naming the problem, and forms need the CSRF token.
+async fn pages_without_javascript(store: support::Store, test: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = support::database_url(store, dir.path(), test).await else {
+        return;
+    };
+    let c = TestController::start(test_config(&dir.path().join("controller"), &url, None)).await;
+    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(5))
+        .await
+        .expect("enroll");
+    round(&mut fleet).await;
+    let mut p = Plain::new();
+
+    let (status, loc, _) = p.get(&c, "/devices?state=failed").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(loc, "/login?next=%2Fdevices%3Fstate%3Dfailed");
+    let (status, _, _) = p.get(&c, "/ui/events").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        p.login(&c, "viewer", "not the password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(p.cookie.is_none());
+    assert_eq!(p.login(&c, "viewer", PASSWORD).await, StatusCode::SEE_OTHER);
+
+    for path in ["/", "/devices", "/devices/dev-003", "/rollouts", "/audit"] {
+        let (status, _, body) = p.get(&c, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            body.contains("viewer (viewer)"),
+            "{path}: the header names the user"
+        );
+        assert!(
+            !body.contains("estop-open"),
+            "{path}: no stop button for a viewer"
+        );
+    }
+    let (_, _, body) = p.get(&c, "/").await;
+    assert!(
+        body.contains(r#"id="device-count" data-live="total">5<"#),
+        "{body}"
+    );
+    let (_, _, body) = p
+        .get(&c, "/devices?q=dev-00&state=online&sort=id&dir=desc")
+        .await;
+    let first = body.find("dev-004").expect("dev-004 listed");
+    let last = body.find("dev-000").expect("dev-000 listed");
+    assert!(first < last, "sorted descending");
+    assert!(body.contains("5 of 5 devices match"));
+
+    let (status, _, body) = p.get(&c, "/devices/no-such-device").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("There is no device `no-such-device`"));
+    let (status, _, _) = p.get(&c, "/rollouts/r-nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = p.get(&c, "/devices?page=abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("page"), "{body}");
+
+    // An operator's form without the right CSRF token changes nothing.
+    let mut op = Plain::new();
+    assert_eq!(
+        op.login(&c, "operator", PASSWORD).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        op.post(&c, "/ui/stop", &[("csrf", "forged"), ("reason", "x")])
+            .await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(fleet_status(&c).await["emergency_stop"].is_null());
+    let (_, _, body) = op.get(&c, "/").await;
+    assert!(body.contains("estop-open"), "operators get the stop button");
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf")
+        .to_owned();
+    // A blank reason is refused with a message; nothing is stopped.
+    assert_eq!(
+        op.post(
+            &c,
+            "/ui/stop",
+            &[("csrf", &csrf), ("reason", "  "), ("next", "/")]
+        )
+        .await,
+        StatusCode::SEE_OTHER
+    );
+    assert!(fleet_status(&c).await["emergency_stop"].is_null());
+    // With a reason, the stop holds; the viewer's pages show the banner.
+    op.post(
+        &c,
+        "/ui/stop",
+        &[
+            ("csrf", &csrf),
+            ("reason", "drill"),
+            ("next", "//evil.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(fleet_status(&c).await["emergency_stop"]["reason"], "drill");
+    let (_, _, body) = p.get(&c, "/devices").await;
+    assert!(body.contains("EMERGENCY STOP") && body.contains("drill"));
+    assert!(!body.contains("id=\"resume\""), "a viewer cannot resume");
+    // Logging out ends the session.
+    assert_eq!(op.post(&c, "/logout", &[]).await, StatusCode::SEE_OTHER);
+    let (status, _, _) = op.get(&c, "/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_without_javascript_on_sqlite() {
+    pages_without_javascript(support::Store::Sqlite, "pages_without_javascript_on_sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_without_javascript_on_postgres() {
+    pages_without_javascript(
+        support::Store::Postgres,
+        "pages_without_javascript_on_postgres",
+    )
+    .await;
 }

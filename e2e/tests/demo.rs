@@ -35,6 +35,7 @@ struct Demo {
     dir: PathBuf,
     url: String,
     token: String,
+    password: String,
     namespaces: Vec<String>,
     client: reqwest::Client,
 }
@@ -76,18 +77,54 @@ impl Demo {
             dir: dir.to_owned(),
             url: String::new(),
             token: String::new(),
+            password: String::new(),
             namespaces: Vec::new(),
             client: support::client(),
         };
         let ready = demo.wait_line("FLEET_DEMO ready");
         demo.url = field(&ready, "url").expect("url").to_owned();
         demo.token = field(&ready, "token").expect("token").to_owned();
+        demo.password = field(&ready, "password").expect("password").to_owned();
         demo.namespaces = field(&ready, "namespaces")
             .expect("namespaces")
             .split(',')
             .map(str::to_owned)
             .collect();
         demo
+    }
+
+    /// The dashboard's overview page, logged in as admin with the printed password.
+    async fn dashboard_overview(&self) -> String {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let r = http
+            .post(format!("{}/login", self.url))
+            .form(&[("name", "admin"), ("password", self.password.as_str())])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(
+            r.status().as_u16(),
+            303,
+            "the printed admin password logs in"
+        );
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("session cookie")
+            .to_owned();
+        http.get(format!("{}/", self.url))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("overview")
+            .text()
+            .await
+            .expect("html")
     }
 
     /// Waits for an output line starting with `prefix`.
@@ -323,6 +360,16 @@ async fn the_demo_rolls_out_halts_a_bad_release_and_holds_on_the_emergency_stop(
         let s = demo.agent(id);
         assert_eq!(s["current"], good.as_str(), "{id}: {s:#}");
     }
+    // The dashboard the demo points to: admin logs in with the printed password.
+    let overview = demo.dashboard_overview().await;
+    assert!(
+        overview.contains(&format!(r#"data-live="total">{TOTAL}<"#)),
+        "the dashboard counts every device"
+    );
+    assert!(
+        overview.contains("estop-open"),
+        "admin gets the stop button"
+    );
 
     // 2. A release whose health check fails: the canaries fail it, the rollout halts, the
     //    canaries run the good release again, nobody else ever gets it.
