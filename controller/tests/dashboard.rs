@@ -538,6 +538,26 @@ async fn pages_without_javascript(store: support::Store, test: &str) {
         body.contains(r#"id="device-count" data-live="total">5<"#),
         "{body}"
     );
+    let r = p
+        .http
+        .get(c.url("/"))
+        .header("cookie", p.cookie.clone().unwrap_or_default())
+        .send()
+        .await
+        .expect("overview");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(
+        header("x-frame-options"),
+        "DENY",
+        "no site may frame the stop button"
+    );
     let (_, _, body) = p
         .get(&c, "/devices?q=dev-00&state=online&sort=id&dir=desc")
         .await;

@@ -85,11 +85,19 @@ impl IntoResponse for PageError {
     }
 }
 
+/// Pages load only the controller's own script and styles (inline `style` attributes draw the
+/// wave bars), and no other site may frame them: a framed stop button could be clicked blind.
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                   frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
 fn html(m: Markup) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "same-origin"),
         ],
         m.into_string(),
     )
