@@ -2,12 +2,13 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: help demo build test lint fmt fuzz clean
+.PHONY: help demo build device test lint fmt fuzz clean
 
 help:
 	@echo "make demo   - the whole product on this machine: git servers, controller, 3 real agents on Docker, 200 simulated devices (Ctrl-C stops and cleans up)"
 	@echo "make test   - formatting, lints and the whole test suite (what CI runs)"
 	@echo "make build  - release build of every binary"
+	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
 	@echo "make lint   - cargo fmt --check and clippy with warnings as errors"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
@@ -27,6 +28,9 @@ demo:
 
 build:
 	$(CARGO) build --workspace --release
+
+device:
+	$(CARGO) build --profile device -p fleet-agent
 
 lint:
 	$(CARGO) fmt --all --check

@@ -5,7 +5,9 @@
 //! - rollback time after a failed health window (the agent's own `rollback_ms`);
 //! - idle RSS and CPU over `FLEET_BENCH_IDLE_SECS` (default 600), and peak RSS during updates.
 //!
-//! `cargo bench -p fleet-agent --bench agent`
+//! `cargo bench -p fleet-agent --bench agent`; the device build (BENCHMARKS.md):
+//! `cargo build --profile device -p fleet-agent && FLEET_AGENT_BIN=target/device/fleet-agent
+//! cargo bench -p fleet-agent --bench agent`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -71,6 +73,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
 
+    println!("agent binary: {}", support::agent_bin());
     let lab = Lab::new("bench");
     let r0 = lab.release("v1");
     let config = lab.config();

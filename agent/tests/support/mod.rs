@@ -8,7 +8,14 @@ pub mod images;
 pub mod lab;
 pub mod prometheus;
 
-/// The `fleet-agent` binary Cargo built for this test run.
+/// The `fleet-agent` binary Cargo built for this test run, or `FLEET_AGENT_BIN` (the
+/// benchmark measures the device build with it: `target/device/fleet-agent`).
 pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fleet-agent")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("FLEET_AGENT_BIN")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_fleet-agent").to_owned())
+    })
 }

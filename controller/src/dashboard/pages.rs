@@ -426,7 +426,7 @@ pub fn rollout(c: &Chrome, r: &Rollout, states: &HashMap<String, DeviceState>) -
                         tr {
                             td { a href=(format!("/devices/{}", super::model::encode(id))) { (id) } }
                             td { @if let Some(s) = states.get(id) { (state_badge(id, *s)) } }
-                            td.mono { (rec.map(|d| serde_json::to_value(&d.outcome).map(|v| v.to_string()).unwrap_or_default()).unwrap_or_default()) }
+                            td { (rec.map(|d| outcome_text(&d.outcome)).unwrap_or_default()) }
                             td.mono { (rec.and_then(|d| d.from.as_deref()).map(short).unwrap_or("none")) }
                         }
                     }
@@ -435,6 +435,16 @@ pub fn rollout(c: &Chrome, r: &Rollout, states: &HashMap<String, DeviceState>) -
         }
     };
     layout(c, &format!("Rollout {}", r.id), body)
+}
+
+/// A device's outcome in a rollout as people read it: `healthy`, `failed: rolled back: …`.
+fn outcome_text(o: &crate::rollout::Outcome) -> String {
+    let v = serde_json::to_value(o).unwrap_or_default();
+    let name = v["outcome"].as_str().unwrap_or("?").to_owned();
+    match v["reason"].as_str() {
+        Some(reason) => format!("{name}: {reason}"),
+        None => name,
+    }
 }
 
 /// `/audit`.
