@@ -93,20 +93,8 @@ async fn bench() {
         t0.elapsed().as_secs_f64()
     );
 
-    let r = client
-        .post(c.url("/login"))
-        .form(&[("name", "operator"), ("password", "a long test password")])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status().as_u16(), 303, "login failed");
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("session cookie")
-        .to_owned();
+    let cookie =
+        support::dashboard::session_cookie(&c.base, "operator", "a long test password").await;
 
     let mid = format!("/devices/dev-{:05}", devices / 2);
     let last_page = format!("/devices?page={}", devices / 50);

@@ -8,7 +8,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fantoccini::Locator;
 use fleet_config::protocol::{Desired, Telemetry, UpdatePhase};
 use fleet_controller::config::GitSource;
 use fleet_controller::db::now_ms;
@@ -28,27 +27,9 @@ async fn login(b: &Browser, base: &str, user: &str) {
         .goto(&format!("{base}/login"))
         .await
         .expect("login page");
-    b.client
-        .find(Locator::Css("#name"))
-        .await
-        .expect("name field")
-        .send_keys(user)
-        .await
-        .expect("type name");
-    b.client
-        .find(Locator::Css("#password"))
-        .await
-        .expect("password field")
-        .send_keys(PASSWORD)
-        .await
-        .expect("type password");
-    b.client
-        .find(Locator::Css("#login-submit"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("click");
+    b.type_into("#name", user).await;
+    b.type_into("#password", PASSWORD).await;
+    b.click("#login-submit").await;
     b.wait_text("header .who", WAIT, "the logged-in header", |t| {
         t.contains(user)
     })
@@ -146,27 +127,9 @@ async fn dashboard_in_a_real_browser() {
         "/login",
         "anonymous users go to the login page"
     );
-    b.client
-        .find(Locator::Css("#name"))
-        .await
-        .expect("name")
-        .send_keys("operator")
-        .await
-        .expect("type");
-    b.client
-        .find(Locator::Css("#password"))
-        .await
-        .expect("password")
-        .send_keys("wrong")
-        .await
-        .expect("type");
-    b.client
-        .find(Locator::Css("#login-submit"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("click");
+    b.type_into("#name", "operator").await;
+    b.type_into("#password", "wrong").await;
+    b.click("#login-submit").await;
     b.wait_text(".flash", WAIT, "the refusal", |t| {
         t.contains("wrong password")
     })
@@ -185,36 +148,12 @@ async fn dashboard_in_a_real_browser() {
     b.screenshot("01-overview").await;
 
     // Emergency stop: one click, a reason, a confirmation; then the banner.
-    assert!(!b
-        .client
-        .find(Locator::Css("#stop-banner"))
-        .await
-        .expect("banner element")
-        .is_displayed()
-        .await
-        .expect("displayed"));
-    b.client
-        .find(Locator::Css("#estop-open"))
-        .await
-        .expect("stop button")
-        .click()
-        .await
-        .expect("open");
-    b.client
-        .find(Locator::Css("#estop-reason"))
-        .await
-        .expect("reason field")
-        .send_keys("canaries reboot in a loop")
-        .await
-        .expect("type reason");
+    assert!(!b.displayed("#stop-banner").await);
+    b.click("#estop-open").await;
+    b.type_into("#estop-reason", "canaries reboot in a loop")
+        .await;
     b.screenshot("02-stop-confirmation").await;
-    b.client
-        .find(Locator::Css("#estop-confirm"))
-        .await
-        .expect("confirm")
-        .click()
-        .await
-        .expect("confirm click");
+    b.click("#estop-confirm").await;
     let banner = b
         .wait_text("#stop-banner", WAIT, "the stop banner", |t| {
             t.contains("canaries reboot in a loop")
@@ -247,25 +186,12 @@ async fn dashboard_in_a_real_browser() {
     assert!(b.text("#audit").await.contains("emergency_stop"));
 
     // Resume from the banner.
-    b.client
-        .find(Locator::Css("#resume"))
-        .await
-        .expect("resume button")
-        .click()
-        .await
-        .expect("resume");
+    b.click("#resume").await;
     b.wait_text(".flash", WAIT, "the resume message", |t| {
         t.contains("cleared")
     })
     .await;
-    assert!(!b
-        .client
-        .find(Locator::Css("#stop-banner"))
-        .await
-        .expect("banner element")
-        .is_displayed()
-        .await
-        .expect("displayed"));
+    assert!(!b.displayed("#stop-banner").await);
     assert!(fleet_status(&c).await["emergency_stop"].is_null());
     b.client.goto(&c.url("/audit")).await.expect("audit");
     assert!(b.text("#audit").await.contains("emergency_stop.resume"));
@@ -350,26 +276,14 @@ async fn dashboard_in_a_real_browser() {
         .expect("rollout");
     assert!(b.exists("#rollout-actions button[value=pause]").await);
     b.screenshot("08-rollout").await;
-    b.client
-        .find(Locator::Css("#rollout-actions button[value=pause]"))
-        .await
-        .expect("pause")
-        .click()
-        .await
-        .expect("pause click");
+    b.click("#rollout-actions button[value=pause]").await;
     b.wait_text("#rollout-state", WAIT, "the rollout to pause", |t| {
         t == "paused"
     })
     .await;
 
     // A viewer sees the fleet but no stop button, no resume, no rollout actions.
-    b.client
-        .find(Locator::Css("header form[action='/logout'] button"))
-        .await
-        .expect("logout")
-        .click()
-        .await
-        .expect("logout click");
+    b.click("header form[action='/logout'] button").await;
     b.wait_text("h1", WAIT, "the login page", |t| t == "Fleet")
         .await;
     login(&b, &c.base, "viewer").await;
@@ -388,28 +302,8 @@ async fn dashboard_in_a_real_browser() {
     b.close().await;
 
     // And the server refuses a viewer's stop even if the form is forged.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let r = http
-        .post(c.url("/login"))
-        .form(&[("name", "viewer"), ("password", PASSWORD)])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let set_cookie = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
-        "{set_cookie}"
-    );
-    let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+    let http = reqwest::Client::new();
+    let cookie = support::dashboard::session_cookie(&c.base, "viewer", PASSWORD).await;
     let page = http
         .get(c.url("/"))
         .header("cookie", &cookie)

@@ -95,28 +95,8 @@ impl Demo {
 
     /// The dashboard's overview page, logged in as admin with the printed password.
     async fn dashboard_overview(&self) -> String {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let r = http
-            .post(format!("{}/login", self.url))
-            .form(&[("name", "admin"), ("password", self.password.as_str())])
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(
-            r.status().as_u16(),
-            303,
-            "the printed admin password logs in"
-        );
-        let cookie = r
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .expect("session cookie")
-            .to_owned();
+        let cookie = support::dashboard::session_cookie(&self.url, "admin", &self.password).await;
+        let http = reqwest::Client::new();
         http.get(format!("{}/", self.url))
             .header("cookie", cookie)
             .send()

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod dashboard;
 pub mod fleet_repo;
 #[path = "../../../agent/tests/support/git_daemon.rs"]
 pub mod git_daemon;

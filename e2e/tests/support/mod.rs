@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod bins;
+#[path = "../../../controller/tests/support/dashboard.rs"]
+pub mod dashboard;
 #[path = "../../../agent/tests/support/docker_guard.rs"]
 pub mod docker_guard;
 #[path = "../../../agent/tests/support/git_daemon.rs"]
