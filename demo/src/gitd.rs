@@ -2,7 +2,7 @@
 //! mirror of the fleet repository).
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,9 @@ pub enum GitdError {
     /// Could not start the process.
     #[error("cannot start git daemon: {0}")]
     Spawn(#[source] std::io::Error),
+    /// `git --exec-path` did not say where `git-daemon` is.
+    #[error("cannot find git-daemon: `git --exec-path` failed: {0}")]
+    ExecPath(String),
     /// Started but never listened.
     #[error("git daemon for {base} did not listen on 127.0.0.1:{port} within 10 s")]
     NotListening {
@@ -31,12 +34,33 @@ pub enum GitdError {
     },
 }
 
+/// The `git-daemon` program itself. The demo runs it directly rather than as `git daemon`: the
+/// `git` wrapper runs it as a child process, so stopping the wrapper would leave the daemon
+/// serving after the demo ended.
+fn git_daemon_program() -> Result<PathBuf, GitdError> {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .map_err(GitdError::Spawn)?;
+    if !out.status.success() {
+        return Err(GitdError::ExecPath(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let daemon = Path::new(&dir).join("git-daemon");
+    if daemon.is_file() {
+        Ok(daemon)
+    } else {
+        Err(GitdError::ExecPath(format!("no {}", daemon.display())))
+    }
+}
+
 impl GitDaemon {
     /// Serves every repository under `base` read-only on a free loopback port.
     pub fn start(base: &Path) -> Result<GitDaemon, GitdError> {
         let port = free_port();
-        let child = Command::new("git")
-            .arg("daemon")
+        let child = Command::new(git_daemon_program()?)
             .arg("--export-all")
             .arg("--reuseaddr")
             .arg("--listen=127.0.0.1")

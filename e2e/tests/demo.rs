@@ -465,4 +465,29 @@ async fn the_demo_rolls_out_halts_a_bad_release_and_holds_on_the_emergency_stop(
         reqwest::get(format!("{}/healthz", demo.url)).await.is_err(),
         "the controller is gone"
     );
+    let left = processes_mentioning(&demo.dir);
+    assert!(
+        left.is_empty(),
+        "processes of the demo still running: {left:?}"
+    );
+}
+
+/// Command lines of running processes that name `dir` (the demo's git daemons, agents, …).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(&needle))
+        .collect()
 }
