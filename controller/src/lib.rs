@@ -14,5 +14,6 @@ pub mod rollout;
 pub mod server;
 pub mod sim;
 pub mod sim_run;
+pub mod summary;
 pub mod tokens;
 pub mod watcher;

@@ -42,15 +42,7 @@ async fn round(fleet: &mut SimFleet) {
 }
 
 async fn fleet_status(c: &TestController) -> Value {
-    client()
-        .get(c.url("/api/v1/status"))
-        .bearer_auth(&c.viewer)
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json")
+    support::viewer_get(c, "/api/v1/status").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use fleet_controller::sim::SimFleet;
 use serde_json::{json, Value};
 use support::fleet_repo::{device_ids, FleetRepo};
 use support::process::{free_addr, ControllerProcess};
-use support::{client, database_url, test_config, Remote, Store, TestController};
+use support::{client, database_url, test_config, viewer_get, Remote, Store, TestController};
 
 const DEVICES: usize = 100;
 const CANARIES: usize = 2;
@@ -93,21 +93,9 @@ async fn rounds_until(
     n
 }
 
-async fn get(c: &impl Remote, path: &str) -> Value {
-    client()
-        .get(c.url(path))
-        .bearer_auth(c.viewer_token())
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
-}
-
 async fn rollout_of(c: &impl Remote, sha: &str) -> Value {
     let id = format!("r-{}", &sha[..12]);
-    get(c, &format!("/api/v1/rollouts/{id}")).await
+    viewer_get(c, &format!("/api/v1/rollouts/{id}")).await
 }
 
 async fn enrolled_fleet(c: &TestController) -> SimFleet {
@@ -181,7 +169,7 @@ async fn waves_in_order(store: Store) {
             k + 1
         );
     }
-    let audit = get(&c, "/api/v1/audit?limit=1000").await;
+    let audit = viewer_get(&c, "/api/v1/audit?limit=1000").await;
     let started: Vec<String> = audit
         .as_array()
         .expect("audit")
@@ -259,7 +247,7 @@ async fn failures_halt_and_roll_the_wave_back(store: Store) {
     );
     assert_eq!(on(&fleet, &a).len(), DEVICES, "every device runs v1");
     for id in &canaries {
-        let d = get(&c, &format!("/api/v1/devices/{id}")).await;
+        let d = viewer_get(&c, &format!("/api/v1/devices/{id}")).await;
         assert_eq!(
             d["device"]["desired_release"],
             a.as_str(),
@@ -398,7 +386,7 @@ async fn a_killed_controller_resumes_the_rollout(store: Store) {
     .await;
     assert!(before < DEVICES);
     rounds_until_state(&c, &mut fleet, &a, "completed").await;
-    let audit = get(&c, "/api/v1/audit?limit=1000").await;
+    let audit = viewer_get(&c, "/api/v1/audit?limit=1000").await;
     let count = |action: &str| {
         audit
             .as_array()

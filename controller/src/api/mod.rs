@@ -178,17 +178,10 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, error::A
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, error::ApiError> {
     let now = now_ms();
     let devices = state.db.devices().await?;
-    let mut counts = [0u64; DeviceState::ALL.len()];
-    for d in &devices {
-        let s = d.state(now, state.offline_after_ms());
-        if let Some(i) = DeviceState::ALL.iter().position(|x| *x == s) {
-            counts[i] += 1;
-        }
-    }
+    let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());
     let by_state: Vec<(&str, u64)> = DeviceState::ALL
         .iter()
-        .zip(counts)
-        .map(|(s, n)| (s.as_str(), n))
+        .map(|s| (s.as_str(), summary.count(*s)))
         .collect();
     let mut rollouts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for r in state.db.rollouts(10_000).await? {

@@ -39,22 +39,12 @@ pub async fn status(
     require(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
     let devices = state.db.devices().await?;
-    let mut by_state: BTreeMap<&str, u64> =
-        DeviceState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-    for d in &devices {
-        *by_state
-            .entry(d.state(now, state.offline_after_ms()).as_str())
-            .or_default() += 1;
-        let v = d
-            .current
-            .as_ref()
-            .map_or("none".to_owned(), |r| r.short().to_owned());
-        *versions.entry(v).or_default() += 1;
-    }
-    let total = devices.len() as u64;
-    let counted = total - by_state.get("revoked").copied().unwrap_or(0);
-    let healthy = by_state.get("online").copied().unwrap_or(0);
+    let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());
+    let by_state: BTreeMap<&str, u64> = DeviceState::ALL
+        .iter()
+        .map(|s| (s.as_str(), summary.count(*s)))
+        .collect();
+    let versions: BTreeMap<String, u64> = summary.versions.into_iter().collect();
     let active: Vec<Value> = state
         .db
         .active_rollouts()
@@ -63,9 +53,9 @@ pub async fn status(
         .map(|r| json!({"id": r.id, "release": r.release, "state": r.state}))
         .collect();
     Ok(Json(json!({
-        "devices": total,
+        "devices": summary.total,
         "by_state": by_state,
-        "healthy_percent": if counted == 0 { 100.0 } else { (healthy as f64) * 100.0 / counted as f64 },
+        "healthy_percent": summary.healthy_percent,
         "versions": versions,
         "emergency_stop": state.db.emergency_stop().await?,
         "active_rollouts": active,
@@ -251,17 +241,29 @@ pub async fn stop(
             "`reason` is required and must not be blank".into(),
         ));
     }
-    let stop = EmergencyStop {
-        actor: user.name.clone(),
-        reason: b.reason.clone(),
-        at_ms: now_ms(),
-        rollback: b.rollback,
-    };
-    let new = crate::engine::emergency_stop(&state, &stop).await?;
-    crate::dashboard::live::refresh(&state).await;
+    let new = set_stop(&state, &user.name, &b.reason, b.rollback).await?;
     Ok(Json(
         json!({"emergency_stop": state.db.emergency_stop().await?, "newly_set": new}),
     ))
+}
+
+/// Sets the emergency stop as `actor` (API and dashboard; the reason is checked by the
+/// caller); true if it was not set before.
+pub async fn set_stop(
+    state: &AppState,
+    actor: &str,
+    reason: &str,
+    rollback: bool,
+) -> Result<bool, DbError> {
+    let stop = EmergencyStop {
+        actor: actor.to_owned(),
+        reason: reason.trim().to_owned(),
+        at_ms: now_ms(),
+        rollback,
+    };
+    let new = crate::engine::emergency_stop(state, &stop).await?;
+    crate::dashboard::live::refresh(state).await;
+    Ok(new)
 }
 
 /// `POST /api/v1/resume`.

@@ -16,11 +16,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{self, FleetSummary};
 use super::session;
 use crate::api::AppState;
 use crate::db::{now_ms, DbError, DeviceState, EmergencyStop};
 use crate::rollout::Rollout;
+use crate::summary::{summarize, FleetSummary};
 
 /// How often the snapshot is recomputed while pages are open.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -101,17 +101,9 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, DbError> {
     let now = now_ms();
     let rows = state.db.devices().await?;
     let off = state.offline_after_ms();
-    let summary = model::summarize(&rows, now, off);
-    let devices: HashMap<String, DeviceState> = rows
-        .iter()
-        .map(|d| (d.id.clone(), d.state(now, off)))
-        .collect();
-    let rollout: Option<Rollout> = state
-        .db
-        .active_rollouts()
-        .await?
-        .pop()
-        .and_then(|r| serde_json::from_value(r.data).ok());
+    let summary = summarize(&rows, now, off);
+    let devices = super::model::states_of(&rows, now, off);
+    let rollout = super::model::newest_rollout(&state.db.active_rollouts().await?);
     Ok(Snapshot {
         live: live_values(&summary, rollout.as_ref(), &devices),
         stop: state.db.emergency_stop().await?,

@@ -10,18 +10,16 @@ pub mod pages;
 pub mod session;
 pub mod svg;
 
-use std::collections::HashMap;
-
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::Markup;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::api::AppState;
-use crate::db::{now_ms, DbError, DeviceState, EmergencyStop, Role, SESSION_TTL_MS};
+use crate::db::{now_ms, DbError, EmergencyStop, Role, SESSION_TTL_MS};
 use crate::rollout::Rollout;
 use pages::Chrome;
 use session::Session;
@@ -48,20 +46,15 @@ pub fn router() -> Router<AppState> {
         .route("/assets/app.js", get(js))
 }
 
-/// A value's serde name (`healthy`, `fetching`).
-pub(crate) fn wire<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Errors of a page, as the browser gets them.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     /// Not logged in: go to the login page.
     #[error("log in first")]
     Login(String),
+    /// The form may not be carried out (stale CSRF token, role too low): 403 with why.
+    #[error("{0}")]
+    Refused(String),
     /// The store failed.
     #[error("{0}")]
     Db(#[from] DbError),
@@ -73,6 +66,7 @@ impl IntoResponse for PageError {
             PageError::Login(next) => {
                 Redirect::to(&format!("/login?next={}", model::encode(&next))).into_response()
             }
+            PageError::Refused(why) => (StatusCode::FORBIDDEN, format!("{why}\n")).into_response(),
             PageError::Db(e) => {
                 tracing::error!(error = %e, "dashboard: store failed");
                 (
@@ -140,22 +134,6 @@ macro_rules! chrome {
     };
 }
 
-fn states_of(devices: &[crate::db::DeviceRow], now: i64, off: i64) -> HashMap<String, DeviceState> {
-    devices
-        .iter()
-        .map(|d| (d.id.clone(), d.state(now, off)))
-        .collect()
-}
-
-async fn active_rollout(state: &AppState) -> Result<Option<Rollout>, DbError> {
-    Ok(state
-        .db
-        .active_rollouts()
-        .await?
-        .pop()
-        .and_then(|r| serde_json::from_value(r.data).ok()))
-}
-
 async fn overview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -166,11 +144,11 @@ async fn overview(
     let now = now_ms();
     let off = state.offline_after_ms();
     let rows = state.db.devices().await?;
-    let summary = model::summarize(&rows, now, off);
+    let summary = crate::summary::summarize(&rows, now, off);
     let active = state.db.active_rollouts().await?;
     let alerts = model::alerts(&summary, stop.as_ref(), &active);
-    let rollout = active_rollout(&state).await?;
-    let states = states_of(&rows, now, off);
+    let rollout = model::newest_rollout(&active);
+    let states = model::states_of(&rows, now, off);
     let path = path_of(&uri);
     let c = chrome!(s, "overview", path, stop, flash);
     Ok(html(pages::overview(
@@ -280,7 +258,7 @@ async fn rollout(
     };
     let now = now_ms();
     let rows = state.db.devices().await?;
-    let states = states_of(&rows, now, state.offline_after_ms());
+    let states = model::states_of(&rows, now, state.offline_after_ms());
     Ok(html(pages::rollout(&c, &r, &states)))
 }
 
@@ -388,28 +366,22 @@ async fn form_user(
     headers: &HeaderMap,
     f: &ActionForm,
     role: Role,
-) -> Result<Result<Session, Response>, PageError> {
-    let Some(s) = session::current(state, headers).await? else {
-        return Ok(Err(Redirect::to("/login").into_response()));
-    };
+) -> Result<Session, PageError> {
+    let s = session::current(state, headers)
+        .await?
+        .ok_or_else(|| PageError::Login(session::safe_next(f.next.as_deref())))?;
     if f.csrf != s.csrf {
-        return Ok(Err((
-            StatusCode::FORBIDDEN,
-            "This form is stale or came from another site (CSRF token mismatch); reload the page and try again.\n",
-        )
-            .into_response()));
+        return Err(PageError::Refused(
+            "This form is stale or came from another site (CSRF token mismatch); reload the page and try again.".into(),
+        ));
     }
     if s.user.role < role {
-        return Ok(Err((
-            StatusCode::FORBIDDEN,
-            format!(
-                "user `{}` is {}; this needs {role} or more\n",
-                s.user.name, s.user.role
-            ),
-        )
-            .into_response()));
+        return Err(PageError::Refused(format!(
+            "user `{}` is {}; this needs {role} or more",
+            s.user.name, s.user.role
+        )));
     }
-    Ok(Ok(s))
+    Ok(s)
 }
 
 fn back_with(next: Option<&str>, msg: &str) -> Response {
@@ -437,24 +409,15 @@ async fn stop(
     headers: HeaderMap,
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
-    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let s = form_user(&state, &headers, &f, Role::Operator).await?;
     if f.reason.trim().is_empty() {
         return Ok(back_with(
             f.next.as_deref(),
             "Not stopped: a reason is required (on-call reads it).",
         ));
     }
-    let stop = EmergencyStop {
-        actor: s.user.name.clone(),
-        reason: f.reason.trim().to_owned(),
-        at_ms: now_ms(),
-        rollback: f.rollback.as_deref() == Some("on"),
-    };
-    let new = crate::engine::emergency_stop(&state, &stop).await?;
-    live::refresh(&state).await;
+    let rollback = f.rollback.as_deref() == Some("on");
+    let new = crate::api::ops::set_stop(&state, &s.user.name, &f.reason, rollback).await?;
     let msg = if new {
         "Emergency stop set: every device holds what it runs."
     } else {
@@ -468,10 +431,7 @@ async fn resume(
     headers: HeaderMap,
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
-    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let s = form_user(&state, &headers, &f, Role::Operator).await?;
     let was = crate::api::ops::clear_stop(&state, &s.user.name, f.reason.trim()).await?;
     let msg = if was {
         "Emergency stop cleared: rollouts go on."
@@ -487,10 +447,7 @@ async fn rollout_action(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
-    let s = match form_user(&state, &headers, &f, Role::Operator).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let s = form_user(&state, &headers, &f, Role::Operator).await?;
     let action = f.action.as_deref().unwrap_or("");
     if !matches!(action, "pause" | "resume" | "abort" | "promote") {
         return Ok(back_with(

@@ -8,13 +8,15 @@ use serde_json::Value;
 
 use super::format::{ago, bytes, utc};
 use super::live::wave_counts;
-use super::model::{short, Alert, DevicePage, FleetSummary, ListQuery};
+use super::model::{short, Alert, DevicePage, ListQuery};
 use super::session::Session;
 use super::svg;
+use crate::db::wire_name;
 use crate::db::{
     AuditEntry, DeviceRow, DeviceState, EmergencyStop, Role, RolloutRow, TelemetrySample,
 };
 use crate::rollout::Rollout;
+use crate::summary::FleetSummary;
 
 /// What every page's frame needs.
 pub struct Chrome<'a> {
@@ -53,6 +55,19 @@ fn stop_text(s: &EmergencyStop) -> String {
     )
 }
 
+/// `<head>`: the title, the stylesheet and (on pages with live updates) the script.
+fn head(title: &str, live: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Fleet" }
+            link rel="stylesheet" href="/assets/app.css";
+            @if live { script src="/assets/app.js" defer {} }
+        }
+    }
+}
+
 /// Every page: head, navigation, stop button and banner, then `body`.
 pub fn layout(c: &Chrome, title: &str, body: Markup) -> Markup {
     let nav = [
@@ -64,13 +79,7 @@ pub fn layout(c: &Chrome, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Fleet" }
-                link rel="stylesheet" href="/assets/app.css";
-                script src="/assets/app.js" defer {}
-            }
+            (head(title, true))
             body data-role=(c.session.user.role.as_str()) {
                 header.top {
                     span.brand { "Fleet" }
@@ -251,7 +260,7 @@ pub fn devices(c: &Chrome, q: &ListQuery, page: &DevicePage, total: usize, now: 
                         td { a href=(format!("/devices/{}", super::model::encode(&d.id))) { (d.id) } br; span.muted { (d.hostname) } }
                         td { (state_badge(&d.id, *s)) }
                         td.mono { @match &d.current { Some(r) => (r.short()), None => span.muted { "none" } } }
-                        td { (super::wire(&d.health)) }
+                        td { (wire_name(&d.health)) }
                         td { @for (k, v) in &d.labels { span.mono { (k) "=" (v) } " " } }
                         td { (ago(d.last_seen_ms, now)) }
                         td.mono { (d.agent_version) }
@@ -310,8 +319,8 @@ pub fn device(
         div.panel {
             dl.facts {
                 dt { "Hostname" } dd { (d.hostname) " (" (d.arch) ")" }
-                dt { "Health" } dd { (super::wire(&d.health)) }
-                dt { "Phase" } dd { (super::wire(&d.phase)) }
+                dt { "Health" } dd { (wire_name(&d.health)) }
+                dt { "Phase" } dd { (wire_name(&d.phase)) }
                 dt { "Current release" } dd { (release_cell(d.current.as_ref())) }
                 dt { "Previous release" } dd { (release_cell(d.previous.as_ref())) }
                 dt { "Desired release" } dd { (release_cell(d.desired_release.as_ref())) }
@@ -475,12 +484,7 @@ pub fn login(error: Option<&str>, next: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · Fleet" }
-                link rel="stylesheet" href="/assets/app.css";
-            }
+            (head("Log in", false))
             body {
                 form.login.panel method="post" action="/login" #login {
                     h1 { "Fleet" }

@@ -19,6 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::AuditEntry;
+pub(crate) use devices::wire_name;
 pub use devices::{CheckinIdentity, DeviceRow, DeviceState, LastReport};
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
 pub use releases::ReleaseRow;

@@ -1,9 +1,7 @@
 //! Browser sessions of the dashboard: a random token in a cookie, stored hashed, with an
 //! expiry. Logging out or an expired session means logging in again.
 
-use sqlx::Row;
-
-use super::users::User;
+use super::users::{user_from, User};
 use super::{now_ms, q, Db, DbError};
 use crate::tokens;
 
@@ -45,19 +43,7 @@ impl Db {
         .fetch_optional(&self.pool)
         .await
         .map_err(q("checking a session"))?;
-        match row {
-            None => Ok(None),
-            Some(r) => {
-                let role: String = r.try_get("role").map_err(q("reading a session"))?;
-                Ok(Some(User {
-                    name: r.try_get("name").map_err(q("reading a session"))?,
-                    role: role.parse().map_err(|detail| DbError::Corrupt {
-                        what: "user role",
-                        detail,
-                    })?,
-                }))
-            }
-        }
+        row.as_ref().map(user_from).transpose()
     }
 
     /// Ends a session (logout).

@@ -61,7 +61,7 @@ pub struct User {
     pub role: Role,
 }
 
-fn user_from(row: &sqlx::any::AnyRow) -> Result<User, DbError> {
+pub(super) fn user_from(row: &sqlx::any::AnyRow) -> Result<User, DbError> {
     let role: String = row.try_get("role").map_err(q("reading a user"))?;
     Ok(User {
         name: row.try_get("name").map_err(q("reading a user"))?,

@@ -196,6 +196,19 @@ impl Remote for process::ControllerProcess {
     }
 }
 
+/// `GET path` with a viewer's token, as JSON.
+pub async fn viewer_get(c: &impl Remote, path: &str) -> serde_json::Value {
+    client()
+        .get(c.url(path))
+        .bearer_auth(c.viewer_token())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// The `fleet-controller` binary Cargo built for this test run.
 pub fn controller_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_fleet-controller"))
