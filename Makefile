@@ -9,7 +9,7 @@ help:
 	@echo "make test   - formatting, lints and the whole test suite (what CI runs)"
 	@echo "make build  - release build of every binary"
 	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
-	@echo "make lint   - cargo fmt --check and clippy with warnings as errors"
+	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, and the crate dependency rules (scripts/check-deps)"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
 
@@ -35,6 +35,7 @@ device:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	CARGO=$(CARGO) scripts/check-deps
 
 fmt:
 	$(CARGO) fmt --all

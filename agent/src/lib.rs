@@ -7,7 +7,6 @@ pub mod docker;
 pub mod events;
 pub mod fsutil;
 pub mod gc;
-pub mod git;
 pub mod host;
 pub mod journal;
 pub mod layout;

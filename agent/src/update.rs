@@ -31,7 +31,6 @@ use crate::controller::client::ControllerError;
 use crate::events::EventLog;
 use crate::fsutil::{ctx, remove_symlink, swap_symlink, FsError};
 use crate::gc::{available_space, releases_to_prune, StagedRelease};
-use crate::git::{Auth, Endpoint, GitCache, GitError};
 use crate::journal::{Journal, JournalError};
 use crate::layout::DataDir;
 use crate::lock::{LockError, UpdateLock};
@@ -39,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::recovery::{self, Observed};
 use crate::runtime::{RuntimeError, StackRuntime, StackSpec};
 use crate::stage::{self, Staged};
+use fleet_git::{Auth, Endpoint, GitCache, GitError};
 
 /// Each stack's name with its device-local secrets.
 type StackSecrets = Vec<(String, std::collections::BTreeMap<String, String>)>;

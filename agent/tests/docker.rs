@@ -5,10 +5,7 @@
 //! without a reachable engine each test prints a SKIP line, or fails with
 //! `FLEET_REQUIRE_DOCKER=1`.
 
-#[path = "support/docker_guard.rs"]
-mod docker_guard;
-#[path = "support/images.rs"]
-mod images;
+use fleet_testkit::{docker_guard, images};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_client::sim::{FailureRule, SimDevice};
 use fleet_config::protocol::{EventKind, UpdatePhase};
 use fleet_controller::config::{ControllerConfig, GitSource};
-use fleet_controller::sim::{FailureRule, SimDevice};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use support::fleet_repo::{device_ids, FleetRepo};
@@ -553,7 +553,7 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
             async move {
                 let mut d = SimDevice::enroll(client, base, bootstrap, id).await?;
                 d.update_steps = 1;
-                Ok::<_, fleet_controller::sim::SimError>(d)
+                Ok::<_, fleet_client::sim::SimError>(d)
             }
         }))
         .buffer_unordered(concurrency)

@@ -15,8 +15,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use fleet_client::sim::{FailureRule, SimDevice};
 use fleet_config::protocol::UpdatePhase;
-use fleet_controller::sim::{FailureRule, SimDevice};
 use futures_util::stream::{self, StreamExt};
 use support::{test_config, TestController};
 

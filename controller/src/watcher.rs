@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet_agent::git::{Endpoint, GitCache, GitError};
 use fleet_config::protocol::ReleaseId;
 use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
+use fleet_git::{Endpoint, GitCache, GitError};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;

@@ -8,10 +8,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use fleet_client::sim::SimFleet;
 use fleet_config::protocol::{Desired, Telemetry, UpdatePhase};
 use fleet_controller::config::GitSource;
 use fleet_controller::db::now_ms;
-use fleet_controller::sim::SimFleet;
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::browser::Browser;

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_client::sim::SimFleet;
 use fleet_config::protocol::{Desired, ReleaseId};
 use fleet_controller::config::GitSource;
-use fleet_controller::sim::SimFleet;
 use serde_json::{json, Value};
 use support::fleet_repo::{device_ids, FleetRepo};
 use support::process::{free_addr, ControllerProcess};

@@ -2,11 +2,10 @@
 // Each test binary uses its own subset of the helpers.
 #![allow(dead_code)]
 
-pub mod docker_guard;
-pub mod git_daemon;
-pub mod images;
 pub mod lab;
-pub mod prometheus;
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus};
 
 /// The `fleet-agent` binary Cargo built for this test run, or `FLEET_AGENT_BIN` (the
 /// benchmark measures the device build with it: `target/device/fleet-agent`).

@@ -6,10 +6,11 @@
 pub mod browser;
 pub mod dashboard;
 pub mod fleet_repo;
-#[path = "../../../agent/tests/support/git_daemon.rs"]
-pub mod git_daemon;
 pub mod postgres;
 pub mod process;
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use fleet_testkit::git_daemon;
 
 use std::net::SocketAddr;
 use std::path::Path;

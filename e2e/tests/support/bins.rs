@@ -1,5 +1,5 @@
 //! The product's binaries for end-to-end tests. Cargo only hands a test the binaries of its own
-//! package, so this builds `fleet-agent`, `fleet-controller` and `fleet-demo` once per test process with the
+//! package, so this builds `fleet-agent`, `fleet-controller`, `fleetctl`, `fleet-sim` and `fleet-demo` once per test process with the
 //! same cargo, profile and target directory as the test itself (a no-op when they are fresh),
 //! and finds them next to it.
 
@@ -45,6 +45,8 @@ fn build() -> Bins {
             "fleet-agent",
             "-p",
             "fleet-controller",
+            "-p",
+            "fleetctl",
             "-p",
             "fleet-demo",
             "--bins",

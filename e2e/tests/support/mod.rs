@@ -1,21 +1,18 @@
-//! Helpers of the end-to-end tests: the agent's lab pieces (git daemons, test images, Docker
-//! namespaces, agent processes) and the controller's process wrapper, reused by path, plus the
-//! binaries built for the run.
+//! Helpers of the end-to-end tests: the shared test kit (git daemons, test images, Docker
+//! namespaces), the agent's lab (agent processes) and the controller's process wrapper, reused by
+//! path, plus the binaries built for the run.
 #![allow(dead_code)]
 
 pub mod bins;
 #[path = "../../../controller/tests/support/dashboard.rs"]
 pub mod dashboard;
-#[path = "../../../agent/tests/support/docker_guard.rs"]
-pub mod docker_guard;
-#[path = "../../../agent/tests/support/git_daemon.rs"]
-pub mod git_daemon;
-#[path = "../../../agent/tests/support/images.rs"]
-pub mod images;
 #[path = "../../../agent/tests/support/lab.rs"]
 pub mod lab;
 #[path = "../../../controller/tests/support/process.rs"]
 pub mod process;
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use fleet_testkit::{docker_guard, git_daemon, images};
 
 use std::time::Duration;
 

@@ -1,16 +1,14 @@
 //! The Git layer against real `git daemon` servers on loopback: failover, timeouts, pinned
 //! commits and exact checkouts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleet_agent::git::{abandoned_fetch_workers, Endpoint, GitCache, GitError, MAX_TREE_DEPTH};
-use support::git_daemon::{
+use fleet_git::{abandoned_fetch_workers, Endpoint, GitCache, GitError, MAX_TREE_DEPTH};
+use fleet_testkit::git_daemon::{
     git, git_available, git_with_input, init_bare, Entry, GitDaemon, HangingServer, WorkRepo,
 };
 use tempfile::TempDir;

@@ -160,7 +160,7 @@ impl SimDevice {
     fn event(&mut self, kind: EventKind) {
         self.events.push(DeviceEvent {
             seq: self.next_seq,
-            at_ms: crate::db::now_ms().max(0) as u64,
+            at_ms: crate::now_ms().max(0) as u64,
             kind,
         });
         self.next_seq += 1;

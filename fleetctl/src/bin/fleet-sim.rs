@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fleet_controller::sim_run::{run, SimOptions};
+use fleet_client::sim_run::{run, SimOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

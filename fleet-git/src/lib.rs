@@ -1,4 +1,5 @@
-//! The agent's Git layer: a bare cache on the device, failover fetches, and exact checkouts.
+//! Fleet's Git layer, shared by the agent and the controller's watcher: a bare cache, failover
+//! fetches, and exact checkouts.
 //!
 //! A release is a commit of the fleet repository, named by its sha. The agent
 //!

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::git_daemon::free_port;
+use crate::git_daemon::free_port;
 
 /// Set to `1` (CI does) to make a missing Prometheus a failure instead of a skip.
 pub const REQUIRE_ENV: &str = "FLEET_REQUIRE_PROMETHEUS";

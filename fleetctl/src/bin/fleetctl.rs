@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fleet_controller::db::now_ms;
-use fleet_controller::fleetctl::{ago, cell, reason, resolve, table, Api, CtlError};
+use fleet_client::api::{ago, cell, reason, resolve, table, Api, CtlError};
+use fleet_client::now_ms;
 use serde_json::{json, Value};
 
 #[derive(Parser)]

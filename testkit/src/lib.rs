@@ -1,0 +1,12 @@
+//! Test helpers shared by Fleet's crates (a dev-dependency only): each one starts or checks a
+//! real component, and skips loudly (or fails, under `FLEET_REQUIRE_*`) when it is missing.
+//!
+//! - [`git_daemon`]: `git daemon` servers on loopback, bare repositories, work trees.
+//! - [`docker_guard`]: a label namespace per test, removed when the test ends.
+//! - [`images`]: the test images built from Debian's busybox, and the Docker check.
+//! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
+
+pub mod docker_guard;
+pub mod git_daemon;
+pub mod images;
+pub mod prometheus;
