@@ -1,0 +1,381 @@
+//! The device updater: one update at a time per data directory, the `update.lock` taken by
+//! [`Updater::open`] and held for the agent's life.
+//!
+//! Each of the updater's jobs has its own file, which opens with the guarantee it keeps:
+//! - `transaction.rs`: the update transaction (DESIGN.md, steps 1–7): prepare, swap, verify,
+//!   commit or roll back, abandon.
+//! - `boot.rs`: boot recovery.
+//! - `safe_mode.rs`: entering and leaving safe mode.
+//! - `gc.rs`: free disk before an update, pruning of old releases and their images after one.
+//! - `supervise.rs`: keeping `current` running while idle, and rollback by hand.
+//! - `standalone.rs`: the standalone loop (no controller).
+//!
+//! This file holds the updater itself and what every job shares: the journal's writes, running a
+//! staged release on the runtime, and the record of events.
+//!
+//! In controller mode the updater also records what happens as [`EventKind`]s in the on-disk
+//! [`EventLog`] (`events/`), which the check-in sends and the controller acknowledges: agent
+//! start, update start and end, every journal phase change, Git endpoint failures, safe mode
+//! entered and left. Standalone mode records none: nobody would acknowledge them, and a buffer
+//! nobody drains would only wear the flash.
+
+mod boot;
+mod gc;
+mod safe_mode;
+mod standalone;
+mod supervise;
+#[cfg(test)]
+mod tests;
+mod transaction;
+
+pub use safe_mode::SAFE_MODE_STACK;
+pub use standalone::jittered;
+pub use supervise::REQUEST_CHECK;
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fleet_config::protocol::{EventKind, ReleaseId, UpdatePhase, UpdateResult};
+
+use crate::config::{AgentConfig, GitAuth};
+use crate::controller::client::ControllerError;
+use crate::events::EventLog;
+use crate::fsutil::{ctx, FsError};
+use crate::journal::{Journal, JournalError};
+use crate::layout::DataDir;
+use crate::lock::{LockError, UpdateLock};
+use crate::metrics::Metrics;
+use crate::runtime::{RuntimeError, StackRuntime, StackSpec};
+use crate::stage::{self, Staged};
+use fleet_git::{Auth, Endpoint, GitCache, GitError};
+
+/// Each stack's name with its device-local secrets.
+type StackSecrets = Vec<(String, std::collections::BTreeMap<String, String>)>;
+
+/// The agent could not start or keep going (not an update failure: those are results).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Another agent runs on this data directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The data directory is unusable.
+    #[error("data directory: {0}")]
+    Fs(#[from] FsError),
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The Git cache could not be opened.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// Controller mode could not start (the HTTP client could not be set up).
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    /// A credential file named in the configuration could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Credential {
+        /// Which credential.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A release through steps 1–4 (staged, verified, images present), ready to swap. Nothing
+/// running was touched; the journal says `pulling`. Either [`Updater::commit`] or
+/// [`Updater::abandon`] it.
+#[derive(Debug)]
+pub struct Prepared {
+    staged: Staged,
+    from: Option<ReleaseId>,
+    started: Instant,
+}
+
+impl Prepared {
+    /// The release.
+    pub fn release(&self) -> &ReleaseId {
+        &self.staged.id
+    }
+}
+
+/// What [`Updater::prepare`] came to.
+#[derive(Debug)]
+pub enum Prepare {
+    /// Ready to swap.
+    Ready(Box<Prepared>),
+    /// Nothing to swap: already running it, refused, or failed before the swap.
+    Done(UpdateResult),
+}
+
+impl From<Result<Prepared, UpdateResult>> for Prepare {
+    fn from(r: Result<Prepared, UpdateResult>) -> Prepare {
+        match r {
+            Ok(p) => Prepare::Ready(Box::new(p)),
+            Err(result) => Prepare::Done(result),
+        }
+    }
+}
+
+/// The device updater: owns the data directory (and its lock), the Git cache and the runtime.
+pub struct Updater<R> {
+    cfg: AgentConfig,
+    data: DataDir,
+    git: GitCache,
+    endpoints: Vec<Endpoint>,
+    runtime: R,
+    metrics: Arc<Metrics>,
+    journal: Journal,
+    /// The release last checked by [`Updater::supervise`], so it is not re-verified each pass.
+    supervised: Option<Staged>,
+    /// Why the last [`Updater::supervise`] could not keep `current` running, if it could not.
+    supervise_problem: Option<String>,
+    /// Controller mode: events waiting for the controller's acknowledgement.
+    events: Option<EventLog>,
+    /// The phase and safe-mode reason last recorded as events, to record changes only.
+    recorded_phase: UpdatePhase,
+    recorded_safe_mode: Option<String>,
+    _lock: UpdateLock,
+}
+
+fn read_secret(what: &'static str, path: &std::path::Path) -> Result<String, AgentError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| AgentError::Credential {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Turns the configured endpoints into Git endpoints, reading credential files.
+pub fn endpoints(cfg: &AgentConfig) -> Result<Vec<Endpoint>, AgentError> {
+    cfg.git
+        .endpoints
+        .iter()
+        .map(|e| {
+            let auth = match &e.auth {
+                GitAuth::None => Auth::None,
+                GitAuth::TokenFile { path, username } => Auth::HttpsToken {
+                    username: username.clone(),
+                    token: read_secret("Git token file", path)?,
+                },
+                GitAuth::SshKey {
+                    path,
+                    passphrase_file,
+                } => Auth::SshKey {
+                    username: None,
+                    private_key: path.clone(),
+                    passphrase: passphrase_file
+                        .as_deref()
+                        .map(|p| read_secret("SSH key passphrase file", p))
+                        .transpose()?,
+                },
+            };
+            Ok(Endpoint::new(e.url.clone()).with_auth(auth))
+        })
+        .collect()
+}
+
+fn result_name(r: &UpdateResult) -> &'static str {
+    match r {
+        UpdateResult::Succeeded { .. } => "succeeded",
+        UpdateResult::RolledBack { .. } => "rolled_back",
+        UpdateResult::Rejected { .. } => "rejected",
+        UpdateResult::Skipped { .. } => "skipped",
+    }
+}
+
+impl<R: StackRuntime> Updater<R> {
+    /// Takes the data directory's lock (failing at once if another agent holds it), creates
+    /// the layout and opens the Git cache. Call [`Updater::recover`] next.
+    pub fn open(cfg: AgentConfig, runtime: R, metrics: Arc<Metrics>) -> Result<Self, AgentError> {
+        let data = DataDir::new(&cfg.data_dir);
+        fs::create_dir_all(data.root()).map_err(ctx("create data directory", data.root()))?;
+        let lock = UpdateLock::acquire(&data.lock())?;
+        data.create()
+            .map_err(ctx("create data directory layout", data.root()))?;
+        let git = GitCache::open_or_init(data.git_cache())?;
+        let endpoints = endpoints(&cfg)?;
+        let journal = Journal::load(&data.journal())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Journal::idle(None));
+        let events = if cfg.standalone() {
+            None
+        } else {
+            Some(EventLog::open(data.events_dir())?)
+        };
+        Ok(Updater {
+            cfg,
+            data,
+            git,
+            endpoints,
+            runtime,
+            metrics,
+            recorded_phase: journal.phase,
+            recorded_safe_mode: journal.safe_mode.clone(),
+            journal,
+            supervised: None,
+            supervise_problem: None,
+            events,
+            _lock: lock,
+        })
+    }
+
+    /// Records an event for the controller (controller mode; a no-op standalone). An event
+    /// that cannot be written is logged and lost: events are for people, updates go on.
+    pub fn record(&mut self, kind: EventKind) {
+        let Some(log) = self.events.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.append(kind) {
+            tracing::warn!(error = %e, "cannot record an event for the controller");
+        }
+        self.metrics.set_events_dropped(log.dropped());
+    }
+
+    /// The event buffer (controller mode).
+    pub fn events(&self) -> Option<&EventLog> {
+        self.events.as_ref()
+    }
+
+    /// Drops the buffered events up to `seq`, which the controller stored.
+    pub fn ack_events(&mut self, seq: u64) {
+        if let Some(log) = self.events.as_mut() {
+            if let Err(e) = log.ack(seq) {
+                tracing::warn!(error = %e, seq, "cannot drop acknowledged events");
+            }
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Why the last supervision could not keep `current` running, if it could not.
+    pub fn supervise_problem(&self) -> Option<&str> {
+        self.supervise_problem.as_deref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The journal as last written.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    fn save(&mut self) -> Result<(), AgentError> {
+        self.journal.save(&self.data.journal())?;
+        self.metrics.set_phase(self.journal.phase);
+        self.record_changes();
+        Ok(())
+    }
+
+    /// Records the phase change and safe-mode change the journal just made durable, if any.
+    fn record_changes(&mut self) {
+        if self.journal.phase != self.recorded_phase {
+            self.recorded_phase = self.journal.phase;
+            let release = self
+                .journal
+                .to
+                .clone()
+                .or_else(|| self.journal.from.clone());
+            self.record(EventKind::PhaseChanged {
+                phase: self.journal.phase,
+                release,
+            });
+        }
+        if self.journal.safe_mode != self.recorded_safe_mode {
+            self.recorded_safe_mode = self.journal.safe_mode.clone();
+            match self.journal.safe_mode.clone() {
+                Some(reason) => self.record(EventKind::SafeModeEntered { reason }),
+                None => self.record(EventKind::SafeModeExited),
+            }
+        }
+    }
+
+    fn finish(&mut self, result: UpdateResult) -> UpdateResult {
+        self.metrics.count_update(result_name(&result));
+        self.journal.last_result = Some(result.clone());
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot write the journal after an update");
+        }
+        // After the journal's last phase change, so the controller reads them in that order.
+        self.record(EventKind::UpdateFinished {
+            result: result.clone(),
+        });
+        result
+    }
+
+    /// Re-reads a staged release from `releases/<sha>` (digest, validation, stacks).
+    fn load_staged(&self, id: &ReleaseId) -> Result<Staged, stage::StageError> {
+        stage::verify(&self.data.release(id), id, None, &self.cfg.device_id)
+    }
+
+    fn stack_specs<'a>(
+        &self,
+        staged: &'a Staged,
+        secrets: &'a StackSecrets,
+        dir: &'a std::path::Path,
+    ) -> Vec<StackSpec<'a>> {
+        secrets
+            .iter()
+            .filter_map(|(name, secrets)| {
+                staged.repo.stacks.get(name).map(|compose| StackSpec {
+                    name,
+                    compose,
+                    dir,
+                    release: staged.id.as_str(),
+                    secrets,
+                })
+            })
+            .collect()
+    }
+
+    fn secrets_for(&self, staged: &Staged) -> Result<StackSecrets, RuntimeError> {
+        staged
+            .stacks
+            .iter()
+            .map(|s| {
+                crate::secrets::load(&self.cfg.secrets_dir, s)
+                    .map(|m| (s.clone(), m))
+                    .map_err(|e| RuntimeError(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Applies every stack of a staged release and removes stacks it no longer runs.
+    async fn apply_release(&self, staged: &Staged) -> Result<(), RuntimeError> {
+        let secrets = self.secrets_for(staged)?;
+        let dir = self.data.release(&staged.id);
+        let specs = self.stack_specs(staged, &secrets, &dir);
+        for spec in &specs {
+            self.runtime.apply(spec).await?;
+        }
+        for deployed in self.runtime.deployed_stacks().await? {
+            if !staged.stacks.contains(&deployed) {
+                tracing::info!(stack = %deployed, "removing a stack the release no longer runs");
+                self.runtime.remove_stack(&deployed).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Standalone mode: the device follows its branch's head, never to a release marked bad on it,
+//! polling with jitter so a fleet does not poll in lockstep.
+
+use std::time::Duration;
+
+use fleet_config::protocol::{ReleaseId, UpdateResult};
+
+use super::{Updater, REQUEST_CHECK};
+use crate::runtime::StackRuntime;
+use fleet_git::GitError;
+
+impl<R: StackRuntime> Updater<R> {
+    /// Standalone mode: the branch head, from the first endpoint that answers.
+    pub fn branch_head(&self) -> Result<ReleaseId, String> {
+        let outcome = self
+            .git
+            .fetch(
+                &self.endpoints,
+                &self.cfg.git.branch,
+                self.cfg.git.failover_timeout,
+            )
+            .map_err(|e| {
+                if let GitError::AllEndpointsFailed { attempts, .. } = &e {
+                    for a in attempts {
+                        self.metrics.count_git_failure(&a.endpoint);
+                    }
+                }
+                e.to_string()
+            })?;
+        for f in &outcome.failures {
+            self.metrics.count_git_failure(&f.endpoint);
+        }
+        outcome
+            .head
+            .parse()
+            .map_err(|e: fleet_config::protocol::BadReleaseId| e.to_string())
+    }
+
+    /// One standalone pass: fetch the branch head and update to it if it is new.
+    pub async fn poll_once(&mut self) -> Option<UpdateResult> {
+        let head = match self.branch_head() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the branch head; keeping the current release");
+                return None;
+            }
+        };
+        let current = self.data.current().release().cloned();
+        if current.as_ref() == Some(&head) && self.journal.safe_mode.is_none() {
+            return None;
+        }
+        if self.journal.is_bad(&head) {
+            tracing::debug!(release = %head.short(), "branch head is marked bad; waiting for a newer commit");
+            return None;
+        }
+        Some(self.update_to(&head, None).await)
+    }
+
+    /// Standalone mode: poll the branch every `poll_interval` (with jitter) until `shutdown`;
+    /// a rollback requested by `fleet-agent rollback` is carried out within a second.
+    pub async fn run_standalone(&mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut next_poll = tokio::time::Instant::now();
+        loop {
+            self.handle_rollback_request().await;
+            if tokio::time::Instant::now() >= next_poll {
+                self.supervise().await;
+                if let Some(result) = self.poll_once().await {
+                    tracing::info!(result = ?result, "update finished");
+                }
+                next_poll = tokio::time::Instant::now() + jittered(self.cfg.poll_interval);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(REQUEST_CHECK.min(next_poll.saturating_duration_since(tokio::time::Instant::now()))) => {}
+            }
+        }
+        tracing::info!("standalone loop stopped");
+    }
+}
+
+/// `base` plus up to 10% random jitter, so a fleet does not poll in lockstep.
+pub fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::journal::now_ms());
+    let frac = (h.finish() % 1000) as f64 / 10_000.0;
+    base + base.mul_f64(frac)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = super::jittered(std::time::Duration::from_secs(60));
+            assert!(
+                j >= std::time::Duration::from_secs(60) && j <= std::time::Duration::from_secs(66)
+            );
+        }
+    }
+}
