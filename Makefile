@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 300
 
 help:
 	@echo "make demo   - the whole product on this machine: git servers, controller, 3 real agents on Docker, 200 simulated devices (Ctrl-C stops and cleans up)"
-	@echo "make test   - formatting, lints and the whole test suite (what CI runs)"
+	@echo "make test   - formatting, lints and the whole test suite, every test run (what CI runs; as root it installs the packages the tests need)"
 	@echo "make build  - release build of every binary"
 	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
 	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, and the crate dependency rules (scripts/check-deps)"
@@ -14,15 +14,10 @@ help:
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
 
 # The demo needs git, a running Docker engine and Debian's busybox-static (its images are built
-# from it); as root it installs the packages that are missing. DEMO_ARGS are passed on, e.g.
-# DEMO_ARGS="--listen 127.0.0.1:9090 --simulated 500".
+# from it); as root it installs the packages that are missing (scripts/packages demo).
+# DEMO_ARGS are passed on, e.g. DEMO_ARGS="--listen 127.0.0.1:9090 --simulated 500".
 demo:
-	@missing=""; command -v git >/dev/null || missing="$$missing git"; \
-	test -x /bin/busybox || missing="$$missing busybox-static"; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq --no-install-recommends $$missing; \
-		else echo "the demo needs:$$missing (sudo apt-get install$$missing)"; exit 2; fi; \
-	fi
+	@scripts/packages install demo
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -q -p fleet-demo --bin fleet-demo -- run $(DEMO_ARGS)
 
@@ -40,9 +35,20 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# PostgreSQL tests use FLEET_TEST_POSTGRES_URL, or a private cluster started here when Debian's
-# postgresql is installed (scripts/test-postgres); without either they skip loudly.
-test: lint
+# `make test` runs every test: as root it first installs the Debian packages the tests need
+# (scripts/packages, the list .ci/run uses too); without root it stops and prints the one command
+# that installs them. It then makes a missing component a failure, not a skip (FLEET_REQUIRE_*),
+# so green means every test ran. FLEET_ALLOW_SKIPS=1 skips the install and lets such tests skip
+# loudly instead. PostgreSQL tests use FLEET_TEST_POSTGRES_URL, or a private cluster started here
+# (scripts/test-postgres).
+test:
+	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then scripts/packages install test; fi
+	$(MAKE) --no-print-directory lint
+	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then \
+		export FLEET_REQUIRE_GIT=1 FLEET_REQUIRE_DOCKER=1 FLEET_REQUIRE_PROMETHEUS=1 \
+			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1; \
+		if [ "$$(id -u)" = 0 ]; then export FLEET_REQUIRE_TMPFS=1; fi; \
+	fi; \
 	FLEET_TEST_POSTGRES_URL="$${FLEET_TEST_POSTGRES_URL:-$$(scripts/test-postgres start 2>/dev/null || true)}" \
 		$(CARGO) test --workspace
 
