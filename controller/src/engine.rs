@@ -10,11 +10,11 @@ use fleet_config::protocol::ReleaseId;
 use fleet_config::{FleetRepo, TreeDigest};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::db::{now_ms, DbError, DeviceRow, EmergencyStop, RolloutRow};
 use crate::rollout::{
     desired_for, DeviceView, Effect, Fallback, OpError, Policy, Rollout, State, Target,
 };
+use crate::state::AppState;
 
 /// Errors of the driver.
 #[derive(Debug, thiserror::Error)]

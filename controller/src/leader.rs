@@ -8,8 +8,8 @@ use std::time::Duration;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::db::Backend;
+use crate::state::AppState;
 
 /// The advisory lock key: "fleet" in ASCII.
 const LOCK_KEY: i64 = 0x0066_6c65_6574;

@@ -1,14 +1,15 @@
-//! `fleet-controller serve`: the API, the leader election, the Git watcher and the rollout
-//! reconciler, all stopping on one shutdown signal.
+//! `fleet-controller serve`, the composition root: the route table's router (both faces), the
+//! leader election, the Git watcher, the rollout reconciler and the live snapshot task, all
+//! stopping on one shutdown signal.
 
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
 use crate::config::ControllerConfig;
 use crate::db::{Db, DbError};
+use crate::service::AppState;
 
 /// Errors starting the controller.
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +82,12 @@ pub async fn serve_on(
         tokio::spawn(crate::leader::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::watcher::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::engine::run(state.clone(), shutdown.child_token())),
-        tokio::spawn(crate::dashboard::live::run(
+        tokio::spawn(crate::service::live::run(
             state.clone(),
             shutdown.child_token(),
         )),
     ];
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = crate::routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -11,9 +11,9 @@ use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
 use fleet_git::{Endpoint, GitCache, GitError};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::config::GitSource;
 use crate::db::DbError;
+use crate::state::AppState;
 
 /// Errors of one watcher pass.
 #[derive(Debug, thiserror::Error)]

@@ -647,7 +647,7 @@ async fn openapi_describes_every_route_and_metrics_are_prometheus_text() {
         .await
         .expect("json");
     assert_eq!(doc["openapi"], "3.1.0");
-    for r in fleet_controller::api::ROUTES {
+    for r in fleet_controller::routes::table() {
         let op = &doc["paths"][r.path][r.method.to_lowercase()];
         assert!(
             op.is_object(),

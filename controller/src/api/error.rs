@@ -7,6 +7,7 @@ use axum::Json;
 use fleet_config::protocol::ApiError as Body;
 
 use crate::db::DbError;
+use crate::service::ServiceError;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,26 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    /// The service's failures with the statuses the API has always given them; the message is
+    /// the service's.
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Db(d) => ApiError::Db(d),
+            ServiceError::ReasonRequired => ApiError::BadRequest(e.to_string()),
+            ServiceError::NoDevice(_) | ServiceError::NoPairing(_) | ServiceError::NoRollout(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            ServiceError::PairingExpired(_) | ServiceError::PairingUsed(_) => {
+                ApiError::Gone(e.to_string())
+            }
+            ServiceError::Refused(_) | ServiceError::Corrupt { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
         }
     }
 }

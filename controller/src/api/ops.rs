@@ -1,4 +1,5 @@
 //! The operators' routes: fleet status, devices, the emergency stop, the audit log, releases.
+//! Acts (approve, revoke, safe mode, stop, resume) are the service's ([`crate::service`]).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,8 @@ use super::auth::require;
 use super::body;
 use super::error::ApiError;
 use super::AppState;
-use crate::db::{now_ms, ApproveOutcome, DbError, DeviceRow, DeviceState, EmergencyStop, Role};
+use crate::db::{now_ms, DeviceRow, DeviceState, Role};
+use crate::service;
 
 /// A device with its derived state, as listings show it.
 #[derive(Debug, Serialize)]
@@ -131,23 +133,8 @@ pub async fn approve(
             retry_after: s,
         })?;
     let b: ApproveBody = body::json(raw)?;
-    let code = crate::tokens::normalize_code(&b.code);
-    match state.db.approve_pairing(&code, &user.name, now).await? {
-        ApproveOutcome::Approved { device_id } => {
-            state
-                .db
-                .audit(&user.name, "device.approve", &device_id, "", &code)
-                .await?;
-            Ok(Json(json!({"approved": device_id})))
-        }
-        ApproveOutcome::Unknown => Err(ApiError::NotFound(format!("no pairing code `{code}`"))),
-        ApproveOutcome::Expired => Err(ApiError::Gone(format!(
-            "pairing code `{code}` expired; the device asks for a new one by itself"
-        ))),
-        ApproveOutcome::Used => Err(ApiError::Gone(format!(
-            "pairing code `{code}` was used already"
-        ))),
-    }
+    let device_id = service::devices::approve(&state, &user.name, &b.code, now).await?;
+    Ok(Json(json!({"approved": device_id})))
 }
 
 /// Body of the actions that take a reason.
@@ -174,13 +161,7 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let r = reason_of(raw)?;
-    if !state.db.revoke_device(&id).await? {
-        return Err(ApiError::NotFound(format!("no device `{id}`")));
-    }
-    state
-        .db
-        .audit(&user.name, "device.revoke", &id, &r.reason, "")
-        .await?;
+    service::devices::revoke(&state, &user.name, &id, &r.reason).await?;
     Ok(Json(json!({"revoked": id})))
 }
 
@@ -203,18 +184,7 @@ pub async fn safe_mode(
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let b: SafeModeBody = body::json(raw)?;
-    if !state.db.request_safe_mode(&id, b.on).await? {
-        return Err(ApiError::NotFound(format!("no device `{id}`")));
-    }
-    let action = if b.on {
-        "device.safe_mode_on"
-    } else {
-        "device.safe_mode_off"
-    };
-    state
-        .db
-        .audit(&user.name, action, &id, &b.reason, "")
-        .await?;
+    service::devices::safe_mode(&state, &user.name, &id, b.on, &b.reason).await?;
     Ok(Json(json!({"device": id, "safe_mode": b.on})))
 }
 
@@ -236,34 +206,10 @@ pub async fn stop(
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let b: StopBody = body::json(raw)?;
-    if b.reason.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "`reason` is required and must not be blank".into(),
-        ));
-    }
-    let new = set_stop(&state, &user.name, &b.reason, b.rollback).await?;
+    let new = service::stop::stop(&state, &user.name, &b.reason, b.rollback).await?;
     Ok(Json(
         json!({"emergency_stop": state.db.emergency_stop().await?, "newly_set": new}),
     ))
-}
-
-/// Sets the emergency stop as `actor` (API and dashboard; the reason is checked by the
-/// caller); true if it was not set before.
-pub async fn set_stop(
-    state: &AppState,
-    actor: &str,
-    reason: &str,
-    rollback: bool,
-) -> Result<bool, DbError> {
-    let stop = EmergencyStop {
-        actor: actor.to_owned(),
-        reason: reason.trim().to_owned(),
-        at_ms: now_ms(),
-        rollback,
-    };
-    let new = crate::engine::emergency_stop(state, &stop).await?;
-    crate::dashboard::live::refresh(state).await;
-    Ok(new)
 }
 
 /// `POST /api/v1/resume`.
@@ -274,23 +220,8 @@ pub async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let r = reason_of(raw)?;
-    let was = clear_stop(&state, &user.name, &r.reason).await?;
+    let was = service::stop::resume(&state, &user.name, &r.reason).await?;
     Ok(Json(json!({"emergency_stop": null, "was_set": was})))
-}
-
-/// Clears the emergency stop as `actor` (API and dashboard); true if it was set.
-pub async fn clear_stop(state: &AppState, actor: &str, reason: &str) -> Result<bool, DbError> {
-    let was = state.db.clear_emergency_stop().await?;
-    if was {
-        state
-            .db
-            .audit(actor, "emergency_stop.resume", "fleet", reason, "")
-            .await?;
-        tracing::warn!(%actor, "emergency stop cleared");
-    }
-    state.reconcile.notify_one();
-    crate::dashboard::live::refresh(state).await;
-    Ok(was)
 }
 
 /// Paging of the audit log.

@@ -1,4 +1,4 @@
-//! Rollout routes.
+//! Rollout routes: list and show; actions go through the service ([`crate::service::rollouts`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -12,8 +12,8 @@ use super::error::ApiError;
 use super::ops::LimitQuery;
 use super::AppState;
 use crate::db::Role;
-use crate::engine::{self, EngineError};
 use crate::rollout::Rollout;
+use crate::service::{self, rollouts::RolloutAction};
 
 /// `GET /api/v1/rollouts`.
 pub async fn list(
@@ -44,15 +44,6 @@ pub fn summary(r: &Rollout) -> Value {
     })
 }
 
-fn engine_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::Db(d) => ApiError::Db(d),
-        EngineError::NotFound(what) => ApiError::NotFound(format!("no rollout `{what}`")),
-        EngineError::Op(op) => ApiError::Conflict(op.to_string()),
-        EngineError::Corrupt { .. } => ApiError::Conflict(e.to_string()),
-    }
-}
-
 /// `GET /api/v1/rollouts/{id}` (`active` for the current one).
 pub async fn show(
     State(state): State<AppState>,
@@ -81,14 +72,12 @@ pub async fn act(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    if !matches!(action.as_str(), "pause" | "resume" | "abort" | "promote") {
+    let Some(action) = RolloutAction::parse(&action) else {
         return Err(ApiError::NotFound(format!(
             "unknown action `{action}`: pause, resume, abort or promote"
         )));
-    }
+    };
     let reason = super::ops::reason_of(raw)?.reason;
-    let r = engine::act(&state, &id, &action, &user.name, &reason)
-        .await
-        .map_err(engine_error)?;
+    let r = service::rollouts::act(&state, &id, action, &user.name, &reason).await?;
     Ok(Json(summary(&r)))
 }

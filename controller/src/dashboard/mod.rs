@@ -1,7 +1,9 @@
-//! The dashboard: server-rendered pages (maud) served by the controller, assets embedded in
-//! the binary, live updates by server-sent events ([`live`]), login with the controller's
-//! users ([`session`]). Read-only pages work without JavaScript; what a page offers follows the
-//! role (the emergency stop, resume and rollout actions are for operators and admins).
+//! The dashboard (HTML): server-rendered pages (maud) served by the controller, assets embedded
+//! in the binary, live updates by server-sent events ([`live`]), login with the controller's
+//! users ([`session`]). Its routes join the route table by [`routes`]; operators' acts go
+//! through the service layer ([`crate::service`]). Read-only pages work without JavaScript;
+//! what a page offers follows the role (the emergency stop, resume and rollout actions are for
+//! operators and admins).
 
 pub mod format;
 pub mod live;
@@ -13,37 +15,41 @@ pub mod svg;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Form;
 use maud::Markup;
 use serde::Deserialize;
 
-use crate::api::AppState;
 use crate::db::{now_ms, DbError, EmergencyStop, Role, SESSION_TTL_MS};
 use crate::rollout::Rollout;
+use crate::route::Route;
+use crate::service::rollouts::RolloutAction;
+use crate::service::{self, AppState, ServiceError};
 use pages::Chrome;
 use session::Session;
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
 
-/// The dashboard's routes (documented in [`crate::api::ROUTES`]).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(overview))
-        .route("/devices", get(devices))
-        .route("/devices/{id}", get(device))
-        .route("/rollouts", get(rollouts))
-        .route("/rollouts/{id}", get(rollout))
-        .route("/audit", get(audit))
-        .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
-        .route("/ui/stop", post(stop))
-        .route("/ui/resume", post(resume))
-        .route("/ui/rollouts/{id}", post(rollout_action))
-        .route("/ui/events", get(live::events))
-        .route("/assets/app.css", get(css))
-        .route("/assets/app.js", get(js))
+/// The dashboard's routes, for the route table (`routes::table`).
+#[rustfmt::skip]
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/", "session", "Dashboard (HTML): fleet health, devices by state, versions, the active rollout's waves, open alerts", overview),
+        Route::get("/devices", "session", "Dashboard (HTML): devices with sort, filter (?q=, state=, label=, release=) and pages", devices),
+        Route::get("/devices/{id}", "session", "Dashboard (HTML): one device: health, releases, telemetry over time, events, update history", device),
+        Route::get("/rollouts", "session", "Dashboard (HTML): rollouts, newest first", rollouts),
+        Route::get("/rollouts/{id}", "session", "Dashboard (HTML): one rollout's waves and devices, with its actions for operators", rollout),
+        Route::get("/audit", "session", "Dashboard (HTML): the audit log", audit),
+        Route::get("/login", "none", "Dashboard (HTML): the login form", login_page),
+        Route::post("/login", "none", "Dashboard: log in (form: name, password, next); sets the session cookie", login),
+        Route::post("/logout", "session", "Dashboard: log out", logout),
+        Route::post("/ui/stop", "session (operator)", "Dashboard form: emergency stop (csrf, reason required, rollback)", stop),
+        Route::post("/ui/resume", "session (operator)", "Dashboard form: clear the emergency stop (csrf, reason)", resume),
+        Route::post("/ui/rollouts/{id}", "session (operator)", "Dashboard form: pause, resume, abort or promote a rollout (csrf, action, reason)", rollout_action),
+        Route::get("/ui/events", "session", "Dashboard live updates (text/event-stream): `summary` and `devices` events", live::events),
+        Route::get("/assets/app.css", "none", "Dashboard stylesheet", css),
+        Route::get("/assets/app.js", "none", "Dashboard script (live updates only; pages work without it)", js),
+    ]
 }
 
 /// Errors of a page, as the browser gets them.
@@ -58,6 +64,17 @@ pub enum PageError {
     /// The store failed.
     #[error("{0}")]
     Db(#[from] DbError),
+}
+
+impl From<ServiceError> for PageError {
+    /// The store failing is a 503 page as ever; the other failures carry the service's message
+    /// as a refusal (the forms handle the ones they expect, such as a blank reason, themselves).
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Db(d) => PageError::Db(d),
+            other => PageError::Refused(other.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for PageError {
@@ -410,14 +427,16 @@ async fn stop(
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
     let s = form_user(&state, &headers, &f, Role::Operator).await?;
-    if f.reason.trim().is_empty() {
-        return Ok(back_with(
-            f.next.as_deref(),
-            "Not stopped: a reason is required (on-call reads it).",
-        ));
-    }
     let rollback = f.rollback.as_deref() == Some("on");
-    let new = crate::api::ops::set_stop(&state, &s.user.name, &f.reason, rollback).await?;
+    let new = match service::stop::stop(&state, &s.user.name, &f.reason, rollback).await {
+        Err(ServiceError::ReasonRequired) => {
+            return Ok(back_with(
+                f.next.as_deref(),
+                "Not stopped: a reason is required (on-call reads it).",
+            ))
+        }
+        other => other?,
+    };
     let msg = if new {
         "Emergency stop set: every device holds what it runs."
     } else {
@@ -432,7 +451,7 @@ async fn resume(
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
     let s = form_user(&state, &headers, &f, Role::Operator).await?;
-    let was = crate::api::ops::clear_stop(&state, &s.user.name, f.reason.trim()).await?;
+    let was = service::stop::resume(&state, &s.user.name, f.reason.trim()).await?;
     let msg = if was {
         "Emergency stop cleared: rollouts go on."
     } else {
@@ -448,18 +467,19 @@ async fn rollout_action(
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
     let s = form_user(&state, &headers, &f, Role::Operator).await?;
-    let action = f.action.as_deref().unwrap_or("");
-    if !matches!(action, "pause" | "resume" | "abort" | "promote") {
+    let name = f.action.as_deref().unwrap_or("");
+    let Some(action) = RolloutAction::parse(name) else {
         return Ok(back_with(
             f.next.as_deref(),
-            &format!("Unknown action `{action}`: pause, resume, abort or promote."),
+            &format!("Unknown action `{name}`: pause, resume, abort or promote."),
         ));
-    }
-    let msg = match crate::engine::act(&state, &id, action, &s.user.name, f.reason.trim()).await {
-        Ok(r) => format!("Rollout {}: {action} done; it is {}.", r.id, r.state.name()),
-        Err(e) => format!("Rollout {id}: {action} refused: {e}"),
     };
-    live::refresh(&state).await;
+    let msg = match service::rollouts::act(&state, &id, action, &s.user.name, f.reason.trim()).await
+    {
+        Ok(r) => format!("Rollout {}: {name} done; it is {}.", r.id, r.state.name()),
+        Err(e) => format!("Rollout {id}: {name} refused: {e}"),
+    };
+    service::live::refresh(&state).await;
     Ok(back_with(f.next.as_deref(), &msg))
 }
 

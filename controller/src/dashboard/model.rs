@@ -2,12 +2,10 @@
 //! device list's filter, sort and pagination. Pure functions, tested here.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use serde::Deserialize;
 
 use crate::db::{DeviceRow, DeviceState, EmergencyStop, RolloutRow};
-use crate::rollout::Rollout;
 use crate::summary::FleetSummary;
 
 /// How bad an alert is.
@@ -105,23 +103,7 @@ pub fn alerts(
     out
 }
 
-/// Each device's state at `now_ms`.
-pub fn states_of(
-    devices: &[DeviceRow],
-    now_ms: i64,
-    offline_after_ms: i64,
-) -> HashMap<String, DeviceState> {
-    devices
-        .iter()
-        .map(|d| (d.id.clone(), d.state(now_ms, offline_after_ms)))
-        .collect()
-}
-
-/// The newest of the active rollouts (`rows` oldest first, as the store lists them), read.
-pub fn newest_rollout(rows: &[RolloutRow]) -> Option<Rollout> {
-    rows.last()
-        .and_then(|r| serde_json::from_value(r.data.clone()).ok())
-}
+pub use crate::snapshot::{newest_rollout, states_of};
 
 /// The first 12 characters of a sha (all of anything shorter).
 pub fn short(sha: &str) -> &str {

@@ -7,7 +7,6 @@ use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
 use super::format::{ago, bytes, utc};
-use super::live::wave_counts;
 use super::model::{short, Alert, DevicePage, ListQuery};
 use super::session::Session;
 use super::svg;
@@ -16,6 +15,7 @@ use crate::db::{
     AuditEntry, DeviceRow, DeviceState, EmergencyStop, Role, RolloutRow, TelemetrySample,
 };
 use crate::rollout::Rollout;
+use crate::snapshot::wave_counts;
 use crate::summary::FleetSummary;
 
 /// What every page's frame needs.

@@ -4,8 +4,8 @@
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
-use crate::api::AppState;
 use crate::db::{DbError, User};
+use crate::service::AppState;
 
 /// The cookie's name.
 pub const COOKIE: &str = "fleet_session";

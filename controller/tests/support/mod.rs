@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fleet_controller::api::AppState;
 use fleet_controller::config::{ControllerConfig, GitSource};
 use fleet_controller::db::{Db, Role};
 use fleet_controller::server;
+use fleet_controller::service::AppState;
 use fleet_controller::tokens;
 use tokio_util::sync::CancellationToken;
 

@@ -1,19 +1,57 @@
-//! The OpenAPI 3.1 document, generated from the route table.
+//! The route table: every route of both faces (the JSON API's [`crate::api::routes`], the
+//! dashboard's [`crate::dashboard::routes`]) and the OpenAPI document, listed once. The router
+//! and the document are both made from [`table`], so no route can be served undocumented or
+//! documented unserved; this is the one place that calls `.route(`.
 
-use axum::Json;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::ROUTES;
+use crate::route::Route;
+use crate::state::AppState;
 
-/// `GET /api/openapi.json`.
-pub async fn document() -> Json<Value> {
-    Json(build())
+/// Every route: the API's, the document's own, the dashboard's.
+pub fn table() -> Vec<Route> {
+    let mut routes = crate::api::routes();
+    routes.push(Route::get(
+        "/api/openapi.json",
+        "none",
+        "This API's OpenAPI document",
+        document,
+    ));
+    routes.extend(crate::dashboard::routes());
+    routes
 }
 
-/// The document.
-pub fn build() -> Value {
+/// The router: every route of [`table`], the API's "no route" fallback and the body limit.
+pub fn router(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in table() {
+        match by_path.iter_mut().find(|(p, _)| *p == r.path) {
+            // Two methods on one path (`GET /login`, `POST /login`): one method router.
+            Some((_, m)) => *m = std::mem::take(m).merge(r.handler),
+            None => by_path.push((r.path, r.handler)),
+        }
+    }
+    let mut app = Router::new();
+    for (path, m) in by_path {
+        app = app.route(path, m);
+    }
+    app.fallback(crate::api::not_found)
+        .layer(DefaultBodyLimit::max(crate::api::body::MAX_BODY))
+        .with_state(state)
+}
+
+/// `GET /api/openapi.json`.
+async fn document() -> Json<Value> {
+    Json(openapi())
+}
+
+/// The OpenAPI 3.1 document of [`table`].
+pub fn openapi() -> Value {
     let mut paths: Map<String, Value> = Map::new();
-    for r in ROUTES {
+    for r in table() {
         let params: Vec<Value> = r
             .path
             .split('/')

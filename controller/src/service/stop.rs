@@ -1,0 +1,42 @@
+//! The emergency stop: set it (optionally with rollback) and clear it, as an operator; the
+//! live snapshot is refreshed at once so the next page shows it.
+
+use super::{AppState, ServiceError};
+use crate::db::{now_ms, EmergencyStop};
+
+/// Sets the emergency stop as `actor` (a blank `reason` is refused); true if it was not set
+/// before. With `rollback`, the active rollout's devices go back to their previous release.
+pub async fn stop(
+    state: &AppState,
+    actor: &str,
+    reason: &str,
+    rollback: bool,
+) -> Result<bool, ServiceError> {
+    if reason.trim().is_empty() {
+        return Err(ServiceError::ReasonRequired);
+    }
+    let stop = EmergencyStop {
+        actor: actor.to_owned(),
+        reason: reason.trim().to_owned(),
+        at_ms: now_ms(),
+        rollback,
+    };
+    let new = crate::engine::emergency_stop(state, &stop).await?;
+    super::live::refresh(state).await;
+    Ok(new)
+}
+
+/// Clears the emergency stop as `actor` (audited only if it was set); true if it was set.
+pub async fn resume(state: &AppState, actor: &str, reason: &str) -> Result<bool, ServiceError> {
+    let was = state.db.clear_emergency_stop().await?;
+    if was {
+        state
+            .db
+            .audit(actor, "emergency_stop.resume", "fleet", reason, "")
+            .await?;
+        tracing::warn!(%actor, "emergency stop cleared");
+    }
+    state.reconcile.notify_one();
+    super::live::refresh(state).await;
+    Ok(was)
+}

@@ -1,0 +1,73 @@
+//! What every handler and background task shares: the store, the configuration, the wake-ups,
+//! the rate limits and the live snapshot hub (below the service layer and the engine, so both
+//! take it without importing each other).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::ControllerConfig;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimit;
+use crate::snapshot::Hub;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: Db,
+    /// The configuration.
+    pub cfg: Arc<ControllerConfig>,
+    /// Request counters.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the rollout reconciler (after a check-in or an operator action).
+    pub reconcile: Arc<Notify>,
+    /// Wakes the Git watcher (webhook).
+    pub watch: Arc<Notify>,
+    /// Enrollment requests per peer address.
+    pub enroll_limit: Arc<RateLimit>,
+    /// Claims per peer address.
+    pub claim_limit: Arc<RateLimit>,
+    /// Pairing-code approvals per user (guessing codes).
+    pub approve_limit: Arc<RateLimit>,
+    /// This replica holds the leader lock.
+    pub leader: Arc<AtomicBool>,
+    /// The webhook secret, if the webhook is enabled.
+    pub webhook_secret: Option<Arc<Vec<u8>>>,
+    /// Dashboard logins per peer address and user name (guessing passwords).
+    pub login_limit: Arc<RateLimit>,
+    /// The dashboard's live snapshot and event streams.
+    pub live: Arc<Hub>,
+}
+
+impl AppState {
+    /// State over a store and a configuration.
+    pub fn new(db: Db, cfg: ControllerConfig, webhook_secret: Option<Vec<u8>>) -> AppState {
+        AppState {
+            db,
+            cfg: Arc::new(cfg),
+            metrics: Arc::new(Metrics::default()),
+            reconcile: Arc::new(Notify::new()),
+            watch: Arc::new(Notify::new()),
+            enroll_limit: Arc::new(RateLimit::new(60, 60_000)),
+            claim_limit: Arc::new(RateLimit::new(120, 60_000)),
+            approve_limit: Arc::new(RateLimit::new(10, 60_000)),
+            leader: Arc::new(AtomicBool::new(false)),
+            webhook_secret: webhook_secret.map(Arc::new),
+            login_limit: Arc::new(RateLimit::new(10, 60_000)),
+            live: Arc::new(Hub::default()),
+        }
+    }
+
+    /// The offline threshold in ms.
+    pub fn offline_after_ms(&self) -> i64 {
+        self.cfg.offline_after.as_millis() as i64
+    }
+
+    /// Whether this replica drives rollouts.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+}
