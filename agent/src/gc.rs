@@ -2,10 +2,10 @@
 //!
 //! `current` and `previous` are never pruned (they are what the device runs and what it rolls
 //! back to), nor is the release being installed. Beyond those, the newest `keep_releases`
-//! releases stay; the rest go, oldest first.
+//! releases stay; the rest go, oldest first. "Newest" is by staging order as the journal
+//! records it, not by a directory's mtime: a board without a real-time clock may boot in 1970.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use fleet_config::protocol::ReleaseId;
 
@@ -14,13 +14,13 @@ pub fn available_space(path: &Path) -> std::io::Result<u64> {
     fs2::available_space(path)
 }
 
-/// A staged release and when it was staged.
+/// A staged release and its place in staging order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedRelease {
     /// The release.
     pub id: ReleaseId,
-    /// When its directory was created (its mtime).
-    pub staged_at: SystemTime,
+    /// Its staging sequence number (higher is newer; 0 when unknown).
+    pub order: u64,
 }
 
 /// The releases to delete, oldest first, so that at most `keep` remain (never fewer than the
@@ -35,7 +35,7 @@ pub fn releases_to_prune(
         .filter(|s| !protected.contains(&&s.id))
         .collect();
     // Newest first; ties broken by id so the choice is deterministic.
-    candidates.sort_by(|a, b| b.staged_at.cmp(&a.staged_at).then(a.id.cmp(&b.id)));
+    candidates.sort_by(|a, b| b.order.cmp(&a.order).then(a.id.cmp(&b.id)));
     let kept_protected = staged.iter().filter(|s| protected.contains(&&s.id)).count();
     let room = keep.saturating_sub(kept_protected);
     let mut out: Vec<ReleaseId> = candidates
@@ -50,7 +50,6 @@ pub fn releases_to_prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn sha(c: char) -> ReleaseId {
         c.to_string().repeat(40).parse().expect("sha")
@@ -60,7 +59,7 @@ mod tests {
         list.iter()
             .map(|(c, t)| StagedRelease {
                 id: sha(*c),
-                staged_at: SystemTime::UNIX_EPOCH + Duration::from_secs(*t),
+                order: *t,
             })
             .collect()
     }

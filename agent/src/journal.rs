@@ -6,7 +6,10 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use fleet_config::protocol::{ReleaseId, UpdatePhase, UpdateResult};
+use fleet_config::TreeDigest;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{write_atomic, FsError};
@@ -25,6 +28,17 @@ pub struct BadRelease {
     pub at_ms: u64,
 }
 
+/// What the journal remembers of a staged release directory: a release directory is trusted
+/// only while its tree still has this digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedInfo {
+    /// The digest of the tree when it was staged (and verified).
+    pub digest: TreeDigest,
+    /// Staging order (1, 2, …): garbage collection keeps the newest by this, not by a file's
+    /// mtime, which a board without a real-time clock may set to 1970.
+    pub seq: u64,
+}
+
 /// The journal's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -36,8 +50,13 @@ pub struct Journal {
     pub from: Option<ReleaseId>,
     /// The release being installed.
     pub to: Option<ReleaseId>,
-    /// How many times installing `to` has been attempted (power cuts count).
+    /// How many times the swap to [`Journal::attempted`] has been started without reaching a
+    /// verdict or a rollback (power cuts, crashes, OOM kills count). Kept across recovery, so
+    /// the boot-loop guard can see a release that keeps killing the agent.
     pub attempts: u32,
+    /// The release `attempts` counts.
+    #[serde(default)]
+    pub attempted: Option<ReleaseId>,
     /// When the current update started.
     pub started_at_ms: Option<u64>,
     /// When the journal was last written.
@@ -51,6 +70,9 @@ pub struct Journal {
     /// Why the device is in safe mode, if it is.
     #[serde(default)]
     pub safe_mode: Option<String>,
+    /// Release directories staged and verified, with their digests.
+    #[serde(default)]
+    pub releases: BTreeMap<ReleaseId, StagedInfo>,
 }
 
 /// Reading the journal failed.
@@ -95,11 +117,13 @@ impl Journal {
             from: current,
             to: None,
             attempts: 0,
+            attempted: None,
             started_at_ms: None,
             updated_at_ms: now_ms(),
             bad_releases: Vec::new(),
             last_result: None,
             safe_mode: None,
+            releases: BTreeMap::new(),
         }
     }
 
@@ -138,6 +162,18 @@ impl Journal {
         })?;
         write_atomic(path, &bytes)?;
         Ok(())
+    }
+
+    /// Remembers that `release` was staged with `digest` (the newest staged so far).
+    pub fn record_staged(&mut self, release: &ReleaseId, digest: TreeDigest) {
+        let seq = self.releases.values().map(|r| r.seq).max().unwrap_or(0) + 1;
+        self.releases
+            .insert(release.clone(), StagedInfo { digest, seq });
+    }
+
+    /// The digest `release` had when it was staged, if it was.
+    pub fn staged_digest(&self, release: &ReleaseId) -> Option<TreeDigest> {
+        self.releases.get(release).map(|r| r.digest)
     }
 
     /// True when the device refuses `release`.

@@ -4,6 +4,7 @@
 //! ```text
 //! releases/<sha>/            staged release trees, complete and verified once named so
 //! releases/.staging-<sha>/   a checkout in progress (deleted on recovery)
+//! releases/.trash-<sha>/     a release being deleted, renamed aside first (deleted on recovery)
 //! current -> releases/<sha>
 //! previous -> releases/<sha>
 //! state.json                 the journal
@@ -22,6 +23,9 @@ use fleet_config::protocol::ReleaseId;
 
 /// Prefix of a checkout in progress inside `releases/`.
 pub const STAGING_PREFIX: &str = ".staging-";
+
+/// Prefix of a release directory being deleted (renamed aside first) inside `releases/`.
+pub const TRASH_PREFIX: &str = ".trash-";
 
 /// The agent's data directory.
 #[derive(Debug, Clone)]
@@ -57,9 +61,9 @@ impl DataDir {
     }
 
     /// Creates the directories the agent needs.
-    pub fn create(&self) -> io::Result<()> {
-        fs::create_dir_all(self.releases())?;
-        fs::create_dir_all(self.events_dir())
+    pub fn create(&self) -> Result<(), crate::fsutil::FsError> {
+        crate::fsutil::create_dir_all(&self.releases())?;
+        crate::fsutil::create_dir_all(&self.events_dir())
     }
 
     /// The root.
@@ -78,6 +82,11 @@ impl DataDir {
     pub fn staging(&self, id: &ReleaseId) -> PathBuf {
         self.releases()
             .join(format!("{STAGING_PREFIX}{}", id.as_str()))
+    }
+    /// `releases/.trash-<sha>`: where a release directory is renamed before it is deleted.
+    pub fn trash(&self, id: &ReleaseId) -> PathBuf {
+        self.releases()
+            .join(format!("{TRASH_PREFIX}{}", id.as_str()))
     }
     /// The `current` symlink.
     pub fn current_link(&self) -> PathBuf {
@@ -174,7 +183,7 @@ impl DataDir {
         Ok(out)
     }
 
-    /// Leftover staging directories (interrupted checkouts).
+    /// Leftovers of interrupted work: staging directories (checkouts) and trash (deletions).
     pub fn staging_leftovers(&self) -> io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(self.releases())? {
@@ -182,7 +191,7 @@ impl DataDir {
             if entry
                 .file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with(STAGING_PREFIX))
+                .is_some_and(|n| n.starts_with(STAGING_PREFIX) || n.starts_with(TRASH_PREFIX))
             {
                 out.push(entry.path());
             }

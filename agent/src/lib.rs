@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 pub mod docker;
 pub mod events;
+pub mod fsops;
 pub mod fsutil;
 pub mod gc;
 pub mod host;

@@ -9,8 +9,41 @@ use fleet_config::compose::{ComposeFile, ImageRef};
 
 /// A runtime operation failed; the message names the stack, service or image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RuntimeError(pub String);
+#[error("{message}")]
+pub struct RuntimeError {
+    /// What failed.
+    pub message: String,
+    /// The runtime did not answer at all (the engine is down or still starting): retrying the
+    /// same thing later may work, so it says nothing about the release.
+    pub transient: bool,
+}
+
+impl RuntimeError {
+    /// The runtime answered and refused (or the release cannot run as it is).
+    pub fn failed(message: impl Into<String>) -> RuntimeError {
+        RuntimeError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// The runtime did not answer.
+    pub fn unavailable(message: impl Into<String>) -> RuntimeError {
+        RuntimeError {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+impl From<crate::docker::DockerError> for RuntimeError {
+    fn from(e: crate::docker::DockerError) -> RuntimeError {
+        RuntimeError {
+            transient: e.engine_unavailable(),
+            message: e.to_string(),
+        }
+    }
+}
 
 /// One stack as the runtime should run it.
 #[derive(Debug, Clone)]
@@ -66,7 +99,7 @@ impl StackRuntime for DockerStacks {
         self.docker
             .ensure_images(images)
             .await
-            .map_err(|e| RuntimeError(e.to_string()))
+            .map_err(RuntimeError::from)
     }
 
     async fn apply(&self, stack: &StackSpec<'_>) -> Result<(), RuntimeError> {
@@ -80,7 +113,7 @@ impl StackRuntime for DockerStacks {
                 stack.secrets,
             )
             .await
-            .map_err(|e| RuntimeError(e.to_string()))?;
+            .map_err(RuntimeError::from)?;
         tracing::info!(stack = stack.name, changes = ?report.services, removed = ?report.removed, "stack applied");
         Ok(())
     }
@@ -90,7 +123,7 @@ impl StackRuntime for DockerStacks {
             .remove_stack(name)
             .await
             .map(|_| ())
-            .map_err(|e| RuntimeError(e.to_string()))
+            .map_err(RuntimeError::from)
     }
 
     async fn deployed_stacks(&self) -> Result<Vec<String>, RuntimeError> {
@@ -98,7 +131,7 @@ impl StackRuntime for DockerStacks {
             .stacks()
             .await
             .map(|s| s.into_iter().collect())
-            .map_err(|e| RuntimeError(e.to_string()))
+            .map_err(RuntimeError::from)
     }
 
     async fn watch_health(
@@ -127,7 +160,7 @@ impl StackRuntime for DockerStacks {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(RuntimeError(problems.join("; ")))
+            Err(RuntimeError::failed(problems.join("; ")))
         }
     }
 
@@ -140,6 +173,6 @@ impl StackRuntime for DockerStacks {
             .releases_in_use()
             .await
             .map(|s| s.into_iter().collect())
-            .map_err(|e| RuntimeError(e.to_string()))
+            .map_err(RuntimeError::from)
     }
 }

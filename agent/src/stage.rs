@@ -2,17 +2,21 @@
 //! directory, or refuse it without touching anything the device runs.
 //!
 //! The checkout goes to `releases/.staging-<sha>`; only after its digest matches, it validates,
-//! it names this device, and every file is fsynced is it renamed to `releases/<sha>`. A release
-//! directory therefore exists only complete: the guarantee boot recovery relies on.
+//! it names this device, it is made read-only and every file is fsynced is it renamed to
+//! `releases/<sha>` ([`publish`]), after the caller journaled its digest. A release directory
+//! therefore exists only complete, and is trusted only while its tree still has the digest the
+//! journal recorded ([`verify`] with that digest before every apply and at boot): a copy left
+//! half-deleted or changed by hand is never taken for the release.
 
-use std::fs;
 use std::path::Path;
 
 use fleet_config::diag::Diagnostic;
 use fleet_config::protocol::ReleaseId;
 use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
 
-use crate::fsutil::{ctx, fsync_dir, fsync_tree, FsError};
+use crate::fsutil::{
+    fsync_dir, fsync_tree, make_tree_read_only, remove_dir_aside, remove_tree, rename, FsError,
+};
 use crate::layout::DataDir;
 
 /// A release that passed staging.
@@ -76,8 +80,10 @@ pub enum StageError {
     },
 }
 
-/// Stages `id`: `checkout` writes the commit's tree into the (absent) directory it is given.
-/// `expected` is the digest the controller announced (standalone mode has none).
+/// Stages `id` into `releases/.staging-<sha>`: `checkout` writes the commit's tree into the
+/// (absent) directory it is given; the tree is verified (against `expected`, the digest the
+/// controller announced, if any), made read-only and fsynced. Nothing is published: journal
+/// the digest, then [`publish`].
 pub fn stage(
     data: &DataDir,
     id: &ReleaseId,
@@ -90,37 +96,46 @@ pub fn stage(
         sha: id.clone(),
         source,
     };
-    if staging.exists() {
-        fs::remove_dir_all(&staging)
-            .map_err(ctx("remove stale staging", &staging))
-            .map_err(fs_err)?;
-    }
+    remove_tree(&staging).map_err(fs_err)?;
     let result = (|| {
         checkout(&staging).map_err(|reason| StageError::Checkout {
             sha: id.clone(),
             reason,
         })?;
         let staged = verify(&staging, id, expected, device_id)?;
+        make_tree_read_only(&staging).map_err(fs_err)?;
         fsync_tree(&staging).map_err(fs_err)?;
-        let final_dir = data.release(id);
-        if final_dir.exists() {
-            // Staged before (e.g. a rollback target): the old copy is complete and identical
-            // by digest; keep it and drop the new one.
-            fs::remove_dir_all(&staging)
-                .map_err(ctx("remove duplicate staging", &staging))
-                .map_err(fs_err)?;
-        } else {
-            fs::rename(&staging, &final_dir)
-                .map_err(ctx("publish release", &final_dir))
-                .map_err(fs_err)?;
-        }
-        fsync_dir(&data.releases()).map_err(fs_err)?;
         Ok(staged)
     })();
     if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
+        let _ = remove_tree(&staging);
     }
     result
+}
+
+/// Publishes a staged checkout as `releases/<sha>` (atomic rename, then fsync of `releases/`).
+/// A directory already there is kept only if its tree has the same digest; anything else under
+/// that name (a copy half-deleted by an older agent, changed by hand) is moved aside and
+/// replaced by the fresh, verified checkout.
+pub fn publish(data: &DataDir, staged: &Staged) -> Result<(), StageError> {
+    let id = &staged.id;
+    let fs_err = |source| StageError::Fs {
+        sha: id.clone(),
+        source,
+    };
+    let staging = data.staging(id);
+    let final_dir = data.release(id);
+    if final_dir.exists() {
+        if digest_dir(&final_dir).ok() == Some(staged.digest) {
+            return remove_tree(&staging).map_err(fs_err);
+        }
+        tracing::warn!(release = %id.short(), "a release directory on disk does not match its release: replacing it");
+        let aside = data.trash(id);
+        remove_tree(&aside).map_err(fs_err)?;
+        remove_dir_aside(&final_dir, &aside).map_err(fs_err)?;
+    }
+    rename(&staging, &final_dir).map_err(fs_err)?;
+    fsync_dir(&data.releases()).map_err(fs_err)
 }
 
 /// Digest, validation and inventory checks on a checked-out tree.
@@ -179,6 +194,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::path::PathBuf;
 
     fn example() -> PathBuf {
@@ -218,9 +234,43 @@ mod tests {
             copy_dir(&example(), dst)
         })
         .expect("staged");
+        publish(&d, &s).expect("published");
         assert_eq!(s.stacks, vec!["app".to_string(), "metrics".to_string()]);
         assert!(d.release(&sha('a')).join("fleet.yaml").is_file());
         assert!(!d.staging(&sha('a')).exists());
+    }
+
+    #[test]
+    fn a_staged_release_is_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_tmp, d) = data();
+        let s = stage(&d, &sha('a'), None, "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect("staged");
+        publish(&d, &s).expect("published");
+        let dir = d.release(&sha('a'));
+        for p in [dir.clone(), dir.join("fleet.yaml"), dir.join("stacks")] {
+            let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o222, 0, "{} is writable ({mode:o})", p.display());
+        }
+    }
+
+    #[test]
+    fn a_broken_copy_under_the_release_name_is_replaced_by_the_verified_checkout() {
+        // What a cut in the middle of an in-place delete left behind: the name, half the files.
+        let (_tmp, d) = data();
+        let dir = d.release(&sha('a'));
+        copy_dir(&example(), &dir).expect("copy");
+        std::fs::remove_dir_all(dir.join("stacks")).expect("half-delete");
+        let s = stage(&d, &sha('a'), None, "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect("staged");
+        publish(&d, &s).expect("published");
+        assert_eq!(digest_dir(&dir).expect("digest"), s.digest);
+        assert!(dir.join("stacks").is_dir());
+        assert!(!d.trash(&sha('a')).exists() && !d.staging(&sha('a')).exists());
     }
 
     #[test]

@@ -187,6 +187,36 @@ pub enum DockerError {
     },
 }
 
+impl DockerError {
+    /// True when the engine itself did not answer (socket missing or refusing, a timeout, the
+    /// connection dropped): worth retrying as it is, unlike an answer that refused the request.
+    pub fn engine_unavailable(&self) -> bool {
+        if matches!(self, DockerError::Connect { .. }) {
+            return true;
+        }
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            if let Some(b) = e.downcast_ref::<bollard::errors::Error>() {
+                if matches!(
+                    b,
+                    bollard::errors::Error::RequestTimeoutError
+                        | bollard::errors::Error::IOError { .. }
+                        | bollard::errors::Error::HyperLegacyError { .. }
+                        | bollard::errors::Error::HyperResponseError { .. }
+                        | bollard::errors::Error::SocketNotFoundError(_)
+                ) {
+                    return true;
+                }
+            }
+            if e.downcast_ref::<std::io::Error>().is_some() {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
 /// True when the engine answered 404 (no such container, image, network or volume).
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(

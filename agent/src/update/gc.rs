@@ -2,13 +2,14 @@
 //! `previous`, the release being installed or one a running container still mounts.
 //!
 //! Of a pruned release's images, only those no kept release and not the safe-mode stack need are
-//! removed. Which releases to prune is decided by [`crate::gc`]; this file carries it out.
-
-use std::fs;
+//! removed. Which releases to prune is decided by [`crate::gc`] (by staging order, never by
+//! clock); this file carries it out. A release is deleted by renaming it aside first, so a cut
+//! in the middle never leaves a half-deleted tree under the release's name.
 
 use fleet_config::protocol::ReleaseId;
 
 use super::{Updater, SAFE_MODE_STACK};
+use crate::fsutil::{remove_dir_aside, remove_tree};
 use crate::gc::{available_space, releases_to_prune, StagedRelease};
 use crate::runtime::StackRuntime;
 
@@ -63,7 +64,7 @@ impl<R: StackRuntime> Updater<R> {
     /// Deletes staged releases beyond `keep` (protected ones always stay); returns, for each
     /// release deleted, the images it used.
     fn prune_releases(
-        &self,
+        &mut self,
         keep: usize,
         protected: &[ReleaseId],
     ) -> Vec<Vec<fleet_config::compose::ImageRef>> {
@@ -72,25 +73,36 @@ impl<R: StackRuntime> Updater<R> {
             .staged_releases()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|id| {
-                let staged_at = fs::metadata(self.data.release(&id))
-                    .and_then(|m| m.modified())
-                    .ok()?;
-                Some(StagedRelease { id, staged_at })
+            .map(|id| StagedRelease {
+                // Unknown to the journal (staged before it kept an order): oldest.
+                order: self.journal.releases.get(&id).map_or(0, |r| r.seq),
+                id,
             })
             .collect();
         let protected: Vec<&ReleaseId> = protected.iter().collect();
-        releases_to_prune(&staged, keep, &protected)
-            .into_iter()
-            .map(|id| {
-                let images = self.release_images(&id);
-                tracing::info!(release = %id.short(), "removing an old release");
-                if let Err(e) = fs::remove_dir_all(self.data.release(&id)) {
-                    tracing::warn!(release = %id.short(), error = %e, "cannot remove an old release");
+        let mut all_images = Vec::new();
+        for id in releases_to_prune(&staged, keep, &protected) {
+            let images = self.release_images(&id);
+            tracing::info!(release = %id.short(), "removing an old release");
+            let aside = self.data.trash(&id);
+            let removed = remove_tree(&aside)
+                .and_then(|()| remove_dir_aside(&self.data.release(&id), &aside));
+            match removed {
+                Ok(()) => {
+                    self.journal.releases.remove(&id);
+                    all_images.push(images);
                 }
-                images
-            })
-            .collect()
+                Err(e) => {
+                    tracing::warn!(release = %id.short(), error = %e, "cannot remove an old release")
+                }
+            }
+        }
+        if !all_images.is_empty() {
+            if let Err(e) = self.save() {
+                tracing::warn!(error = %e, "cannot write the journal after pruning");
+            }
+        }
+        all_images
     }
 
     /// The images a staged release's stacks use on this device (empty if unreadable).
@@ -118,7 +130,7 @@ impl<R: StackRuntime> Updater<R> {
 
     /// Keeps at most `keep` staged releases (protected ones always, `target` among them) and
     /// removes the images of the deleted ones that no kept release nor safe mode needs.
-    pub(super) async fn collect_garbage(&self, keep: usize, target: Option<&ReleaseId>) {
+    pub(super) async fn collect_garbage(&mut self, keep: usize, target: Option<&ReleaseId>) {
         let protected = self.protected_releases(target).await;
         let pruned = self.prune_releases(keep, &protected);
         if pruned.is_empty() {

@@ -20,6 +20,8 @@
 //! nobody drains would only wear the flash.
 
 mod boot;
+#[cfg(test)]
+mod failure_tests;
 mod gc;
 mod safe_mode;
 mod standalone;
@@ -42,7 +44,7 @@ use fleet_config::protocol::{EventKind, ReleaseId, UpdatePhase, UpdateResult};
 use crate::config::{AgentConfig, GitAuth};
 use crate::controller::client::ControllerError;
 use crate::events::EventLog;
-use crate::fsutil::{ctx, FsError};
+use crate::fsutil::FsError;
 use crate::journal::{Journal, JournalError};
 use crate::layout::DataDir;
 use crate::lock::{LockError, UpdateLock};
@@ -194,10 +196,9 @@ impl<R: StackRuntime> Updater<R> {
     /// the layout and opens the Git cache. Call [`Updater::recover`] next.
     pub fn open(cfg: AgentConfig, runtime: R, metrics: Arc<Metrics>) -> Result<Self, AgentError> {
         let data = DataDir::new(&cfg.data_dir);
-        fs::create_dir_all(data.root()).map_err(ctx("create data directory", data.root()))?;
+        crate::fsutil::create_dir_all(data.root())?;
         let lock = UpdateLock::acquire(&data.lock())?;
-        data.create()
-            .map_err(ctx("create data directory layout", data.root()))?;
+        data.create()?;
         let git = GitCache::open_or_init(data.git_cache())?;
         let endpoints = endpoints(&cfg)?;
         let journal = Journal::load(&data.journal())
@@ -325,9 +326,17 @@ impl<R: StackRuntime> Updater<R> {
         result
     }
 
-    /// Re-reads a staged release from `releases/<sha>` (digest, validation, stacks).
+    /// Re-reads a staged release from `releases/<sha>`: its tree must still have the digest
+    /// the journal recorded when it was staged (a release staged by an agent that recorded none
+    /// is checked on validation alone), it must validate and name this device. Called before
+    /// every apply of a release read back from disk and at boot.
     fn load_staged(&self, id: &ReleaseId) -> Result<Staged, stage::StageError> {
-        stage::verify(&self.data.release(id), id, None, &self.cfg.device_id)
+        stage::verify(
+            &self.data.release(id),
+            id,
+            self.journal.staged_digest(id),
+            &self.cfg.device_id,
+        )
     }
 
     fn stack_specs<'a>(
@@ -357,7 +366,7 @@ impl<R: StackRuntime> Updater<R> {
             .map(|s| {
                 crate::secrets::load(&self.cfg.secrets_dir, s)
                     .map(|m| (s.clone(), m))
-                    .map_err(|e| RuntimeError(e.to_string()))
+                    .map_err(|e| RuntimeError::failed(e.to_string()))
             })
             .collect()
     }

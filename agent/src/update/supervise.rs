@@ -1,7 +1,7 @@
-//! While idle: `current` keeps running (what stopped is started again, strays are removed), and
-//! a rollback asked for by hand goes through the same transaction as an update.
+//! While idle: `current` keeps running (what stopped is started again, strays are removed), in
+//! safe mode the safe-mode stack does, and a rollback asked for by hand goes through the same
+//! transaction as an update.
 
-use std::fs;
 use std::time::Duration;
 
 use fleet_config::protocol::{EventKind, UpdatePhase, UpdateResult};
@@ -48,7 +48,12 @@ impl<R: StackRuntime> Updater<R> {
     /// completed after recovery) is started again and strays are removed. Cheap when nothing
     /// changed: one container listing per stack.
     pub async fn supervise(&mut self) {
-        if self.journal.phase != UpdatePhase::Idle || self.journal.safe_mode.is_some() {
+        if self.journal.safe_mode.is_some() {
+            // In safe mode the safe stack is what must keep running (retried until it does).
+            self.keep_safe_stack_running().await;
+            return;
+        }
+        if self.journal.phase != UpdatePhase::Idle {
             return;
         }
         let Some(current) = self.data.current().release().cloned() else {
@@ -81,7 +86,7 @@ impl<R: StackRuntime> Updater<R> {
         if !self.data.rollback_request().exists() {
             return None;
         }
-        let _ = fs::remove_file(self.data.rollback_request());
+        let _ = crate::fsutil::remove_file(&self.data.rollback_request());
         tracing::warn!("rollback requested by hand");
         let result = self.rollback_by_hand().await;
         tracing::info!(result = ?result, "manual rollback finished");

@@ -6,10 +6,14 @@
 //!   its images are present (steps 1–4): an unreachable Git, a bad digest, an invalid
 //!   repository, a full disk or a failed pull leave the device exactly as it was.
 //! - After power loss at any instant, `current` names a complete release: releases are
-//!   published by renaming a fully written staging directory, and `current` only changes by an
-//!   atomic symlink rename, with the journal written (temp + fsync + rename) before it.
-//!   Recovery ([`crate::recovery`]) returns an interrupted switch to the journal's `from`.
-//! - A release that fails its health window is rolled back and marked bad: it is not retried.
+//!   published by renaming a fully written, read-only staging directory after its digest is
+//!   journaled, and `current` only changes by an atomic symlink rename, with the journal written
+//!   (temp + fsync + rename) before it. Recovery ([`crate::recovery`]) returns an interrupted
+//!   switch to the journal's `from`.
+//! - A release that fails its health window is rolled back and marked bad (the mark is durable
+//!   before the rollback starts): it is not retried. One whose switch or health window is
+//!   interrupted [`crate::recovery::MAX_ATTEMPTS`] times (the agent killed by a power cut, OOM,
+//!   a panic) is marked bad by recovery: the count survives the restarts.
 
 use std::time::Instant;
 
@@ -90,8 +94,9 @@ impl<R: StackRuntime> Updater<R> {
             tracing::warn!(%reason, "update skipped");
             return Err(self.finish(UpdateResult::Skipped { reason }));
         }
-        if self.journal.to.as_ref() != Some(target) {
+        if self.journal.attempted.as_ref() != Some(target) {
             self.journal.attempts = 0;
+            self.journal.attempted = None;
         }
         self.journal.from = current.clone();
         self.journal.to = Some(target.clone());
@@ -143,9 +148,15 @@ impl<R: StackRuntime> Updater<R> {
             }
             Err(e) => return Err(self.abort_before_swap(e.to_string(), true)),
         };
+        // The digest is durable before the directory is published under the release's name, so
+        // a release directory on disk is always one whose digest the journal knows.
+        self.journal.record_staged(&staged.id, staged.digest);
         self.journal.phase = UpdatePhase::Staged;
         if let Err(e) = self.save() {
             return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
+        }
+        if let Err(e) = stage::publish(&self.data, &staged) {
+            return Err(self.abort_before_swap(e.to_string(), false));
         }
         // Step 4: images, before touching anything running.
         self.journal.phase = UpdatePhase::Pulling;
@@ -206,6 +217,10 @@ impl<R: StackRuntime> Updater<R> {
         self.journal.phase = UpdatePhase::Switching;
         self.journal.to = Some(target.clone());
         self.journal.from = from.clone();
+        if self.journal.attempted.as_ref() != Some(&target) {
+            self.journal.attempts = 0;
+        }
+        self.journal.attempted = Some(target.clone());
         self.journal.attempts += 1;
         if let Err(e) = self.save() {
             return self.abort_before_swap(format!("cannot write the journal: {e}"), false);
@@ -232,6 +247,7 @@ impl<R: StackRuntime> Updater<R> {
                 .await;
         }
         // Step 7: commit.
+        crate::fsops::mark(format!("healthy {target}"));
         if let Some(old) = &from {
             if old != &target {
                 if let Err(e) = swap_symlink(&self.data.previous_link(), &DataDir::link_target(old))
@@ -244,6 +260,7 @@ impl<R: StackRuntime> Updater<R> {
         self.journal.from = Some(target.clone());
         self.journal.to = None;
         self.journal.attempts = 0;
+        self.journal.attempted = None;
         self.journal.started_at_ms = None;
         self.journal.safe_mode = None;
         let result = self.finish(UpdateResult::Succeeded {
@@ -263,11 +280,13 @@ impl<R: StackRuntime> Updater<R> {
     ) -> UpdateResult {
         let started = Instant::now();
         tracing::error!(release = %target.short(), %reason, "rolling back");
+        // The bad mark goes into the same durable write as `RollingBack`: a cut during the
+        // rollback must not let the release be tried again.
+        self.journal.mark_bad(target, &reason);
         self.journal.phase = UpdatePhase::RollingBack;
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot write the journal");
         }
-        self.journal.mark_bad(target, &reason);
         let restored = match &from {
             // Re-applying the running release failed (leaving safe mode): there is nothing
             // else to go back to.
@@ -293,6 +312,8 @@ impl<R: StackRuntime> Updater<R> {
         self.journal.phase = UpdatePhase::Idle;
         self.journal.from = from.clone();
         self.journal.to = None;
+        self.journal.attempts = 0;
+        self.journal.attempted = None;
         self.journal.started_at_ms = None;
         let result = self.finish(UpdateResult::RolledBack {
             release: target.clone(),

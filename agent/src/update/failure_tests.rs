@@ -1,0 +1,340 @@
+//! Failure paths of the transaction, recovery, GC and safe mode, driven the way production gets
+//! there: real releases fetched from a local Git repository, a runtime that fails where the
+//! test says ([`FaultRuntime`]), and "the agent dies" as it does on a device: the future is
+//! dropped mid-step and a new [`Updater`] opens the same data directory and recovers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_config::protocol::{ReleaseId, UpdatePhase, UpdateResult};
+
+use super::{Prepare, Updater, SAFE_MODE_STACK};
+use crate::journal::Journal;
+use crate::recovery::MAX_ATTEMPTS;
+use crate::testing::{FaultRuntime, LocalFleet};
+
+/// Long enough for a step to reach a hang the test injected.
+const DIE_AFTER: Duration = Duration::from_secs(5);
+
+struct Device {
+    _tmp: tempfile::TempDir,
+    fleet: LocalFleet,
+    data: std::path::PathBuf,
+    runtime: FaultRuntime,
+    controller: bool,
+}
+
+impl Device {
+    /// A device whose first release (the fleet's first commit) is installed and healthy.
+    async fn installed(test: &str, controller: bool) -> Option<(Device, ReleaseId)> {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fleet = LocalFleet::new(tmp.path(), test)?;
+        let data = tmp.path().join("data");
+        let d = Device {
+            data,
+            fleet,
+            _tmp: tmp,
+            runtime: FaultRuntime::default(),
+            controller,
+        };
+        let mut u = d.boot().await;
+        let first = u.branch_head().expect("head");
+        let r = d.update(&mut u, &first).await;
+        assert!(matches!(r, UpdateResult::Succeeded { .. }), "{r:?}");
+        Some((d, first))
+    }
+
+    /// Starts an agent on the data directory: open, then boot recovery.
+    async fn boot(&self) -> Updater<FaultRuntime> {
+        let mut u = Updater::open(
+            self.fleet.config(&self.data, self.controller),
+            self.runtime.clone(),
+            Arc::default(),
+        )
+        .expect("open");
+        u.recover().await.expect("recover");
+        u
+    }
+
+    /// An update as the mode would make it: standalone follows the branch head; controller
+    /// mode prepares then commits the release the controller names.
+    async fn update(&self, u: &mut Updater<FaultRuntime>, target: &ReleaseId) -> UpdateResult {
+        if self.controller {
+            match u.prepare(target, None).await {
+                Prepare::Ready(p) => u.commit(p).await,
+                Prepare::Done(r) => r,
+            }
+        } else {
+            match u.poll_once().await {
+                Some(r) => r,
+                None => UpdateResult::Skipped {
+                    reason: "nothing to do".into(),
+                },
+            }
+        }
+    }
+
+    /// The update, killed (dropped) if it has not finished after [`DIE_AFTER`]; `None` if it
+    /// was killed.
+    async fn update_or_die(
+        &self,
+        mut u: Updater<FaultRuntime>,
+        target: &ReleaseId,
+    ) -> Option<UpdateResult> {
+        let r = tokio::time::timeout(DIE_AFTER, self.update(&mut u, target)).await;
+        drop(u);
+        r.ok()
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::load(&self.data.join("state.json"))
+            .expect("journal readable")
+            .expect("journal present")
+    }
+}
+
+async fn boot_loop_guard(controller: bool) {
+    let test = if controller {
+        "boot_loop_guard_controller"
+    } else {
+        "boot_loop_guard_standalone"
+    };
+    let Some((d, first)) = Device::installed(test, controller).await else {
+        return;
+    };
+    let bad = d
+        .fleet
+        .release("a release that kills the agent in its health window");
+    d.runtime
+        .state()
+        .faults
+        .hang_in_window
+        .push(bad.to_string());
+    for attempt in 1..=MAX_ATTEMPTS {
+        let u = d.boot().await;
+        assert!(
+            !u.journal().is_bad(&bad),
+            "marked bad after only {} deaths",
+            attempt - 1
+        );
+        let r = d.update_or_die(u, &bad).await;
+        assert!(r.is_none(), "attempt {attempt} was to die, got {r:?}");
+        assert_eq!(d.journal().phase, UpdatePhase::Verifying);
+    }
+    // The third death is recovered from like the others, and the release is marked bad.
+    let mut u = d.boot().await;
+    assert!(
+        u.journal().is_bad(&bad),
+        "not marked bad after {MAX_ATTEMPTS} deaths: {:?}",
+        u.journal()
+    );
+    assert_eq!(u.data().current().release(), Some(&first));
+    // Never tried again on this device.
+    let applies = d.runtime.applies_of(bad.as_str());
+    let r = d.update(&mut u, &bad).await;
+    assert!(matches!(r, UpdateResult::Skipped { .. }), "{r:?}");
+    assert_eq!(
+        d.runtime.applies_of(bad.as_str()),
+        applies,
+        "it was applied again"
+    );
+    assert_eq!(u.data().current().release(), Some(&first));
+}
+
+#[tokio::test]
+async fn a_release_that_kills_the_agent_three_times_is_marked_bad_standalone() {
+    boot_loop_guard(false).await;
+}
+
+#[tokio::test]
+async fn a_release_that_kills_the_agent_three_times_is_marked_bad_controller_mode() {
+    boot_loop_guard(true).await;
+}
+
+#[tokio::test]
+async fn a_release_whose_rollback_is_cut_stays_marked_bad() {
+    let Some((d, first)) = Device::installed("bad_mark_before_rollback", false).await else {
+        return;
+    };
+    let bad = d.fleet.release("unhealthy");
+    let u = d.boot().await;
+    {
+        let mut st = d.runtime.state();
+        st.faults.unhealthy.push(bad.to_string());
+        // The rollback re-applies the first release: the agent dies right there.
+        st.faults.hang_in_apply.push(first.to_string());
+    }
+    let r = d.update_or_die(u, &bad).await;
+    assert!(r.is_none(), "the rollback was to be cut, got {r:?}");
+    assert_eq!(d.journal().phase, UpdatePhase::RollingBack);
+    assert!(
+        d.journal().is_bad(&bad),
+        "the bad mark was not durable when the rollback started"
+    );
+    d.runtime.state().faults.hang_in_apply.clear();
+    let mut u = d.boot().await;
+    assert_eq!(u.data().current().release(), Some(&first));
+    let r = d.update(&mut u, &bad).await;
+    assert!(matches!(r, UpdateResult::Skipped { .. }), "{r:?}");
+}
+
+#[tokio::test]
+async fn the_safe_stack_starts_before_anything_is_removed_and_is_retried_until_it_runs() {
+    let Some((d, first)) = Device::installed("safe_mode_first", false).await else {
+        return;
+    };
+    d.runtime
+        .state()
+        .faults
+        .apply_fails
+        .push("safe-mode".into());
+    let mut u = d.boot().await;
+    u.enter_safe_mode("test: operator asked").await;
+    {
+        let st = d.runtime.state();
+        assert_eq!(
+            st.deployed.get("app").map(String::as_str),
+            Some(first.as_str()),
+            "the app stacks were removed although the safe stack did not start: {:?}",
+            st.deployed
+        );
+        assert!(!st.deployed.contains_key(SAFE_MODE_STACK));
+    }
+    assert!(
+        u.supervise_problem()
+            .is_some_and(|p| p.contains("safe-mode stack does not run")),
+        "{:?}",
+        u.supervise_problem()
+    );
+    // Still failing: supervision keeps trying, nothing removed.
+    u.supervise().await;
+    assert!(d.runtime.state().deployed.contains_key("app"));
+    // The cause goes away: the next pass starts it, and only then are the others removed.
+    d.runtime.state().faults.apply_fails.clear();
+    u.supervise().await;
+    let deployed: Vec<String> = d.runtime.state().deployed.keys().cloned().collect();
+    assert_eq!(deployed, vec![SAFE_MODE_STACK.to_string()]);
+    assert!(u.supervise_problem().is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_current_release_falls_back_to_previous_not_safe_mode() {
+    let Some((d, first)) = Device::installed("damaged_current", false).await else {
+        return;
+    };
+    let second = d.fleet.release("second");
+    let mut u = d.boot().await;
+    let r = d.update(&mut u, &second).await;
+    assert!(matches!(r, UpdateResult::Succeeded { .. }), "{r:?}");
+    assert_eq!(u.data().previous().release(), Some(&first));
+    let dir = u.data().release(&second);
+    drop(u);
+    // Someone (or a bad sector) changed a file of the running release.
+    make_writable(&dir);
+    std::fs::write(dir.join("release-notes"), "changed on the device").expect("tamper");
+    let u = d.boot().await;
+    assert_eq!(u.journal().phase, UpdatePhase::Idle, "{:?}", u.journal());
+    assert_eq!(u.data().current().release(), Some(&first));
+    assert_eq!(
+        d.runtime.state().deployed.get("app").map(String::as_str),
+        Some(first.as_str())
+    );
+}
+
+#[tokio::test]
+async fn docker_not_answering_at_boot_is_waited_for_not_safe_mode() {
+    let Some((d, first)) = Device::installed("docker_late", false).await else {
+        return;
+    };
+    d.runtime.state().deployed.clear();
+    d.runtime.state().faults.docker_gone = true;
+    let mut u = d.boot().await;
+    assert!(u.journal().safe_mode.is_none(), "{:?}", u.journal());
+    assert!(u.supervise_problem().is_some());
+    d.runtime.state().faults.docker_gone = false;
+    u.supervise().await;
+    assert_eq!(
+        d.runtime.state().deployed.get("app").map(String::as_str),
+        Some(first.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_cut_first_install_leaves_nothing_running_unsupervised() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(fleet) = LocalFleet::new(tmp.path(), "cut_first_install") else {
+        return;
+    };
+    let runtime = FaultRuntime::default();
+    let data = tmp.path().join("data");
+    let open = || {
+        Updater::open(fleet.config(&data, false), runtime.clone(), Arc::default()).expect("open")
+    };
+    let mut u = open();
+    u.recover().await.expect("recover");
+    let first = u.branch_head().expect("head");
+    runtime
+        .state()
+        .faults
+        .hang_in_window
+        .push(first.to_string());
+    let cut = tokio::time::timeout(DIE_AFTER, u.poll_once()).await;
+    assert!(cut.is_err(), "the first install was to be cut");
+    drop(u);
+    assert!(runtime.state().deployed.contains_key("app"));
+    let mut u = open();
+    u.recover().await.expect("recover");
+    assert!(
+        runtime.state().deployed.is_empty(),
+        "containers of the cut install still run: {:?}",
+        runtime.state().deployed
+    );
+    assert_eq!(u.data().current(), crate::layout::LinkState::Absent);
+}
+
+#[tokio::test]
+async fn old_releases_are_pruned_by_staging_order_not_by_the_clock() {
+    let Some((d, first)) = Device::installed("gc_order", false).await else {
+        return;
+    };
+    let mut u = d.boot().await;
+    let second = d.fleet.release("second");
+    assert!(matches!(
+        d.update(&mut u, &second).await,
+        UpdateResult::Succeeded { .. }
+    ));
+    let third = d.fleet.release("third");
+    assert!(matches!(
+        d.update(&mut u, &third).await,
+        UpdateResult::Succeeded { .. }
+    ));
+    // The second was staged on a board without a real-time clock: its directory says 1970.
+    set_mtime_to_epoch(&u.data().release(&second));
+    let fourth = d.fleet.release("fourth");
+    assert!(matches!(
+        d.update(&mut u, &fourth).await,
+        UpdateResult::Succeeded { .. }
+    ));
+    // keep_releases: 3 — current (fourth), previous (third) and the newest other: second
+    // (staged after first, whatever its directory's mtime says).
+    let mut on_disk = u.data().staged_releases().expect("list");
+    on_disk.sort();
+    let mut want = vec![second.clone(), third.clone(), fourth.clone()];
+    want.sort();
+    assert_eq!(on_disk, want, "first {first} should have gone");
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for e in std::fs::read_dir(dir).expect("ls").flatten() {
+        let mode = if e.path().is_dir() { 0o755 } else { 0o644 };
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+    }
+}
+
+fn set_mtime_to_epoch(path: &Path) {
+    let f = std::fs::File::open(path).expect("open dir");
+    f.set_modified(std::time::UNIX_EPOCH).expect("set mtime");
+}
