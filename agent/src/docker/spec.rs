@@ -304,23 +304,24 @@ fn environment(
         env.extend(entries);
     }
     for (key, value) in &svc.environment {
-        let resolved = match value {
-            Some(v) => env::interpolate(v, secrets, missing).map_err(|reason| {
-                DockerError::Interpolation {
-                    stack: stack.to_owned(),
-                    service: name.to_owned(),
-                    variable: key.clone(),
-                    reason,
-                }
-            })?,
-            None => match secrets.get(key) {
-                Some(v) => v.clone(),
-                None => {
-                    missing.push(key.clone());
-                    continue;
-                }
-            },
-        };
+        let resolved =
+            match value {
+                Some(v) => fleet_config::interpolate::interpolate(v, secrets, missing).map_err(
+                    |reason| DockerError::Interpolation {
+                        stack: stack.to_owned(),
+                        service: name.to_owned(),
+                        variable: key.clone(),
+                        reason,
+                    },
+                )?,
+                None => match secrets.get(key) {
+                    Some(v) => v.clone(),
+                    None => {
+                        missing.push(key.clone());
+                        continue;
+                    }
+                },
+            };
         env.insert(key.clone(), resolved);
     }
     Ok(env)
