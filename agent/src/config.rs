@@ -5,8 +5,8 @@
 //! device_id: pi-lab-01              # required: the id in devices.yaml
 //! data_dir: /var/lib/fleet          # releases, journal, lock, Git cache
 //! git:
-//!   endpoints:                      # primary first, then mirrors
-//!     - url: git://git.fleet.internal/fleet.git
+//!   endpoints:                      # primary first, then mirrors; a plain URL or a mapping
+//!     - git://git.fleet.internal/fleet.git
 //!     - url: https://mirror.fleet.internal/fleet.git
 //!       token_file: /etc/fleet/git-token          # HTTPS token (password), optional username
 //!     - url: ssh://git@backup.fleet.internal/fleet.git
@@ -415,6 +415,23 @@ fn decode_git(ctx: &mut Ctx<'_>, node: &yaml::Node) -> Option<GitConfig> {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let what = format!("endpoint {} of `git.endpoints`", i + 1);
+            // A plain URL, as `fleet.yaml` and `controller.yaml` write endpoints: no credentials.
+            if let yaml::Value::Scalar(_) = &item.value {
+                let url = ctx.nonempty_string(item, &what).and_then(|s| {
+                    check_git_url(&s)
+                        .map_err(|e| ctx.error(item.pos, format!("{what}: `{s}` {e}")))
+                        .ok()?;
+                    Some(s)
+                });
+                match url {
+                    Some(url) => out.push(GitEndpointConfig {
+                        url,
+                        auth: GitAuth::None,
+                    }),
+                    None => ok = false,
+                }
+                continue;
+            }
             let Some(ef) = ctx.map(item, &what, ENDPOINT_KEYS) else {
                 ok = false;
                 continue;
@@ -545,6 +562,43 @@ mod tests {
         let ctl = c.controller.as_ref().expect("controller");
         assert_eq!(ctl.bootstrap_token_file, None);
         assert_eq!(ctl.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_endpoint_may_be_a_plain_url_as_in_fleet_yaml() {
+        let text = "device_id: pi-01\ngit:\n  endpoints:\n    - git://primary/fleet.git\n    - url: https://mirror/fleet.git\n      token_file: /etc/fleet/t\n";
+        let c = AgentConfig::parse(text, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.git.endpoints,
+            [
+                GitEndpointConfig {
+                    url: "git://primary/fleet.git".into(),
+                    auth: GitAuth::None,
+                },
+                GitEndpointConfig {
+                    url: "https://mirror/fleet.git".into(),
+                    auth: GitAuth::TokenFile {
+                        path: PathBuf::from("/etc/fleet/t"),
+                        username: "x-access-token".into(),
+                    },
+                },
+            ]
+        );
+        // The flow form of fleet.yaml and controller.yaml works too.
+        let text = "device_id: pi-01\ngit:\n  endpoints: [git://a/f.git, git://b/f.git]\n";
+        let c = AgentConfig::parse(text, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.git.endpoints.len(), 2);
+        // A plain URL is checked like the `url` of a mapping.
+        let text = "device_id: pi-01\ngit:\n  endpoints:\n    - ftp://x/y\n";
+        let err = AgentConfig::parse(text, "agent.yaml").expect_err("invalid");
+        let ConfigError::Invalid(d) = err else {
+            panic!("wrong error")
+        };
+        let first = d.first().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            first.starts_with("agent.yaml:4:7: error: endpoint 1 of `git.endpoints`: `ftp://x/y`"),
+            "{first}"
+        );
     }
 
     const GIT: &str = "device_id: pi-01\ngit:\n  endpoints:\n    - url: git://h/f.git\n";

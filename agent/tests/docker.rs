@@ -615,3 +615,225 @@ async fn ensure_images_uses_local_images_and_names_the_one_it_cannot_pull() {
         other => panic!("expected a Pull error, got {other:?}"),
     }
 }
+
+/// Runs `sh -c script` in a running container and returns its trimmed stdout.
+fn exec(id: &str, script: &str) -> String {
+    let out = Command::new("docker")
+        .args(["exec", id, "/bin/sh", "-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("docker exec: {e}"));
+    assert!(
+        out.status.success(),
+        "`{script}` in {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Constructs real compose files use (issue 17), each applied to the container the way the
+/// compose file says: checked in the engine's view of the container and, where the container
+/// can show it, from inside.
+const REAL_WORLD: &str = r#"
+services:
+  app:
+    image: fleet-test/app:v1
+    expose: ["3000", "8125/udp", "9200-9201"]
+    deploy:
+      resources:
+        limits: { cpus: '0.50', memory: 64M, pids: 100 }
+        reservations: { cpus: '0.25', memory: 32M }
+    ulimits:
+      core: -1
+      nofile: { soft: 1024, hard: 2048 }
+    env_file:
+      - ./app.env
+      - path: ./local.env
+        required: false
+    volumes:
+      - ./conf:/conf:ro,rprivate
+      - cache:/cache:nocopy
+      - type: bind
+        source: ./conf
+        target: /conf-strict
+        read_only: true
+        bind: { create_host_path: false, propagation: rprivate }
+      - type: tmpfs
+        target: /scratch
+        tmpfs: { size: 1m, mode: 1770 }
+  debug:
+    image: fleet-test/app:v1
+    profiles: [debug]
+volumes:
+  cache: {}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_world_compose_constructs_are_applied_to_the_container() {
+    let Some(e) = env("real_world_compose_constructs").await else {
+        return;
+    };
+    let rel = release(
+        "real",
+        REAL_WORLD,
+        &[("app.env", "FROM_FILE=yes\n"), ("conf/app.conf", "x=1\n")],
+    );
+    let report =
+        e.rt.apply("real", &rel.compose, rel.path(), "r1", &BTreeMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("apply: {e}"));
+
+    // profiles: the service with a profile is not started, as `docker compose up` does.
+    assert_eq!(
+        report.services.keys().collect::<Vec<_>>(),
+        ["app"],
+        "{report:?}"
+    );
+    assert_eq!(
+        e.guard.leftovers("container").len(),
+        1,
+        "no debug container"
+    );
+
+    let id = id_of(&report, "app");
+    assert!(is_running(&id));
+    let c = inspect(&id);
+    let host = &c["HostConfig"];
+
+    // expose: the container's exposed ports, none published.
+    let mut exposed: Vec<String> = c["Config"]["ExposedPorts"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    exposed.sort();
+    assert!(
+        ["3000/tcp", "8125/udp", "9200/tcp", "9201/tcp"]
+            .iter()
+            .all(|p| exposed.iter().any(|x| x == p)),
+        "{exposed:?}"
+    );
+    assert!(
+        host["PortBindings"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "expose publishes nothing: {}",
+        host["PortBindings"]
+    );
+
+    // deploy.resources: limits and the memory reservation, as mem_limit / cpus would be.
+    assert_eq!(host["Memory"].as_i64(), Some(64 * 1024 * 1024));
+    assert_eq!(host["NanoCpus"].as_i64(), Some(500_000_000));
+    assert_eq!(host["PidsLimit"].as_i64(), Some(100));
+    assert_eq!(host["MemoryReservation"].as_i64(), Some(32 * 1024 * 1024));
+
+    // ulimits: -1 is unlimited, in the engine and for the process. (`core`, not the `memlock`
+    // of Elasticsearch's examples: a container cannot get more than the engine's own hard
+    // limit, and an engine that itself runs in a container, as in CI, has memlock capped.)
+    let ulimits = host["Ulimits"].as_array().cloned().unwrap_or_default();
+    let core = ulimits
+        .iter()
+        .find(|u| u["Name"] == "core")
+        .unwrap_or_else(|| panic!("no core in {ulimits:?}"));
+    assert_eq!(
+        (core["Soft"].as_i64(), core["Hard"].as_i64()),
+        (Some(-1), Some(-1))
+    );
+    assert_eq!(exec(&id, "ulimit -c"), "unlimited");
+    assert_eq!(exec(&id, "ulimit -n"), "1024");
+
+    // env_file long form: the optional file that is missing is skipped.
+    let env: Vec<String> = serde_json::from_value(c["Config"]["Env"].clone()).unwrap_or_default();
+    assert!(env.iter().any(|v| v == "FROM_FILE=yes"), "{env:?}");
+
+    // Mount options: propagation in the bind, nocopy on the volume, the strict bind through
+    // the Mounts API, and the tmpfs mode on the mount point.
+    let binds: Vec<String> = serde_json::from_value(host["Binds"].clone()).unwrap_or_default();
+    assert!(
+        binds.iter().any(|b| b.ends_with(":/conf:ro,rprivate")),
+        "{binds:?}"
+    );
+    let mounts = host["Mounts"].as_array().cloned().unwrap_or_default();
+    let mount = |target: &str| {
+        mounts
+            .iter()
+            .find(|m| m["Target"] == target)
+            .cloned()
+            .unwrap_or_else(|| panic!("no mount on {target} in {mounts:?}"))
+    };
+    assert_eq!(
+        mount("/cache")["VolumeOptions"]["NoCopy"].as_bool(),
+        Some(true)
+    );
+    let strict = mount("/conf-strict");
+    assert_eq!(strict["Type"], "bind");
+    assert_eq!(strict["ReadOnly"].as_bool(), Some(true));
+    assert_eq!(strict["BindOptions"]["Propagation"], "rprivate");
+    assert_eq!(exec(&id, "cat /conf-strict/app.conf"), "x=1");
+    assert_eq!(
+        mount("/scratch")["TmpfsOptions"]["Mode"].as_i64(),
+        Some(0o1770)
+    );
+    let listing = exec(&id, "ls -ld /scratch");
+    assert!(listing.starts_with("drwxrwx--T "), "mode 1770: {listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_without_create_host_path_fails_on_a_missing_source() {
+    let Some(e) = env("a_bind_without_create_host_path").await else {
+        return;
+    };
+    let missing = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let absent = missing.path().join("absent");
+    let compose = format!(
+        "services:\n  app:\n    image: fleet-test/app:v1\n    volumes:\n      - type: bind\n        source: {}\n        target: /data\n        bind: {{ create_host_path: false }}\n",
+        absent.display()
+    );
+    let rel = release("strict", &compose, &[]);
+    let result =
+        e.rt.apply("strict", &rel.compose, rel.path(), "r1", &BTreeMap::new())
+            .await;
+    assert!(result.is_err(), "a missing source must fail: {result:?}");
+    assert!(!absent.exists(), "the agent must not create it");
+
+    // The default (Docker's `-v`) creates the directory, as before.
+    let compose = compose.replace("        bind: { create_host_path: false }\n", "");
+    let rel = release("strict", &compose, &[]);
+    e.rt.apply("strict", &rel.compose, rel.path(), "r2", &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("apply: {e}"));
+    assert!(absent.is_dir(), "created by Docker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_restart_replaces_the_dependent_with_its_dependency() {
+    let Some(e) = env("depends_on_restart").await else {
+        return;
+    };
+    let compose = |db_tag: &str, restart: bool| {
+        format!("services:\n  db:\n    image: fleet-test/app:{db_tag}\n  web:\n    image: fleet-test/app:v1\n    depends_on:\n      db: {{ condition: service_started, restart: {restart} }}\n  other:\n    image: fleet-test/app:v1\n    depends_on: [db]\n")
+    };
+    let r1 = release("dep", &compose("v1", true), &[]);
+    let first =
+        e.rt.apply("dep", &r1.compose, r1.path(), "r1", &BTreeMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("apply r1: {e}"));
+    let r2 = release("dep", &compose("v2", true), &[]);
+    let second =
+        e.rt.apply("dep", &r2.compose, r2.path(), "r2", &BTreeMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("apply r2: {e}"));
+    assert!(matches!(
+        second.services["db"],
+        ServiceChange::Replaced { .. }
+    ));
+    assert!(
+        matches!(second.services["web"], ServiceChange::Replaced { .. }),
+        "restart: true follows db: {second:?}"
+    );
+    assert_eq!(
+        second.services["other"],
+        ServiceChange::Kept {
+            container_id: id_of(&first, "other")
+        },
+        "without restart: true it stays"
+    );
+}

@@ -6,6 +6,7 @@
 //! `/etc/fleet/secrets/<stack>.env` on the device and substitutes `${NAME}` references from it.
 
 use crate::diag::Pos;
+use crate::interpolate::{self, Piece};
 
 /// Where the agent looks for a stack's secrets on the device.
 pub const DEVICE_SECRETS_DIR: &str = "/etc/fleet/secrets";
@@ -34,21 +35,109 @@ pub fn is_secret_name(name: &str) -> bool {
         .any(|end| upper == *end || upper.ends_with(&format!("_{end}")))
 }
 
-/// True when a value is a reference resolved on the device rather than the secret itself.
-fn is_reference(value: &str) -> bool {
-    let v = value.trim();
-    v.is_empty() || (v.starts_with("${") && v.ends_with('}') && !v[2..].contains("${"))
+/// What is wrong with a value that must come from the device, judged by the rule the agent
+/// substitutes with ([`crate::interpolate`]).
+enum NotAReference {
+    /// Text of its own, e.g. `hunter2` or `x${A}`.
+    Literal,
+    /// A reference with a committed default, e.g. `${DB_PASSWORD:-changeme}`.
+    Default(String),
 }
 
-/// A message when `name=value` in a stack's `environment` commits a secret, else `None`.
-pub fn check_env(service: &str, stack: &str, name: &str, value: &str) -> Option<String> {
-    if is_secret_name(name) && !is_reference(value) {
-        return Some(format!(
-            "service `{service}` sets `{name}` to a literal value; secrets must not be committed to Git. \
-             Write `{name}: ${{{name}}}` instead and put `{name}=...` in {DEVICE_SECRETS_DIR}/{stack}.env on the device"
-        ));
+/// `None` when `value` takes all of its content from the device (references without defaults,
+/// or nothing at all). A malformed value is not judged here: the validator reports its syntax.
+fn not_a_reference(value: &str) -> Option<NotAReference> {
+    let pieces = interpolate::parse(value.trim()).ok()?;
+    for p in &pieces {
+        match p {
+            Piece::Text(t) if !t.trim().is_empty() => return Some(NotAReference::Literal),
+            p => {
+                if let Some(d) = p.default_value().filter(|d| !d.is_empty()) {
+                    return Some(NotAReference::Default(d.to_owned()));
+                }
+            }
+        }
     }
     None
+}
+
+/// A command-line option in `text` that carries a literal secret, e.g. `-Dkeystore.password=x`,
+/// `--password=x` or `--db-password x`: (the option as written, the variable name to use).
+/// Option names are judged like variable names, with `.` and `-` read as `_`.
+fn literal_secret_option(text: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let unquote = |w: &str| w.trim_matches(|c| c == '"' || c == '\'').to_owned();
+    for (i, word) in words.iter().enumerate() {
+        let word = unquote(word);
+        let (dashes, rest) = if let Some(r) = word.strip_prefix("--") {
+            ("--", r)
+        } else if let Some(r) = word.strip_prefix("-D") {
+            ("-D", r)
+        } else if let Some(r) = word.strip_prefix('-') {
+            ("-", r)
+        } else {
+            continue;
+        };
+        let (key, value) = match rest.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_owned())),
+            None => (rest, None),
+        };
+        let var = key.replace(['.', '-'], "_").to_ascii_uppercase();
+        if !is_secret_name(&var) || var.starts_with("NO_") {
+            continue;
+        }
+        let value = match value {
+            Some(v) => v,
+            None => match words.get(i + 1).map(|w| unquote(w)) {
+                Some(next) if !next.starts_with('-') => next,
+                _ => continue,
+            },
+        };
+        if not_a_reference(&value).is_some() {
+            return Some((format!("{dashes}{key}"), var));
+        }
+    }
+    None
+}
+
+/// A message when `name=value` in a stack's `environment` commits a secret, else `None`: a
+/// secret-looking variable set to anything but a reference without a default, or a literal
+/// password in an option string (`JAVA_OPTS: -Dkeystore.password=...`).
+pub fn check_env(service: &str, stack: &str, name: &str, value: &str) -> Option<String> {
+    if is_secret_name(name) {
+        match not_a_reference(value) {
+            Some(NotAReference::Literal) => {
+                return Some(format!(
+                    "service `{service}` sets `{name}` to a literal value; secrets must not be committed to Git. \
+                     Write `{name}: ${{{name}}}` instead and put `{name}=...` in {DEVICE_SECRETS_DIR}/{stack}.env on the device"
+                ))
+            }
+            Some(NotAReference::Default(d)) => {
+                return Some(format!(
+                    "service `{service}` gives `{name}` the default `{d}`, which commits a secret to Git. \
+                     Write `{name}: ${{{name}}}` (or `${{{name}:?message}}`) and put `{name}=...` in {DEVICE_SECRETS_DIR}/{stack}.env on the device"
+                ))
+            }
+            None => {}
+        }
+    }
+    let (option, var) = literal_secret_option(value)?;
+    Some(format!(
+        "service `{service}` passes a literal secret in `{name}` (`{option}`); secrets must not be committed to Git. \
+         Write `{option}=${{{var}}}` instead and put `{var}=...` in {DEVICE_SECRETS_DIR}/{stack}.env on the device"
+    ))
+}
+
+/// A message when a service's `command` or `entrypoint` (`key`) passes a literal secret as an
+/// option (`--password=...`), else `None`. The agent does not substitute in commands, so the
+/// fix is the environment.
+pub fn check_command(service: &str, stack: &str, key: &str, words: &[String]) -> Option<String> {
+    let (option, var) = literal_secret_option(&words.join(" "))?;
+    Some(format!(
+        "`{key}` of service `{service}` passes a literal secret (`{option}`); secrets must not be committed to Git. \
+         Give the service `{var}: ${{{var}}}` in `environment`, put `{var}=...` in {DEVICE_SECRETS_DIR}/{stack}.env \
+         on the device, and have the program read it from its environment"
+    ))
 }
 
 /// A recognised secret in some text.
@@ -205,6 +294,59 @@ mod tests {
         let msg = check_env("app", "web", "DB_PASSWORD", "hunter2").expect("flagged");
         assert!(msg.contains("/etc/fleet/secrets/web.env"), "{msg}");
         assert!(check_env("app", "app", "DB_PASSWORD", "x${A}").is_some());
+    }
+
+    #[test]
+    fn env_follows_the_agents_substitution_rule() {
+        // What the agent fills in from the device is a reference, in every spelling.
+        for v in [
+            "$DB_PASSWORD",
+            "${DB_PASSWORD:?set it}",
+            "${DB_PASSWORD:-}",
+            "${A}${B}",
+        ] {
+            assert!(check_env("app", "app", "DB_PASSWORD", v).is_none(), "{v}");
+        }
+        // `$$` is a literal dollar sign, and a default is committed text.
+        assert!(check_env("app", "app", "DB_PASSWORD", "$$DB_PASSWORD").is_some());
+        let msg =
+            check_env("app", "app", "DB_PASSWORD", "${DB_PASSWORD:-changeme}").unwrap_or_default();
+        assert!(msg.contains("default `changeme`"), "{msg}");
+        assert!(check_env("app", "app", "API_TOKEN", "${API_TOKEN-x}").is_some());
+    }
+
+    #[test]
+    fn passwords_inside_option_strings_are_found() {
+        let flagged = [
+            "-Xmx1g -Dkeystore.password=hunter2",
+            "--password=hunter2",
+            "--db-password hunter2 --verbose",
+            "'--password=hunter2'",
+        ];
+        for v in flagged {
+            assert!(check_env("app", "app", "JAVA_OPTS", v).is_some(), "{v}");
+        }
+        let fine = [
+            "-Xmx1g -Dkeystore.password=${KEYSTORE_PASSWORD}",
+            "--password=$PW",
+            "--password-file /run/secrets/pw",
+            "--no-password serve",
+            "--password --verbose",
+            "--token-ttl=5m",
+        ];
+        for v in fine {
+            assert!(check_env("app", "app", "JAVA_OPTS", v).is_none(), "{v}");
+        }
+        let msg = check_env("app", "web", "JAVA_OPTS", "-Dkeystore.password=x").unwrap_or_default();
+        assert!(
+            msg.contains("`-Dkeystore.password=${KEYSTORE_PASSWORD}`"),
+            "{msg}"
+        );
+        let words = ["redis-server".to_owned(), "--requirepass".to_owned()];
+        assert!(check_command("db", "s", "command", &words).is_none());
+        let words = ["app".to_owned(), "--api-key=abc".to_owned()];
+        let msg = check_command("db", "s", "command", &words).unwrap_or_default();
+        assert!(msg.contains("`API_KEY: ${API_KEY}`"), "{msg}");
     }
 
     #[test]

@@ -271,7 +271,7 @@ fn every_supported_key_is_decoded() {
     assert_eq!(app.ports[1].protocol, "udp");
     assert_eq!(app.ports[2].target.end, 7002);
     assert!(matches!(&app.volumes[1], Mount::Tmpfs { size: Some(s), .. } if *s == 16 << 20));
-    assert!(matches!(&app.volumes[2], Mount::Anonymous { target } if target == "/data"));
+    assert!(matches!(&app.volumes[2], Mount::Anonymous { target, .. } if target == "/data"));
     assert_eq!(app.depends_on["db"], DependsCondition::Healthy);
     assert_eq!(
         app.stop_grace_period,
@@ -312,4 +312,145 @@ fn unpinned_images_warn_but_validate() {
     assert!(errors(&v)
         .iter()
         .any(|e| e.contains("warning: image `busybox` of service `a` is not pinned")));
+}
+
+/// The constructs of issue 17 as the agent receives them.
+const REAL_WORLD: &str = r#"
+services:
+  search:
+    image: opensearchproject/opensearch:2.11.0
+    expose: ["9200", 9600, "8125/udp", "9300-9301"]
+    mem_limit: 1g
+    deploy:
+      resources:
+        limits: { cpus: '2', memory: 1G, pids: 512 }
+        reservations: { memory: 512M }
+    ulimits:
+      memlock: { soft: -1, hard: -1 }
+      nofile: 65536
+      stack: -1
+    env_file:
+      - ./search.env
+      - path: ./local.env
+        required: false
+    depends_on:
+      dashboards: { condition: service_started, required: false }
+      init: { condition: service_completed_successfully, restart: true }
+    volumes:
+      - ./conf:/usr/share/opensearch/config:ro,Z,rslave
+      - data:/usr/share/opensearch/data:nocopy
+      - type: bind
+        source: /srv/snapshots
+        target: /snapshots
+        bind: { create_host_path: false, propagation: rshared }
+      - type: volume
+        target: /cache
+        read_only: true
+        volume: { nocopy: true }
+      - type: tmpfs
+        target: /tmp
+        tmpfs: { size: 16m, mode: "1777" }
+  init:
+    image: busybox:1.36
+  dashboards:
+    image: opensearchproject/opensearch-dashboards:2.11.0
+    profiles: [ui]
+networks:
+  default:
+    attachable: true
+    ipam: { driver: default }
+volumes:
+  data:
+"#;
+
+#[test]
+fn real_world_constructs_are_decoded_for_the_agent() {
+    let v = validate(
+        REAL_WORLD,
+        &[
+            ("stacks/s/search.env", "A=1\n"),
+            ("stacks/s/conf/opensearch.yml", "x: 1\n"),
+        ],
+    );
+    let repo = v
+        .repo
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:#?}", errors(&v)));
+    let stack = &repo.stacks["s"];
+    // profiles: validated, not started.
+    assert_eq!(
+        stack.services.keys().collect::<Vec<_>>(),
+        ["init", "search"]
+    );
+    assert_eq!(stack.not_started["dashboards"], ["ui"]);
+    let s = &stack.services["search"];
+    let exposed: Vec<(u16, u16, &str)> = s
+        .expose
+        .iter()
+        .map(|e| (e.ports.start, e.ports.end, e.protocol.as_str()))
+        .collect();
+    assert_eq!(
+        exposed,
+        [
+            (9200, 9200, "tcp"),
+            (9600, 9600, "tcp"),
+            (8125, 8125, "udp"),
+            (9300, 9301, "tcp")
+        ]
+    );
+    // deploy.resources merged with the service's own (equal) keys.
+    assert_eq!(s.mem_limit, Some(1 << 30));
+    assert_eq!(s.cpus, Some(2.0));
+    assert_eq!(s.pids_limit, Some(512));
+    assert_eq!(s.mem_reservation, Some(512 << 20));
+    assert_eq!(
+        (s.ulimits["memlock"].soft, s.ulimits["memlock"].hard),
+        (-1, -1)
+    );
+    assert_eq!(s.ulimits["nofile"].soft, 65536);
+    assert_eq!(s.ulimits["stack"].hard, -1);
+    let env_files: Vec<(&str, bool)> = s
+        .env_file
+        .iter()
+        .map(|e| (e.path.as_str(), e.required))
+        .collect();
+    assert_eq!(env_files, [("./search.env", true), ("./local.env", false)]);
+    // The optional dependency is not started, so not waited for; `restart: true` is kept.
+    assert_eq!(s.depends_on.keys().collect::<Vec<_>>(), ["init"]);
+    assert_eq!(s.restart_with, ["init"]);
+    assert_eq!(
+        s.volumes[0],
+        Mount::Bind {
+            source: "./conf".into(),
+            target: "/usr/share/opensearch/config".into(),
+            read_only: true,
+            create_host_path: true,
+            propagation: Some("rslave".into()),
+            selinux: Some("Z".into()),
+            consistency: None,
+        }
+    );
+    assert!(matches!(&s.volumes[1], Mount::Volume { nocopy: true, .. }));
+    assert!(matches!(
+        &s.volumes[2],
+        Mount::Bind { create_host_path: false, propagation: Some(p), .. } if p == "rshared"
+    ));
+    assert!(matches!(
+        &s.volumes[3],
+        Mount::Anonymous {
+            read_only: true,
+            nocopy: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &s.volumes[4],
+        Mount::Tmpfs { mode: Some(0o1777), size: Some(z), .. } if *z == 16 << 20
+    ));
+    let net = &stack.networks["default"];
+    assert!(net.attachable);
+    assert_eq!(net.ipam_driver.as_deref(), Some("default"));
+    let warnings = errors(&v);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("service `dashboards` has profiles (ui) and is not started"));
 }

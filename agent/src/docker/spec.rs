@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HealthConfig,
-    HostConfig, HostConfigLogConfig, Ipam, IpamConfig, Mount as EngineMount, MountTmpfsOptions,
-    MountType, MountVolumeOptions, NetworkCreateRequest, NetworkingConfig, PortBinding,
-    ResourcesUlimits, RestartPolicy as EngineRestart, RestartPolicyNameEnum, VolumeCreateRequest,
+    HostConfig, HostConfigLogConfig, Ipam, IpamConfig, Mount as EngineMount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType, MountVolumeOptions,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits,
+    RestartPolicy as EngineRestart, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use fleet_config::compose::{
     ComposeFile, DependsCondition, Mount, NetworkDef, RestartPolicy, Service, VolumeDef,
@@ -103,6 +104,9 @@ struct HashInput<'a> {
     networks: BTreeMap<&'a str, (String, Option<&'a NetworkDef>)>,
     volumes: BTreeMap<&'a str, (String, Option<&'a VolumeDef>)>,
     shares_network_of: Option<&'a str>,
+    /// Hashes of the `depends_on` entries with `restart: true`: replacing one replaces this.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    restarts_with: BTreeMap<&'a str, &'a str>,
 }
 
 fn sha256_json<T: Serialize>(value: &T) -> String {
@@ -244,7 +248,8 @@ fn network_spec(
     let def = def.unwrap_or(&default);
     labels.extend(def.labels.clone());
     labels.insert(LABEL_CONFIG_HASH.to_owned(), config_hash.clone());
-    let ipam = (!def.ipam.is_empty()).then(|| Ipam {
+    let ipam = (!def.ipam.is_empty() || def.ipam_driver.is_some()).then(|| Ipam {
+        driver: def.ipam_driver.clone(),
         config: Some(
             def.ipam
                 .iter()
@@ -264,6 +269,7 @@ fn network_spec(
             name: docker_name.to_owned(),
             driver: Some(def.driver.clone().unwrap_or_else(|| "bridge".to_owned())),
             internal: def.internal.then_some(true),
+            attachable: def.attachable.then_some(true),
             enable_ipv6: def.enable_ipv6.then_some(true),
             options: (!def.driver_opts.is_empty())
                 .then(|| def.driver_opts.clone().into_iter().collect()),
@@ -286,14 +292,21 @@ fn environment(
 ) -> Result<BTreeMap<String, String>, DockerError> {
     let mut env = BTreeMap::new();
     for file in &svc.env_file {
-        let path = resolve(stack_dir, file);
-        let text = std::fs::read_to_string(&path).map_err(|source| DockerError::ReleaseFile {
-            stack: stack.to_owned(),
-            service: name.to_owned(),
-            what: "env_file",
-            path: path.clone(),
-            source,
-        })?;
+        let path = resolve(stack_dir, &file.path);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // `required: false`: a file that is not there is skipped, as Compose does.
+            Err(e) if !file.required && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(DockerError::ReleaseFile {
+                    stack: stack.to_owned(),
+                    service: name.to_owned(),
+                    what: "env_file",
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
         let entries = env::parse_env_file(&text, secrets, missing).map_err(|reason| {
             DockerError::InvalidService {
                 stack: stack.to_owned(),
@@ -304,23 +317,24 @@ fn environment(
         env.extend(entries);
     }
     for (key, value) in &svc.environment {
-        let resolved = match value {
-            Some(v) => env::interpolate(v, secrets, missing).map_err(|reason| {
-                DockerError::Interpolation {
-                    stack: stack.to_owned(),
-                    service: name.to_owned(),
-                    variable: key.clone(),
-                    reason,
-                }
-            })?,
-            None => match secrets.get(key) {
-                Some(v) => v.clone(),
-                None => {
-                    missing.push(key.clone());
-                    continue;
-                }
-            },
-        };
+        let resolved =
+            match value {
+                Some(v) => fleet_config::interpolate::interpolate(v, secrets, missing).map_err(
+                    |reason| DockerError::Interpolation {
+                        stack: stack.to_owned(),
+                        service: name.to_owned(),
+                        variable: key.clone(),
+                        reason,
+                    },
+                )?,
+                None => match secrets.get(key) {
+                    Some(v) => v.clone(),
+                    None => {
+                        missing.push(key.clone());
+                        continue;
+                    }
+                },
+            };
         env.insert(key.clone(), resolved);
     }
     Ok(env)
@@ -380,6 +394,18 @@ impl ServiceInput<'_> {
     }
 }
 
+/// A propagation the validator accepted, as the Engine API names it.
+fn propagation_of(p: &str) -> MountBindOptionsPropagationEnum {
+    match p {
+        "private" => MountBindOptionsPropagationEnum::PRIVATE,
+        "shared" => MountBindOptionsPropagationEnum::SHARED,
+        "rshared" => MountBindOptionsPropagationEnum::RSHARED,
+        "slave" => MountBindOptionsPropagationEnum::SLAVE,
+        "rslave" => MountBindOptionsPropagationEnum::RSLAVE,
+        _ => MountBindOptionsPropagationEnum::RPRIVATE,
+    }
+}
+
 /// Seconds for the Engine API, rounded up so a grace period is never shortened.
 pub(crate) fn whole_seconds(d: Duration) -> i64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -417,6 +443,10 @@ fn service_spec(
                 source,
                 target,
                 read_only,
+                create_host_path,
+                propagation,
+                selinux,
+                consistency,
             } => {
                 let path = resolve(stack_dir, source);
                 if !source.starts_with('/') {
@@ -429,13 +459,44 @@ fn service_spec(
                     })?;
                     bind_contents.insert(source.as_str(), digest);
                 }
-                let ro = if *read_only { ":ro" } else { "" };
-                binds.push(format!("{}:{target}{ro}", path.display()));
+                if *create_host_path {
+                    // The `Binds` form, which creates a missing host directory (`docker run -v`).
+                    let opts: Vec<&str> = [
+                        read_only.then_some("ro"),
+                        selinux.as_deref(),
+                        propagation.as_deref(),
+                        consistency.as_deref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let opts = if opts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":{}", opts.join(","))
+                    };
+                    binds.push(format!("{}:{target}{opts}", path.display()));
+                } else {
+                    // The `Mounts` form, which fails when the host path does not exist.
+                    mounts.push(EngineMount {
+                        target: Some(target.clone()),
+                        source: Some(path.display().to_string()),
+                        typ: Some(MountType::BIND),
+                        read_only: read_only.then_some(true),
+                        consistency: consistency.clone(),
+                        bind_options: propagation.as_deref().map(|p| MountBindOptions {
+                            propagation: Some(propagation_of(p)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
             }
             Mount::Volume {
                 source,
                 target,
                 read_only,
+                nocopy,
             } => {
                 let def = compose.volumes.get(source);
                 let docker_name = ns.volume_name(stack, source, def);
@@ -445,27 +506,38 @@ fn service_spec(
                     source: Some(docker_name),
                     typ: Some(MountType::VOLUME),
                     read_only: read_only.then_some(true),
-                    ..Default::default()
-                });
-            }
-            Mount::Anonymous { target } => {
-                let mut labels = ns.stack_labels(stack);
-                labels.insert(LABEL_SERVICE.to_owned(), name.to_owned());
-                mounts.push(EngineMount {
-                    target: Some(target.clone()),
-                    typ: Some(MountType::VOLUME),
-                    volume_options: Some(MountVolumeOptions {
-                        labels: Some(labels),
+                    volume_options: nocopy.then(|| MountVolumeOptions {
+                        no_copy: Some(true),
                         ..Default::default()
                     }),
                     ..Default::default()
                 });
             }
-            Mount::Tmpfs { target, size } => mounts.push(EngineMount {
+            Mount::Anonymous {
+                target,
+                read_only,
+                nocopy,
+            } => {
+                let mut labels = ns.stack_labels(stack);
+                labels.insert(LABEL_SERVICE.to_owned(), name.to_owned());
+                mounts.push(EngineMount {
+                    target: Some(target.clone()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: read_only.then_some(true),
+                    volume_options: Some(MountVolumeOptions {
+                        labels: Some(labels),
+                        no_copy: nocopy.then_some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            Mount::Tmpfs { target, size, mode } => mounts.push(EngineMount {
                 target: Some(target.clone()),
                 typ: Some(MountType::TMPFS),
-                tmpfs_options: size.map(|s| MountTmpfsOptions {
-                    size_bytes: Some(i64::try_from(s).unwrap_or(i64::MAX)),
+                tmpfs_options: (size.is_some() || mode.is_some()).then(|| MountTmpfsOptions {
+                    size_bytes: size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+                    mode: mode.map(i64::from),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -559,6 +631,11 @@ fn service_spec(
             .map(|(k, (n, d))| (*k, (n.clone(), *d)))
             .collect(),
         shares_network_of: target_hash,
+        restarts_with: svc
+            .restart_with
+            .iter()
+            .filter_map(|d| earlier.get(d).map(|s| (d.as_str(), s.config_hash.as_str())))
+            .collect(),
     });
 
     // Ports.
@@ -579,6 +656,15 @@ fn service_spec(
                 .or_insert_with(|| Some(Vec::new()))
                 .get_or_insert_with(Vec::new)
                 .push(binding);
+        }
+    }
+
+    for e in &svc.expose {
+        for port in e.ports.start..=e.ports.end {
+            let key = format!("{port}/{}", e.protocol);
+            if !exposed.contains(&key) {
+                exposed.push(key);
+            }
         }
     }
 
@@ -670,7 +756,11 @@ fn service_spec(
                 .collect()
         }),
         memory: svc.mem_limit.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+        memory_reservation: svc
+            .mem_reservation
+            .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         nano_cpus: svc.cpus.map(|c| (c * 1e9).round() as i64),
+        pids_limit: svc.pids_limit,
         pid_mode: svc.pid.clone(),
         ..Default::default()
     };
@@ -713,7 +803,7 @@ fn service_spec(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use fleet_config::compose::ImageRef;
+    use fleet_config::compose::{EnvFile, ImageRef};
 
     /// A service with nothing set but its image.
     pub(crate) fn service(image: ImageRef) -> Service {
@@ -724,12 +814,14 @@ pub(crate) mod tests {
             environment: BTreeMap::new(),
             env_file: Vec::new(),
             ports: Vec::new(),
+            expose: Vec::new(),
             volumes: Vec::new(),
             tmpfs: Vec::new(),
             restart: RestartPolicy::No,
             healthcheck: None,
             labels: BTreeMap::new(),
             depends_on: BTreeMap::new(),
+            restart_with: Vec::new(),
             networks: BTreeMap::new(),
             network_mode: None,
             hostname: None,
@@ -750,6 +842,8 @@ pub(crate) mod tests {
             ulimits: BTreeMap::new(),
             mem_limit: None,
             cpus: None,
+            pids_limit: None,
+            mem_reservation: None,
             pid: None,
             http_probe: None,
         }
@@ -776,11 +870,18 @@ pub(crate) mod tests {
             .insert("PASSWORD".into(), Some("${DB_PASSWORD}".into()));
         web.environment
             .insert("OVERRIDDEN".into(), Some("env".into()));
-        web.env_file.push("./app.env".into());
+        web.env_file.push(EnvFile {
+            path: "./app.env".into(),
+            required: true,
+        });
         web.volumes.push(Mount::Bind {
             source: "./conf".into(),
             target: "/etc/app".into(),
             read_only: true,
+            create_host_path: true,
+            propagation: None,
+            selinux: None,
+            consistency: None,
         });
         let mut compose = ComposeFile::default();
         compose.services.insert("web".into(), web);
@@ -801,6 +902,23 @@ pub(crate) mod tests {
             .get(svc)
             .map(|s| s.config_hash.clone())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn services_without_the_new_compose_keys_keep_their_hash() {
+        // Computed by the agent before expose, deploy.resources, mount options and the long
+        // env_file form existed: upgrading the agent must not replace containers that use
+        // none of them.
+        let f = fixture();
+        let a = build_spec(&f, "r1", "pw").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            hash(&a, "web"),
+            "a99f0bbc3b54b9ac07daa0d7da3ae307b6609c9979760dfa4349b16d9f83309b"
+        );
+        assert_eq!(
+            hash(&a, "db"),
+            "ace24b4d0a6b4f32aee0da83058a6f066f86d265e052c77794e0cdc6dd0bc256"
+        );
     }
 
     #[test]

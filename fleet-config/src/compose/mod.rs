@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::decode::{Ctx, Fields, KeyRules};
 use crate::diag::Pos;
+use crate::interpolate::{self, Piece};
 use crate::names::check_name;
 use crate::repo::RepoTree;
 use crate::secrets;
@@ -65,11 +66,15 @@ pub const SERVICE_KEYS: &[&str] = &[
     "mem_limit",
     "cpus",
     "pid",
+    "expose",
+    "profiles",
+    "deploy",
+    "pids_limit",
+    "mem_reservation",
 ];
 
 const SERVICE_SPECIAL: &[(&str, &str)] = &[
     ("build", "devices run images, they do not build them; build and push the image in CI and name it in `image:`"),
-    ("deploy", "Swarm's `deploy` is not supported; use `restart`, `mem_limit` and `cpus`"),
     ("secrets", "Compose secrets are not supported; put secrets in /etc/fleet/secrets/<stack>.env on the device and reference them as ${NAME} in `environment`"),
     ("configs", "not supported; commit the file in the stack directory and bind-mount it, e.g. `./app.conf:/etc/app.conf:ro`"),
     ("links", "legacy links are not supported; services on the same network reach each other by name"),
@@ -89,15 +94,77 @@ const LOGGING_KEYS: &[&str] = &["driver", "options"];
 const SVC_NET_KEYS: &[&str] = &["aliases", "ipv4_address"];
 const DEPENDS_KEYS: &[&str] = &["condition", "restart", "required"];
 const ULIMIT_KEYS: &[&str] = &["soft", "hard"];
-const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "mode", "name"];
+const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "mode"];
+const PORT_SPECIAL: &[(&str, &str)] = &[
+    (
+        "name",
+        "documentation only, it changes nothing on the container; write it as a YAML comment",
+    ),
+    (
+        "app_protocol",
+        "documentation only, it changes nothing on the container; write it as a YAML comment",
+    ),
+];
 const MOUNT_KEYS: &[&str] = &[
     "type",
     "source",
     "target",
     "read_only",
+    "consistency",
     "bind",
     "volume",
     "tmpfs",
+];
+const BIND_OPTION_KEYS: &[&str] = &["create_host_path", "propagation", "selinux"];
+const VOLUME_OPTION_KEYS: &[&str] = &["nocopy"];
+const TMPFS_OPTION_KEYS: &[&str] = &["size", "mode"];
+const PROPAGATIONS: &[&str] = &[
+    "rprivate", "private", "rshared", "shared", "rslave", "slave",
+];
+const CONSISTENCIES: &[&str] = &["consistent", "cached", "delegated"];
+const ENV_FILE_KEYS: &[&str] = &["path", "required"];
+const ENV_FILE_SPECIAL: &[(&str, &str)] = &[(
+    "format",
+    "not supported; an env file is `NAME=value` lines, values taken as written",
+)];
+const DEPLOY_KEYS: &[&str] = &["resources"];
+const DEPLOY_SPECIAL: &[(&str, &str)] = &[
+    (
+        "mode",
+        "Swarm only; a device runs one container per service, delete it",
+    ),
+    (
+        "replicas",
+        "Swarm only; a device runs one container per service (define a second service to run two)",
+    ),
+    (
+        "placement",
+        "Swarm only; choose the devices a stack runs on with its `select` in devices.yaml",
+    ),
+    (
+        "update_config",
+        "Swarm only; the controller's rollout waves decide how an update spreads",
+    ),
+    (
+        "rollback_config",
+        "Swarm only; the agent rolls a failed release back by itself",
+    ),
+    ("restart_policy", "Swarm only; use the service's `restart`"),
+    (
+        "labels",
+        "Swarm only (labels on the Swarm service); use the service's `labels` for container labels",
+    ),
+    (
+        "endpoint_mode",
+        "Swarm only; services reach each other by name on their networks",
+    ),
+];
+const RESOURCE_KEYS: &[&str] = &["limits", "reservations"];
+const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids"];
+const RESERVATION_KEYS: &[&str] = &["cpus", "memory"];
+const RESERVATION_SPECIAL: &[(&str, &str)] = &[
+    ("devices", "device reservations (GPUs) are not supported; give device nodes in the service's `devices`"),
+    ("generic_resources", "Swarm only; delete it"),
 ];
 const VOLUME_DEF_KEYS: &[&str] = &["driver", "driver_opts", "external", "labels", "name"];
 const NETWORK_DEF_KEYS: &[&str] = &[
@@ -112,6 +179,12 @@ const NETWORK_DEF_KEYS: &[&str] = &[
     "attachable",
 ];
 const IPAM_KEYS: &[&str] = &["driver", "config"];
+/// `profiles` names, as Compose allows them.
+fn is_profile_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
 const IPAM_POOL_KEYS: &[&str] = &["subnet", "gateway", "ip_range"];
 const FLEET_EXT_KEYS: &[&str] = &["health"];
 const FLEET_HEALTH_KEYS: &[&str] = &["http"];
@@ -173,6 +246,16 @@ pub fn decode(ctx: &mut Ctx<'_>, root: &Node, sc: &StackContext<'_>) -> Option<C
         return None;
     }
     let names: Vec<&str> = entries.iter().filter_map(|(k, _)| k.scalar()).collect();
+    // Services with a non-empty `profiles` list are not started; others may not need them.
+    let profiled: Vec<&str> = entries
+        .iter()
+        .filter(|(_, v)| match find_key(v, "profiles").map(|p| &p.value) {
+            Some(Value::Seq(items)) => !items.is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        })
+        .filter_map(|(k, _)| k.scalar())
+        .collect();
     let declared_volumes: Vec<String> = volumes
         .as_ref()
         .map(|v| v.keys().cloned().collect())
@@ -183,11 +266,13 @@ pub fn decode(ctx: &mut Ctx<'_>, root: &Node, sc: &StackContext<'_>) -> Option<C
         .unwrap_or_default();
     let refs = Refs {
         services: &names,
+        profiled: &profiled,
         volumes: &declared_volumes,
         networks: &declared_networks,
         sc,
     };
     let mut services = BTreeMap::new();
+    let mut not_started = BTreeMap::new();
     let mut ok = true;
     for (k, v) in entries {
         let Some(name) = k.scalar() else {
@@ -201,11 +286,21 @@ pub fn decode(ctx: &mut Ctx<'_>, root: &Node, sc: &StackContext<'_>) -> Option<C
             continue;
         }
         match decode_service(ctx, name, v, &refs) {
-            Some(s) => {
+            Some((_, profiles)) if !profiles.is_empty() => {
+                not_started.insert(name.to_owned(), profiles);
+            }
+            Some((s, _)) => {
                 services.insert(name.to_owned(), s);
             }
             None => ok = false,
         }
+    }
+    if ok && services.is_empty() {
+        ctx.error(
+            services_node.pos,
+            "every service has `profiles`, so none would start; a stack needs at least one service without profiles",
+        );
+        ok = false;
     }
     if ok {
         check_depends_cycles(ctx, &services, services_node.pos);
@@ -214,15 +309,63 @@ pub fn decode(ctx: &mut Ctx<'_>, root: &Node, sc: &StackContext<'_>) -> Option<C
         services,
         volumes: volumes?,
         networks: networks?,
+        not_started,
     };
     ok.then_some(file)
 }
 
 struct Refs<'a> {
     services: &'a [&'a str],
+    /// Services with profiles: not started.
+    profiled: &'a [&'a str],
     volumes: &'a [String],
     networks: &'a [String],
     sc: &'a StackContext<'a>,
+}
+
+/// The value of `key` in `node` if `node` is a mapping that has it.
+fn find_key<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    match &node.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.scalar() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// When `text` (a field the agent takes as written) uses a `${VAR}` reference, the message
+/// that says so and, where the reference has a default or is `${PWD}`, what to write instead.
+fn variable_problem(text: &str, what: &str) -> Option<String> {
+    let var = interpolate::first_reference(text)?;
+    let mut suggestion = Some(String::new());
+    if let Ok(pieces) = interpolate::parse(text) {
+        for p in pieces {
+            let Some(out) = suggestion.as_mut() else {
+                break;
+            };
+            match &p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Ref { name, .. } if name == "PWD" => out.push('.'),
+                p => match p.default_value() {
+                    Some(d) if !d.is_empty() => out.push_str(d),
+                    _ => suggestion = None,
+                },
+            }
+        }
+    }
+    let hint = match suggestion {
+        Some(s) => format!("; write `{s}` instead"),
+        None => "; write the value itself (a device path is the same on every device that runs the stack)".to_owned(),
+    };
+    let pwd = if var == "PWD" {
+        " (relative paths such as `./conf` already start at the stack directory)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{what} uses the variable `{var}`, but the agent substitutes variables only in `environment` values, from the device's secrets{pwd}{hint}"
+    ))
 }
 
 fn named_defs<T: Default>(
@@ -315,7 +458,13 @@ fn string_map(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<BTreeMap<String
     )
 }
 
-fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -> Option<Service> {
+/// Decodes one service and its `profiles` (empty: started).
+fn decode_service(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    node: &Node,
+    refs: &Refs<'_>,
+) -> Option<(Service, Vec<String>)> {
     let what = format!("service `{name}`");
     let rules = KeyRules {
         allowed: SERVICE_KEYS,
@@ -329,11 +478,17 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
         .all(|(k, _, _)| SERVICE_KEYS.contains(&k) || k.starts_with("x-"));
 
     let image = match f.get("image") {
+        // `build` and `extends` were refused with their own message, which says what to do.
+        None if find_key(node, "build").is_some() || find_key(node, "extends").is_some() => None,
         None => {
             ctx.error(f.pos, format!("{what} has no `image`; every service runs a prebuilt image"));
             None
         }
         Some(n) => ctx.nonempty_string(n, &format!("`image` of {what}")).and_then(|s| {
+            if let Some(msg) = variable_problem(&s, &format!("image `{s}` of {what}")) {
+                ctx.error(n.pos, msg);
+                return None;
+            }
             match ImageRef::parse(&s) {
                 Ok(r) => {
                     if !r.is_pinned() {
@@ -353,6 +508,14 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
     };
     let command = words_field(ctx, &f, "command", &what);
     let entrypoint = words_field(ctx, &f, "entrypoint", &what);
+    for (key, words) in [("command", &command), ("entrypoint", &entrypoint)] {
+        if let (Some(Some(words)), Some(n)) = (words, f.get(key)) {
+            if let Some(msg) = secrets::check_command(name, refs.sc.stack, key, words) {
+                ctx.error(n.pos, msg);
+                ok = false;
+            }
+        }
+    }
     let environment = match f.get("environment") {
         None => Some(BTreeMap::new()),
         Some(n) => ctx
@@ -361,7 +524,11 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
                 let mut env = BTreeMap::new();
                 for (k, pos, v) in kv {
                     if let Some(v) = &v {
-                        if let Some(msg) = secrets::check_env(name, refs.sc.stack, &k, v) {
+                        // The agent fills references in with this same parser.
+                        if let Err(e) = interpolate::parse(v) {
+                            ctx.error(pos, format!("`{k}` in `environment` of {what}: {e}"));
+                            ok = false;
+                        } else if let Some(msg) = secrets::check_env(name, refs.sc.stack, &k, v) {
                             ctx.error(pos, msg);
                             ok = false;
                         }
@@ -371,27 +538,29 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
                 env
             }),
     };
-    let env_file = opt_list(ctx, &f, "env_file", &what, true);
-    if let Some(files) = &env_file {
-        for file in files {
-            if !file.starts_with('/') {
-                if let Err(msg) = check_stack_path(refs.sc, file) {
-                    ctx.error(
-                        f.get("env_file").map_or(f.pos, |n| n.pos),
-                        format!("`env_file` `{file}` of {what} {msg}"),
-                    );
-                    ok = false;
-                }
-            }
-        }
-    }
+    let env_file = f
+        .get("env_file")
+        .map_or(Some(Vec::new()), |n| decode_env_files(ctx, n, &what, refs));
     let ports = f
         .get("ports")
         .map_or(Some(Vec::new()), |n| decode_ports(ctx, n, &what));
+    let expose = f
+        .get("expose")
+        .map_or(Some(Vec::new()), |n| decode_expose(ctx, n, &what));
     let volumes = f
         .get("volumes")
         .map_or(Some(Vec::new()), |n| decode_mounts(ctx, n, &what, refs));
-    let tmpfs = opt_list(ctx, &f, "tmpfs", &what, true);
+    let tmpfs = match f.get("tmpfs") {
+        None => Some(Vec::new()),
+        Some(n) => ctx.string_list(n, &format!("`tmpfs` of {what}"), true),
+    };
+    if let (Some(volumes), Some(tmpfs)) = (&volumes, &tmpfs) {
+        if !check_mount_targets(ctx, volumes, tmpfs, &what) {
+            ok = false;
+        }
+    }
+    let volumes = volumes.map(|v| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>());
+    let tmpfs = tmpfs.map(|t| t.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
     let restart = f
         .get("restart")
         .map_or(Some(RestartPolicy::No), |n| decode_restart(ctx, n, &what));
@@ -412,8 +581,13 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
         }
         Some(labels)
     });
-    let depends_on = f.get("depends_on").map_or(Some(BTreeMap::new()), |n| {
-        decode_depends(ctx, n, name, &what, refs)
+    let profiles = match f.get("profiles") {
+        None => Some(Vec::new()),
+        Some(n) => decode_profiles(ctx, n, &what),
+    };
+    let started = profiles.as_ref().is_none_or(|p| p.is_empty());
+    let depends_on = f.get("depends_on").map_or(Some(Depends::default()), |n| {
+        decode_depends(ctx, n, name, &what, refs, started)
     });
     let networks = f.get("networks").map_or(Some(BTreeMap::new()), |n| {
         decode_service_networks(ctx, n, &what, refs)
@@ -424,6 +598,10 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
             if let Some(target) = mode.strip_prefix("service:") {
                 if !refs.services.contains(&target) {
                     ctx.error(pos, format!("`network_mode` of {what} names service `{target}`, which is not in this stack"));
+                    return None;
+                }
+                if started && refs.profiled.contains(&target) {
+                    ctx.error(pos, format!("`network_mode` of {what} names service `{target}`, which has `profiles` and is not started; drop its `profiles` or give this service the same ones"));
                     return None;
                 }
             } else if !(matches!(mode.as_str(), "host" | "none" | "bridge") || mode.starts_with("container:")) {
@@ -488,23 +666,55 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
     };
     let cpus = match f.get("cpus") {
         None => Some(None),
-        Some(n) => ctx.number(n, &format!("`cpus` of {what}")).and_then(|c| {
-            if c <= 0.0 || c > 1024.0 {
-                ctx.error(
-                    n.pos,
-                    format!("`cpus` of {what} must be more than 0, found {c}"),
-                );
-                return None;
-            }
-            Some(Some(c))
-        }),
+        Some(n) => cpu_count(ctx, n, &format!("`cpus` of {what}")).map(Some),
     };
+    let pids_limit = match f.get("pids_limit") {
+        None => Some(None),
+        Some(n) => pids(ctx, n, &format!("`pids_limit` of {what}")).map(Some),
+    };
+    let mem_reservation = match f.get("mem_reservation") {
+        None => Some(None),
+        Some(n) => ctx
+            .size(n, &format!("`mem_reservation` of {what}"))
+            .map(Some),
+    };
+    let resources = match (mem_limit, cpus, pids_limit, mem_reservation) {
+        (Some(mem_limit), Some(cpus), Some(pids_limit), Some(mem_reservation)) => {
+            let mut r = Resources {
+                mem_limit,
+                cpus,
+                pids_limit,
+                mem_reservation,
+            };
+            match f.get("deploy") {
+                Some(n) => decode_deploy(ctx, n, &what, &mut r).map(|()| r),
+                None => Some(r),
+            }
+        }
+        _ => None,
+    };
+    if let Some(Resources {
+        mem_limit: Some(limit),
+        mem_reservation: Some(reservation),
+        ..
+    }) = &resources
+    {
+        if reservation > limit {
+            ctx.error(
+                f.pos,
+                format!("{what} reserves {reservation} bytes of memory but is limited to {limit}; Docker refuses a reservation above the limit"),
+            );
+            ok = false;
+        }
+    }
     let pid = opt_string(ctx, &f, "pid", &what);
     let http_probe = match f.get("x-fleet") {
         None => Some(None),
         Some(n) => decode_fleet_ext(ctx, n, &what),
     };
 
+    let depends_on = depends_on?;
+    let resources = resources?;
     let service = Service {
         image: image?,
         command: command?,
@@ -512,12 +722,14 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
         environment: environment?,
         env_file: env_file?,
         ports: ports?,
+        expose: expose?,
         volumes: volumes?,
         tmpfs: tmpfs?,
         restart: restart?,
         healthcheck: healthcheck?,
         labels: labels?,
-        depends_on: depends_on?,
+        depends_on: depends_on.conditions,
+        restart_with: depends_on.restart_with,
         networks: networks?,
         network_mode: network_mode?,
         hostname: hostname?,
@@ -536,12 +748,395 @@ fn decode_service(ctx: &mut Ctx<'_>, name: &str, node: &Node, refs: &Refs<'_>) -
         stop_grace_period: stop_grace_period?,
         stop_signal: stop_signal?,
         ulimits: ulimits?,
-        mem_limit: mem_limit?,
-        cpus: cpus?,
+        mem_limit: resources.mem_limit,
+        cpus: resources.cpus,
+        pids_limit: resources.pids_limit,
+        mem_reservation: resources.mem_reservation,
         pid: pid?,
         http_probe: http_probe?,
     };
-    ok.then_some(service)
+    let profiles = profiles?;
+    if let (false, Some(n)) = (profiles.is_empty(), f.get("profiles")) {
+        ctx.warning(
+            n.pos,
+            format!(
+                "{what} has profiles ({}) and is not started: the agent starts only services without profiles, as `docker compose up` does by default",
+                profiles.join(", ")
+            ),
+        );
+    }
+    ok.then_some((service, profiles))
+}
+
+/// `env_file`: a path, or a list of paths and `{ path, required }` mappings.
+fn decode_env_files(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    what: &str,
+    refs: &Refs<'_>,
+) -> Option<Vec<EnvFile>> {
+    let w = format!("`env_file` of {what}");
+    let items: Vec<&Node> = match &node.value {
+        Value::Scalar(_) => vec![node],
+        Value::Seq(items) => items.iter().collect(),
+        _ => {
+            ctx.error(
+                node.pos,
+                format!(
+                    "{w} must be a path, or a list of paths and `{{ path, required }}` mappings, found {}",
+                    node.kind_name()
+                ),
+            );
+            return None;
+        }
+    };
+    let rules = KeyRules {
+        allowed: ENV_FILE_KEYS,
+        special: ENV_FILE_SPECIAL,
+        extensions: false,
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let entry = match &item.value {
+            Value::Scalar(s) => Some((s.text.clone(), item.pos, true)),
+            Value::Map(_) => (|| {
+                let ew = format!("an entry of {w}");
+                let ef = ctx.map_with(item, &ew, &rules)?;
+                let path = ef.required(ctx, "path", &ew).and_then(|n| {
+                    ctx.nonempty_string(n, &format!("`path` of {ew}"))
+                        .map(|p| (p, n.pos))
+                });
+                let required = match ef.get("required") {
+                    None => Some(true),
+                    Some(n) => ctx.bool(n, &format!("`required` of {ew}")),
+                };
+                let ((path, pos), required) = (path?, required?);
+                Some((path, pos, required))
+            })(),
+            _ => {
+                ctx.error(
+                    item.pos,
+                    format!(
+                        "each entry of {w} must be a path or a `{{ path, required }}` mapping, found {}",
+                        item.kind_name()
+                    ),
+                );
+                None
+            }
+        };
+        let Some((path, pos, required)) = entry else {
+            ok = false;
+            continue;
+        };
+        if let Some(msg) = variable_problem(&path, &format!("`env_file` `{path}` of {what}")) {
+            ctx.error(pos, msg);
+            ok = false;
+            continue;
+        }
+        if !path.starts_with('/') {
+            let problem = match stack_path_exists(refs.sc, &path) {
+                Err(msg) => Some(msg),
+                Ok(false) if required => Some(missing_in_stack(refs.sc)),
+                Ok(_) => None,
+            };
+            if let Some(msg) = problem {
+                ctx.error(pos, format!("`env_file` `{path}` of {what} {msg}"));
+                ok = false;
+                continue;
+            }
+        }
+        out.push(EnvFile { path, required });
+    }
+    ok.then_some(out)
+}
+
+/// `expose`: container ports (`3000`, `8000-8010`, `9090/udp`), never published.
+fn decode_expose(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Vec<ExposedPort>> {
+    let w = format!("`expose` of {what}");
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (entry, pos) in ctx.string_list(node, &w, false)? {
+        let parsed = if entry.contains(':') {
+            Err(format!("`expose` lists container ports only, e.g. `{}`; to publish a port on the device use `ports`", entry.rsplit(':').next().unwrap_or("80")))
+        } else {
+            let (ports, protocol) = match entry.rsplit_once('/') {
+                Some((p, proto)) => (p, proto),
+                None => (entry.as_str(), "tcp"),
+            };
+            if matches!(protocol, "tcp" | "udp" | "sctp") {
+                parse_port_range(ports).map(|ports| ExposedPort {
+                    ports,
+                    protocol: protocol.to_owned(),
+                })
+            } else {
+                Err(format!(
+                    "protocol `{protocol}` is not supported; use tcp, udp or sctp"
+                ))
+            }
+        };
+        match parsed {
+            Ok(p) => out.push(p),
+            Err(e) => {
+                ctx.error(pos, format!("`expose` entry `{entry}` of {what}: {e}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn decode_profiles(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (p, pos) in ctx.string_list(node, &format!("`profiles` of {what}"), false)? {
+        if is_profile_name(&p) {
+            out.push(p);
+        } else {
+            ctx.error(pos, format!("profile `{p}` of {what} is not a name (letters, digits, `_`, `.`, `-`, starting with a letter or digit)"));
+            ok = false;
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A container path as Docker compares mount points: without a trailing `/`.
+fn mount_point(target: &str) -> &str {
+    match target.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    }
+}
+
+/// Two mounts on one container path: Docker refuses to create the container ("Duplicate mount
+/// point"), which on a device would only show as a failed health window. False if any.
+fn check_mount_targets(
+    ctx: &mut Ctx<'_>,
+    volumes: &[(Mount, Pos)],
+    tmpfs: &[(String, Pos)],
+    what: &str,
+) -> bool {
+    let mut seen: BTreeMap<&str, (Pos, &str)> = BTreeMap::new();
+    let mut ok = true;
+    let targets = volumes
+        .iter()
+        .map(|(m, pos)| (m.target(), *pos, "volumes"))
+        .chain(tmpfs.iter().map(|(t, pos)| {
+            (
+                t.split_once(':').map_or(t.as_str(), |(p, _)| p),
+                *pos,
+                "tmpfs",
+            )
+        }));
+    for (target, pos, key) in targets {
+        match seen.get(mount_point(target)) {
+            Some((first, first_key)) => {
+                ctx.error(
+                    pos,
+                    format!(
+                        "`{key}` of {what} mounts `{target}` again (also in `{first_key}` at line {}); Docker refuses two mounts on one path, so the container would not start",
+                        first.line
+                    ),
+                );
+                ok = false;
+            }
+            None => {
+                seen.insert(mount_point(target), (pos, key));
+            }
+        }
+    }
+    ok
+}
+
+/// Resource settings from the service's own keys and `deploy.resources`.
+struct Resources {
+    mem_limit: Option<u64>,
+    cpus: Option<f64>,
+    pids_limit: Option<i64>,
+    mem_reservation: Option<u64>,
+}
+
+fn cpu_count(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<f64> {
+    let c = ctx.number(n, what)?;
+    if c <= 0.0 || c > 1024.0 {
+        ctx.error(n.pos, format!("{what} must be more than 0, found {c}"));
+        return None;
+    }
+    Some(c)
+}
+
+fn pids(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<i64> {
+    match limit_value(ctx, n, what)? {
+        0 => {
+            ctx.error(
+                n.pos,
+                format!("{what} must be at least 1, or -1 for unlimited, found 0"),
+            );
+            None
+        }
+        v => Some(v),
+    }
+}
+
+/// A whole number, or `-1` for unlimited (ulimits, pids).
+fn limit_value(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<i64> {
+    let text = match &node.value {
+        Value::Scalar(s) if s.plain => s.text.as_str(),
+        Value::Scalar(s) => s.text.trim(),
+        _ => {
+            ctx.error(
+                node.pos,
+                format!(
+                    "{what} must be a whole number or -1 (unlimited), found {}",
+                    node.kind_name()
+                ),
+            );
+            return None;
+        }
+    };
+    match text.parse::<i64>() {
+        Ok(n) if n >= -1 => Some(n),
+        _ => {
+            ctx.error(
+                node.pos,
+                format!("{what} must be a whole number or -1 (unlimited), found `{text}`"),
+            );
+            None
+        }
+    }
+}
+
+/// `deploy`: `resources` limits and reservations are applied as `docker compose` applies them
+/// without Swarm; the rest of `deploy` is Swarm's and refused by name. A setting given both
+/// here and as a service key must agree.
+fn decode_deploy(ctx: &mut Ctx<'_>, node: &Node, what: &str, r: &mut Resources) -> Option<()> {
+    let w = format!("`deploy` of {what}");
+    let rules = KeyRules {
+        allowed: DEPLOY_KEYS,
+        special: DEPLOY_SPECIAL,
+        extensions: false,
+    };
+    let f = ctx.map_with(node, &w, &rules)?;
+    let mut ok = f.iter().all(|(k, _, _)| DEPLOY_KEYS.contains(&k));
+    let Some(res) = f.get("resources") else {
+        return ok.then_some(());
+    };
+    let rw = format!("`resources` of {w}");
+    let rf = ctx.map(res, &rw, RESOURCE_KEYS)?;
+    fn agree<T: PartialEq + std::fmt::Debug>(
+        ctx: &mut Ctx<'_>,
+        slot: &mut Option<T>,
+        value: T,
+        pos: Pos,
+        deploy_key: &str,
+        service_key: &str,
+        what: &str,
+    ) -> bool {
+        match slot {
+            Some(old) if *old != value => {
+                ctx.error(pos, format!("`{deploy_key}` of {what} differs from its `{service_key}`; they are the same setting, give one"));
+                false
+            }
+            _ => {
+                *slot = Some(value);
+                true
+            }
+        }
+    }
+    if let Some(l) = rf.get("limits") {
+        let lw = format!("`limits` of {rw}");
+        match ctx.map(l, &lw, LIMIT_KEYS) {
+            None => ok = false,
+            Some(lf) => {
+                if let Some(n) = lf.get("memory") {
+                    match ctx.size(n, &format!("`memory` of {lw}")) {
+                        Some(v) => {
+                            ok &= agree(
+                                ctx,
+                                &mut r.mem_limit,
+                                v,
+                                n.pos,
+                                "deploy.resources.limits.memory",
+                                "mem_limit",
+                                what,
+                            )
+                        }
+                        None => ok = false,
+                    }
+                }
+                if let Some(n) = lf.get("cpus") {
+                    match cpu_count(ctx, n, &format!("`cpus` of {lw}")) {
+                        Some(v) => {
+                            ok &= agree(
+                                ctx,
+                                &mut r.cpus,
+                                v,
+                                n.pos,
+                                "deploy.resources.limits.cpus",
+                                "cpus",
+                                what,
+                            )
+                        }
+                        None => ok = false,
+                    }
+                }
+                if let Some(n) = lf.get("pids") {
+                    match pids(ctx, n, &format!("`pids` of {lw}")) {
+                        Some(v) => {
+                            ok &= agree(
+                                ctx,
+                                &mut r.pids_limit,
+                                v,
+                                n.pos,
+                                "deploy.resources.limits.pids",
+                                "pids_limit",
+                                what,
+                            )
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+        }
+    }
+    if let Some(rs) = rf.get("reservations") {
+        let sw = format!("`reservations` of {rw}");
+        let rules = KeyRules {
+            allowed: RESERVATION_KEYS,
+            special: RESERVATION_SPECIAL,
+            extensions: false,
+        };
+        match ctx.map_with(rs, &sw, &rules) {
+            None => ok = false,
+            Some(sf) => {
+                ok &= sf.iter().all(|(k, _, _)| RESERVATION_KEYS.contains(&k));
+                if let Some(n) = sf.get("memory") {
+                    match ctx.size(n, &format!("`memory` of {sw}")) {
+                        Some(v) => {
+                            ok &= agree(
+                                ctx,
+                                &mut r.mem_reservation,
+                                v,
+                                n.pos,
+                                "deploy.resources.reservations.memory",
+                                "mem_reservation",
+                                what,
+                            )
+                        }
+                        None => ok = false,
+                    }
+                }
+                if let Some(n) = sf.get("cpus") {
+                    if cpu_count(ctx, n, &format!("`cpus` of {sw}")).is_some() {
+                        ctx.warning(n.pos, format!("`cpus` of {sw} has no effect: Docker reserves CPUs only for Swarm services (`docker compose` ignores it too); the memory reservation and the limits apply"));
+                    } else {
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    ok.then_some(())
 }
 
 fn words_field(
@@ -643,14 +1238,42 @@ fn decode_ports(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Vec<PortMa
     for item in items {
         let parsed = match &item.value {
             Value::Scalar(s) => {
-                parse_short_port(&s.text).map_err(|e| format!("port `{}` of {what}: {e}", s.text))
+                match variable_problem(&s.text, &format!("port `{}` of {what}", s.text)) {
+                    Some(msg) => Err(msg),
+                    None => parse_short_port(&s.text)
+                        .map_err(|e| format!("port `{}` of {what}: {e}", s.text)),
+                }
             }
             Value::Map(_) => {
                 let w = format!("a port of {what}");
-                let Some(pf) = ctx.map(item, &w, PORT_KEYS) else {
+                let rules = KeyRules {
+                    allowed: PORT_KEYS,
+                    special: PORT_SPECIAL,
+                    extensions: false,
+                };
+                let Some(pf) = ctx.map_with(item, &w, &rules) else {
                     ok = false;
                     continue;
                 };
+                if !pf.iter().all(|(k, _, _)| PORT_KEYS.contains(&k)) {
+                    ok = false;
+                }
+                // Without Swarm every published port is bound on the device itself: `host` is
+                // what happens; `ingress` (Swarm's routing mesh) cannot be honoured.
+                if let Some(n) = pf.get("mode") {
+                    match ctx.string(n, &format!("`mode` of {w}")).as_deref() {
+                        Some("host") => {}
+                        Some("ingress") => {
+                            ctx.error(n.pos, format!("`mode: ingress` of {w} is Swarm's routing mesh; a device publishes ports on its own addresses, write `mode: host` or delete `mode`"));
+                            ok = false;
+                        }
+                        Some(other) => {
+                            ctx.error(n.pos, format!("`mode` of {w} is `{other}`; use host"));
+                            ok = false;
+                        }
+                        None => ok = false,
+                    }
+                }
                 let target = pf
                     .required(ctx, "target", &w)
                     .and_then(|n| ctx.uint_in(n, &format!("`target` of {w}"), 1, 65535));
@@ -700,6 +1323,21 @@ fn decode_ports(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Vec<PortMa
 
 /// Checks a path relative to the stack directory: it must stay inside it and exist.
 fn check_stack_path(sc: &StackContext<'_>, rel: &str) -> Result<(), String> {
+    match stack_path_exists(sc, rel)? {
+        true => Ok(()),
+        false => Err(missing_in_stack(sc)),
+    }
+}
+
+fn missing_in_stack(sc: &StackContext<'_>) -> String {
+    format!(
+        "does not exist in stacks/{}/; commit it there or use an absolute path on the device",
+        sc.stack
+    )
+}
+
+/// Whether a path relative to the stack directory exists; an error if it leaves the directory.
+fn stack_path_exists(sc: &StackContext<'_>, rel: &str) -> Result<bool, String> {
     let mut parts: Vec<&str> = Vec::new();
     for c in rel.split('/') {
         match c {
@@ -718,70 +1356,123 @@ fn check_stack_path(sc: &StackContext<'_>, rel: &str) -> Result<(), String> {
     } else {
         format!("{dir}/{}", parts.join("/"))
     };
-    if sc.tree.get(&full).is_some() || sc.tree.has_dir(&full) {
-        Ok(())
-    } else {
-        Err(format!(
-            "does not exist in {dir}/; commit it there or use an absolute path on the device"
-        ))
+    Ok(sc.tree.get(&full).is_some() || sc.tree.has_dir(&full))
+}
+
+/// Options of the short form's third field (`ro`, `rw`, `z`, `Z`, propagation, `nocopy`,
+/// consistency), before it is known what kind of mount they apply to.
+#[derive(Default)]
+struct ShortOptions<'a> {
+    read_only: Option<bool>,
+    selinux: Option<&'a str>,
+    propagation: Option<&'a str>,
+    nocopy: bool,
+    consistency: Option<&'a str>,
+}
+
+fn parse_short_options<'a>(mode: &'a str) -> Result<ShortOptions<'a>, String> {
+    let mut o = ShortOptions::default();
+    let conflict = |a: &str, b: &str| format!("has both `{a}` and `{b}`; give one");
+    for opt in mode.split(',') {
+        match opt {
+            "ro" | "rw" => {
+                let ro = opt == "ro";
+                if o.read_only.is_some_and(|old| old != ro) {
+                    return Err(conflict("ro", "rw"));
+                }
+                o.read_only = Some(ro);
+            }
+            "z" | "Z" => {
+                if let Some(old) = o.selinux.filter(|old| *old != opt) {
+                    return Err(conflict(old, opt));
+                }
+                o.selinux = Some(opt);
+            }
+            "nocopy" => o.nocopy = true,
+            p if PROPAGATIONS.contains(&p) => {
+                if let Some(old) = o.propagation.filter(|old| *old != p) {
+                    return Err(conflict(old, p));
+                }
+                o.propagation = Some(p);
+            }
+            c if CONSISTENCIES.contains(&c) => o.consistency = Some(c),
+            "" => return Err("has an empty mode".into()),
+            other => {
+                return Err(format!(
+                "has unknown mode `{other}`; use ro or rw, z or Z, nocopy, or a propagation ({})",
+                PROPAGATIONS.join(", ")
+            ))
+            }
+        }
     }
+    Ok(o)
 }
 
 fn parse_short_mount(s: &str, what: &str, refs: &Refs<'_>) -> Result<Mount, String> {
+    let vw = format!("volume `{s}` of {what}");
+    if let Some(msg) = variable_problem(s, &vw) {
+        return Err(msg);
+    }
     let parts: Vec<&str> = s.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
         [t] => (None, *t, None),
         [src, t] => (Some(*src), *t, None),
         [src, t, m] => (Some(*src), *t, Some(*m)),
-        _ => {
-            return Err(format!(
-                "volume `{s}` of {what} is not `SOURCE:TARGET[:MODE]`"
-            ))
-        }
+        _ => return Err(format!("{vw} is not `SOURCE:TARGET[:MODE]`")),
     };
     if !target.starts_with('/') {
         return Err(format!(
-            "volume `{s}` of {what} has target `{target}`; the container path must be absolute"
+            "{vw} has target `{target}`; the container path must be absolute"
         ));
     }
-    let mut read_only = false;
-    if let Some(m) = mode {
-        for opt in m.split(',') {
-            match opt {
-                "ro" => read_only = true,
-                "rw" | "z" | "Z" | "cached" | "delegated" | "consistent" | "nocopy"
-                | "rprivate" | "private" | "rshared" | "shared" | "rslave" | "slave" => {}
-                other => {
-                    return Err(format!(
-                        "volume `{s}` of {what} has unknown mode `{other}`; use ro or rw"
-                    ))
-                }
-            }
-        }
-    }
+    let o = match mode {
+        Some(m) => parse_short_options(m).map_err(|e| format!("{vw} {e}"))?,
+        None => ShortOptions::default(),
+    };
+    let read_only = o.read_only.unwrap_or(false);
     let Some(source) = source else {
         return Ok(Mount::Anonymous {
             target: target.to_owned(),
+            read_only: false,
+            nocopy: false,
         });
     };
     if source.starts_with('~') {
-        return Err(format!("volume `{s}` of {what} starts with `~`; a device has no home directory to expand, use an absolute path"));
+        return Err(format!(
+            "{vw} starts with `~`; a device has no home directory to expand, use an absolute path"
+        ));
     }
-    if source.starts_with('/') {
+    let bind = source.starts_with('/') || source.starts_with('.');
+    if bind {
+        if o.nocopy {
+            return Err(format!(
+                "{vw} has mode `nocopy`, which applies to volumes, not bind mounts"
+            ));
+        }
+        if source.starts_with('.') {
+            check_stack_path(refs.sc, source)
+                .map_err(|e| format!("bind mount source `{source}` of {what} {e}"))?;
+        }
         return Ok(Mount::Bind {
             source: source.to_owned(),
             target: target.to_owned(),
             read_only,
+            create_host_path: true,
+            propagation: o.propagation.map(str::to_owned),
+            selinux: o.selinux.map(str::to_owned),
+            consistency: o.consistency.map(str::to_owned),
         });
     }
-    if source.starts_with('.') {
-        check_stack_path(refs.sc, source)
-            .map_err(|e| format!("bind mount source `{source}` of {what} {e}"))?;
-        return Ok(Mount::Bind {
-            source: source.to_owned(),
-            target: target.to_owned(),
-            read_only,
-        });
+    for (given, mode) in [
+        (o.selinux, o.selinux.unwrap_or_default()),
+        (o.propagation, o.propagation.unwrap_or_default()),
+        (o.consistency, o.consistency.unwrap_or_default()),
+    ] {
+        if given.is_some() {
+            return Err(format!(
+                "{vw} has mode `{mode}`, which applies to bind mounts, not named volumes"
+            ));
+        }
     }
     if !refs.volumes.iter().any(|v| v == source) {
         return Err(format!(
@@ -792,15 +1483,17 @@ fn parse_short_mount(s: &str, what: &str, refs: &Refs<'_>) -> Result<Mount, Stri
         source: source.to_owned(),
         target: target.to_owned(),
         read_only,
+        nocopy: o.nocopy,
     })
 }
 
+/// A service's `volumes`, each with where it was written.
 fn decode_mounts(
     ctx: &mut Ctx<'_>,
     node: &Node,
     what: &str,
     refs: &Refs<'_>,
-) -> Option<Vec<Mount>> {
+) -> Option<Vec<(Mount, Pos)>> {
     let items = ctx.seq(node, &format!("`volumes` of {what}"))?;
     let mut out = Vec::new();
     let mut ok = true;
@@ -820,11 +1513,27 @@ fn decode_mounts(
             }
         };
         match m {
-            Some(m) => out.push(m),
+            Some(m) => out.push((m, item.pos)),
             None => ok = false,
         }
     }
     ok.then_some(out)
+}
+
+/// A tmpfs `mode`, octal as in `chmod` (`1777`, `0o1777`, `"0755"`).
+fn tmpfs_mode(ctx: &mut Ctx<'_>, n: &Node, what: &str) -> Option<u32> {
+    let text = ctx.string(n, what)?;
+    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Some(m),
+        _ => {
+            ctx.error(
+                n.pos,
+                format!("{what} must be an octal file mode such as 1777 or 0755, found `{text}`"),
+            );
+            None
+        }
+    }
 }
 
 fn decode_long_mount(ctx: &mut Ctx<'_>, item: &Node, what: &str, refs: &Refs<'_>) -> Option<Mount> {
@@ -844,20 +1553,51 @@ fn decode_long_mount(ctx: &mut Ctx<'_>, item: &Node, what: &str, refs: &Refs<'_>
         }
         Some(t)
     });
-    let source = opt_string(ctx, &f, "source", &w);
+    let source = opt_string(ctx, &f, "source", &w).and_then(|src| {
+        if let (Some(s), Some(n)) = (&src, f.get("source")) {
+            if let Some(msg) = variable_problem(s, &format!("bind mount source `{s}` of {what}")) {
+                ctx.error(n.pos, msg);
+                return None;
+            }
+        }
+        Some(src)
+    });
     let read_only = opt_bool(ctx, &f, "read_only", &w);
-    for (sub, keys) in [
-        ("bind", &["create_host_path", "propagation"][..]),
-        ("volume", &["nocopy"][..]),
-        ("tmpfs", &["size", "mode"][..]),
-    ] {
-        if let Some(n) = f.get(sub) {
-            ctx.map(n, &format!("`{sub}` of {w}"), keys)?;
+    let consistency = opt_string(ctx, &f, "consistency", &w).and_then(|c| match c {
+        Some(c) if !CONSISTENCIES.contains(&c.as_str()) => {
+            ctx.error(
+                f.get("consistency").map_or(f.pos, |n| n.pos),
+                format!(
+                    "`consistency` of {w} is `{c}`; use {}",
+                    CONSISTENCIES.join(", ")
+                ),
+            );
+            None
+        }
+        c => Some(c),
+    });
+    let (kind, target, source, read_only, consistency) =
+        (kind?, target?, source?, read_only?, consistency?);
+    // Options belong to one type; a block for another type would be ignored, so it is refused.
+    let mut ok = true;
+    for sub in ["bind", "volume", "tmpfs"] {
+        if let (Some(n), true) = (f.get(sub), sub != kind) {
+            ctx.error(
+                n.pos,
+                format!("`{sub}` options on a `{kind}` mount of {what} would have no effect; use `{kind}` options or change the `type`"),
+            );
+            ok = false;
         }
     }
-    let (kind, target, source, read_only) = (kind?, target?, source?, read_only?);
+    if consistency.is_some() && kind != "bind" {
+        ctx.error(
+            f.get("consistency").map_or(f.pos, |n| n.pos),
+            format!("`consistency` of {w} applies to bind mounts, not `{kind}`"),
+        );
+        ok = false;
+    }
     let pos = f.get("source").map_or(f.pos, |n| n.pos);
-    match (kind.as_str(), source) {
+    let mount = match (kind.as_str(), source) {
         ("bind", Some(src)) => {
             if !src.starts_with('/') {
                 if let Err(e) = check_stack_path(refs.sc, &src) {
@@ -865,45 +1605,120 @@ fn decode_long_mount(ctx: &mut Ctx<'_>, item: &Node, what: &str, refs: &Refs<'_>
                     return None;
                 }
             }
+            let mut create_host_path = true;
+            let mut propagation = None;
+            let mut selinux = None;
+            if let Some(b) = f.get("bind") {
+                let bw = format!("`bind` options of {w}");
+                let bf = ctx.map(b, &bw, BIND_OPTION_KEYS)?;
+                if let Some(n) = bf.get("create_host_path") {
+                    create_host_path = ctx.bool(n, &format!("`create_host_path` of {bw}"))?;
+                }
+                if let Some(n) = bf.get("propagation") {
+                    let p = ctx.string(n, &format!("`propagation` of {bw}"))?;
+                    if !PROPAGATIONS.contains(&p.as_str()) {
+                        ctx.error(
+                            n.pos,
+                            format!(
+                                "`propagation` of {bw} is `{p}`; use {}",
+                                PROPAGATIONS.join(", ")
+                            ),
+                        );
+                        return None;
+                    }
+                    propagation = Some(p);
+                }
+                if let Some(n) = bf.get("selinux") {
+                    let z = ctx.string(n, &format!("`selinux` of {bw}"))?;
+                    if !matches!(z.as_str(), "z" | "Z") {
+                        ctx.error(
+                            n.pos,
+                            format!("`selinux` of {bw} is `{z}`; use z (shared) or Z (private)"),
+                        );
+                        return None;
+                    }
+                    if !create_host_path {
+                        ctx.error(n.pos, format!("`selinux` of {bw} needs `create_host_path: true`: Docker relabels only bind mounts it may create"));
+                        return None;
+                    }
+                    selinux = Some(z);
+                }
+            }
             Some(Mount::Bind {
                 source: src,
                 target,
                 read_only,
+                create_host_path,
+                propagation,
+                selinux,
+                consistency,
             })
         }
-        ("volume", Some(src)) => {
-            if !refs.volumes.contains(&src) {
-                ctx.error(
-                    pos,
-                    format!(
-                        "volume `{src}` of {what} is not declared under the top-level `volumes`"
-                    ),
-                );
-                return None;
+        ("volume", src) => {
+            let mut nocopy = false;
+            if let Some(v) = f.get("volume") {
+                let vw = format!("`volume` options of {w}");
+                let vf = ctx.map(v, &vw, VOLUME_OPTION_KEYS)?;
+                if let Some(n) = vf.get("nocopy") {
+                    nocopy = ctx.bool(n, &format!("`nocopy` of {vw}"))?;
+                }
             }
-            Some(Mount::Volume {
-                source: src,
-                target,
-                read_only,
-            })
+            match src {
+                Some(src) if !refs.volumes.contains(&src) => {
+                    ctx.error(
+                        pos,
+                        format!(
+                            "volume `{src}` of {what} is not declared under the top-level `volumes`"
+                        ),
+                    );
+                    return None;
+                }
+                Some(src) => Some(Mount::Volume {
+                    source: src,
+                    target,
+                    read_only,
+                    nocopy,
+                }),
+                None => Some(Mount::Anonymous {
+                    target,
+                    read_only,
+                    nocopy,
+                }),
+            }
         }
-        ("volume", None) => Some(Mount::Anonymous { target }),
         ("bind", None) => {
             ctx.error(f.pos, format!("a bind mount of {what} needs a `source`"));
             None
         }
-        ("tmpfs", _) => {
-            let size = match f.get("tmpfs").and_then(|t| match &t.value {
-                Value::Map(e) => e
-                    .iter()
-                    .find(|(k, _)| k.scalar() == Some("size"))
-                    .map(|(_, v)| v),
-                _ => None,
-            }) {
-                None => None,
-                Some(n) => Some(ctx.size(n, &format!("tmpfs `size` of {w}"))?),
-            };
-            Some(Mount::Tmpfs { target, size })
+        ("tmpfs", src) => {
+            if src.is_some() {
+                ctx.error(
+                    pos,
+                    format!("a tmpfs mount of {what} has no `source`; delete it"),
+                );
+                return None;
+            }
+            if read_only {
+                ctx.error(
+                    f.get("read_only").map_or(f.pos, |n| n.pos),
+                    format!(
+                        "a read-only tmpfs of {what} could never hold anything; delete `read_only`"
+                    ),
+                );
+                return None;
+            }
+            let (mut size, mut mode) = (None, None);
+            if let Some(t) = f.get("tmpfs") {
+                let tw = format!("`tmpfs` options of {w}");
+                let tf = ctx.map(t, &tw, TMPFS_OPTION_KEYS)?;
+                if let Some(n) = tf.get("size") {
+                    size = Some(ctx.size(n, &format!("tmpfs `size` of {w}"))?);
+                }
+                if let Some(n) = tf.get("mode") {
+                    mode = Some(tmpfs_mode(ctx, n, &format!("tmpfs `mode` of {w}"))?);
+                }
+            }
+            Some(Mount::Tmpfs { target, size, mode })
         }
         (other, _) => {
             ctx.error(
@@ -914,7 +1729,8 @@ fn decode_long_mount(ctx: &mut Ctx<'_>, item: &Node, what: &str, refs: &Refs<'_>
             );
             None
         }
-    }
+    };
+    mount.filter(|_| ok)
 }
 
 fn decode_restart(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<RestartPolicy> {
@@ -995,20 +1811,47 @@ fn decode_healthcheck(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Opti
     }))
 }
 
+/// A service's `depends_on`.
+#[derive(Default)]
+struct Depends {
+    /// What to wait for, by dependency (those that are started).
+    conditions: BTreeMap<String, DependsCondition>,
+    /// Dependencies with `restart: true`.
+    restart_with: Vec<String>,
+}
+
+/// One `depends_on` entry as written.
+struct DependsEntry {
+    dep: String,
+    pos: Pos,
+    condition: DependsCondition,
+    restart: bool,
+    required: bool,
+}
+
+/// `depends_on`, list or mapping form. A dependency with `profiles` is not started: a service
+/// that is started may only name it with `required: false` (then it does not wait for it).
 fn decode_depends(
     ctx: &mut Ctx<'_>,
     node: &Node,
     me: &str,
     what: &str,
     refs: &Refs<'_>,
-) -> Option<BTreeMap<String, DependsCondition>> {
+    started: bool,
+) -> Option<Depends> {
     let w = format!("`depends_on` of {what}");
-    let mut out = BTreeMap::new();
-    let mut entries: Vec<(String, Pos, DependsCondition)> = Vec::new();
+    let mut out = Depends::default();
+    let mut entries: Vec<DependsEntry> = Vec::new();
     match &node.value {
         Value::Seq(_) => {
-            for (s, pos) in ctx.string_list(node, &w, false)? {
-                entries.push((s, pos, DependsCondition::Started));
+            for (dep, pos) in ctx.string_list(node, &w, false)? {
+                entries.push(DependsEntry {
+                    dep,
+                    pos,
+                    condition: DependsCondition::Started,
+                    restart: false,
+                    required: true,
+                });
             }
         }
         Value::Map(items) => {
@@ -1018,10 +1861,18 @@ fn decode_depends(
                     return None;
                 };
                 let dw = format!("`{dep}` in {w}");
+                let mut restart = false;
+                let mut required = true;
                 let cond = if v.is_null() {
                     DependsCondition::Started
                 } else {
                     let df = ctx.map(v, &dw, DEPENDS_KEYS)?;
+                    if let Some(n) = df.get("restart") {
+                        restart = ctx.bool(n, &format!("`restart` of {dw}"))?;
+                    }
+                    if let Some(n) = df.get("required") {
+                        required = ctx.bool(n, &format!("`required` of {dw}"))?;
+                    }
                     match df.get("condition") {
                         None => DependsCondition::Started,
                         Some(c) => match ctx.string(c, &format!("`condition` of {dw}"))?.as_str() {
@@ -1037,7 +1888,13 @@ fn decode_depends(
                         },
                     }
                 };
-                entries.push((dep.to_owned(), k.pos, cond));
+                entries.push(DependsEntry {
+                    dep: dep.to_owned(),
+                    pos: k.pos,
+                    condition: cond,
+                    restart,
+                    required,
+                });
             }
         }
         _ => {
@@ -1052,7 +1909,8 @@ fn decode_depends(
         }
     }
     let mut ok = true;
-    for (dep, pos, cond) in entries {
+    for e in entries {
+        let (dep, pos) = (e.dep, e.pos);
         if dep == me {
             ctx.error(pos, format!("{what} depends on itself"));
             ok = false;
@@ -1062,8 +1920,17 @@ fn decode_depends(
                 format!("{what} depends on `{dep}`, which is not a service of this stack"),
             );
             ok = false;
+        } else if refs.profiled.contains(&dep.as_str()) {
+            // Not started: a started service waits for it only if it must.
+            if started && e.required {
+                ctx.error(pos, format!("{what} depends on `{dep}`, which has `profiles` and is not started; drop its `profiles`, or mark the dependency `required: false`"));
+                ok = false;
+            }
         } else {
-            out.insert(dep, cond);
+            if e.restart {
+                out.restart_with.push(dep.clone());
+            }
+            out.conditions.insert(dep, e.condition);
         }
     }
     ok.then_some(out)
@@ -1186,30 +2053,37 @@ fn decode_ulimits(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<BTreeMap
         };
         let uw = format!("`{name}` in {w}");
         let limit = match &v.value {
-            Value::Scalar(_) => ctx.uint(v, &uw).map(|n| Ulimit {
-                soft: n as i64,
-                hard: n as i64,
-            }),
+            Value::Scalar(_) => limit_value(ctx, v, &uw).map(|n| Ulimit { soft: n, hard: n }),
             _ => (|| {
                 let uf = ctx.map(v, &uw, ULIMIT_KEYS)?;
                 let soft = uf
                     .required(ctx, "soft", &uw)
-                    .and_then(|n| ctx.uint(n, &format!("`soft` of {uw}")));
+                    .and_then(|n| limit_value(ctx, n, &format!("`soft` of {uw}")));
                 let hard = uf
                     .required(ctx, "hard", &uw)
-                    .and_then(|n| ctx.uint(n, &format!("`hard` of {uw}")));
+                    .and_then(|n| limit_value(ctx, n, &format!("`hard` of {uw}")));
                 let (soft, hard) = (soft?, hard?);
-                if soft > hard {
+                // -1 is unlimited: above every number.
+                let above = |a: i64, b: i64| b != -1 && (a == -1 || a > b);
+                if above(soft, hard) {
+                    let show = |n: i64| {
+                        if n == -1 {
+                            "unlimited (-1)".to_owned()
+                        } else {
+                            n.to_string()
+                        }
+                    };
                     ctx.error(
                         uf.pos,
-                        format!("{uw}: the soft limit {soft} is above the hard limit {hard}"),
+                        format!(
+                            "{uw}: the soft limit {} is above the hard limit {}",
+                            show(soft),
+                            show(hard)
+                        ),
                     );
                     return None;
                 }
-                Some(Ulimit {
-                    soft: soft as i64,
-                    hard: hard as i64,
-                })
+                Some(Ulimit { soft, hard })
             })(),
         };
         match limit {
@@ -1250,17 +2124,19 @@ fn decode_network_def(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Netw
     });
     let external = opt_bool(ctx, &f, "external", what);
     let internal = opt_bool(ctx, &f, "internal", what);
-    let _attachable = opt_bool(ctx, &f, "attachable", what);
+    let attachable = opt_bool(ctx, &f, "attachable", what);
     let enable_ipv6 = opt_bool(ctx, &f, "enable_ipv6", what);
     let labels = f.get("labels").map_or(Some(BTreeMap::new()), |n| {
         string_map(ctx, n, &format!("`labels` of {what}"))
     });
     let name = opt_string(ctx, &f, "name", what);
+    let mut ipam_driver = None;
     let ipam = match f.get("ipam") {
         None => Some(Vec::new()),
         Some(n) => (|| {
             let iw = format!("`ipam` of {what}");
             let inf = ctx.map(n, &iw, IPAM_KEYS)?;
+            ipam_driver = opt_string(ctx, &inf, "driver", &iw)?;
             let mut pools = Vec::new();
             if let Some(c) = inf.get("config") {
                 for item in ctx.seq(c, &format!("`config` of {iw}"))? {
@@ -1281,10 +2157,12 @@ fn decode_network_def(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Netw
         driver_opts: driver_opts?,
         external: external?,
         internal: internal?,
+        attachable: attachable?,
         labels: labels?,
         name: name?,
         enable_ipv6: enable_ipv6?,
         ipam: ipam?,
+        ipam_driver,
     })
 }
 

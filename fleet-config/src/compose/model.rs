@@ -1,7 +1,9 @@
 //! The supported Compose subset as types: what the agent reconciles against Docker.
 //!
 //! Everything here derives `Serialize` so the agent can hash a service's definition into the
-//! `fleet.config-hash` label and leave unchanged services running.
+//! `fleet.config-hash` label and leave unchanged services running. Fields added after the first
+//! release are skipped when they hold their default, so a service that does not use them keeps
+//! its hash (and its container) when the agent is upgraded.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +21,9 @@ pub struct ComposeFile {
     pub volumes: BTreeMap<String, VolumeDef>,
     /// Networks declared at the top level.
     pub networks: BTreeMap<String, NetworkDef>,
+    /// Services with `profiles`, by name, with their profiles: validated but not started, as
+    /// `docker compose up` without `--profile` does. They are not in `services`.
+    pub not_started: BTreeMap<String, Vec<String>>,
 }
 
 /// One service (container).
@@ -32,10 +37,14 @@ pub struct Service {
     pub entrypoint: Option<Vec<String>>,
     /// Environment; `None` means "take it from the device" (`${NAME}` or a bare `NAME`).
     pub environment: BTreeMap<String, Option<String>>,
-    /// Files of `NAME=value` lines, relative to the stack directory or absolute on the device.
-    pub env_file: Vec<String>,
+    /// Files of `NAME=value` lines, relative to the stack directory or absolute on the device;
+    /// later files win.
+    pub env_file: Vec<EnvFile>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
+    /// Ports the container exposes to other containers without publishing them (`expose`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ExposedPort>,
     /// Mounts.
     pub volumes: Vec<Mount>,
     /// tmpfs mounts, `path[:options]`.
@@ -48,6 +57,9 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     /// Start order and readiness conditions.
     pub depends_on: BTreeMap<String, DependsCondition>,
+    /// Dependencies with `restart: true`: when one of them is replaced, so is this service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_with: Vec<String>,
     /// Networks to join, with aliases.
     pub networks: BTreeMap<String, ServiceNetwork>,
     /// `host`, `none`, `bridge`, `service:NAME` or `container:NAME`.
@@ -84,10 +96,18 @@ pub struct Service {
     pub stop_signal: Option<String>,
     /// Resource limits by name (`nofile`, `nproc`, ...).
     pub ulimits: BTreeMap<String, Ulimit>,
-    /// Memory limit in bytes.
+    /// Memory limit in bytes (`mem_limit` or `deploy.resources.limits.memory`).
     pub mem_limit: Option<u64>,
-    /// CPU limit in cores.
+    /// CPU limit in cores (`cpus` or `deploy.resources.limits.cpus`).
     pub cpus: Option<f64>,
+    /// Most processes the container may run; `-1` is unlimited (`pids_limit` or
+    /// `deploy.resources.limits.pids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// Memory soft limit in bytes, enforced when the device runs short
+    /// (`mem_reservation` or `deploy.resources.reservations.memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_reservation: Option<u64>,
     /// PID namespace (`host`), as monitoring stacks such as Netdata use.
     pub pid: Option<String>,
     /// The `x-fleet` extension: an HTTP health probe the agent runs itself.
@@ -103,6 +123,39 @@ pub struct PortMapping {
     pub published: Option<PortRange>,
     /// Container port(s).
     pub target: PortRange,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+}
+
+/// One `env_file` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFile {
+    /// Relative to the stack directory, or absolute on the device.
+    pub path: String,
+    /// When false (`required: false`), a file that does not exist is skipped.
+    pub required: bool,
+}
+
+impl Serialize for EnvFile {
+    /// A required file serializes as its bare path, as before the long form existed, so
+    /// existing services keep their config hash.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        if self.required {
+            return s.serialize_str(&self.path);
+        }
+        let mut st = s.serialize_struct("EnvFile", 2)?;
+        st.serialize_field("path", &self.path)?;
+        st.serialize_field("required", &self.required)?;
+        st.end()
+    }
+}
+
+/// A port or range from `expose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExposedPort {
+    /// The container port(s).
+    pub ports: PortRange,
     /// `tcp`, `udp` or `sctp`.
     pub protocol: String,
 }
@@ -127,6 +180,19 @@ pub enum Mount {
         target: String,
         /// Mounted read-only.
         read_only: bool,
+        /// Create a missing host path as a directory (Docker's `-v` behaviour, the default);
+        /// when false a missing source fails the container's creation.
+        #[serde(skip_serializing_if = "is_true")]
+        create_host_path: bool,
+        /// Mount propagation: `rprivate`, `private`, `rshared`, `shared`, `rslave`, `slave`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        propagation: Option<String>,
+        /// SELinux relabelling: `z` (shared) or `Z` (private).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        selinux: Option<String>,
+        /// `consistent`, `cached` or `delegated`: passed to Docker (which ignores them on Linux).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        consistency: Option<String>,
     },
     /// A named volume declared at the top level.
     Volume {
@@ -136,11 +202,20 @@ pub enum Mount {
         target: String,
         /// Mounted read-only.
         read_only: bool,
+        /// Do not copy the image's files at the target into a new, empty volume.
+        #[serde(skip_serializing_if = "is_false")]
+        nocopy: bool,
     },
     /// An anonymous volume.
     Anonymous {
         /// Container path.
         target: String,
+        /// Mounted read-only.
+        #[serde(skip_serializing_if = "is_false")]
+        read_only: bool,
+        /// Do not copy the image's files at the target into the new volume.
+        #[serde(skip_serializing_if = "is_false")]
+        nocopy: bool,
     },
     /// A tmpfs.
     Tmpfs {
@@ -148,7 +223,30 @@ pub enum Mount {
         target: String,
         /// Size limit in bytes.
         size: Option<u64>,
+        /// File mode of the mount point, e.g. `0o1777`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
+}
+
+impl Mount {
+    /// The container path.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. }
+            | Mount::Volume { target, .. }
+            | Mount::Anonymous { target, .. }
+            | Mount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// When Docker restarts the container.
@@ -246,6 +344,9 @@ pub struct NetworkDef {
     pub external: bool,
     /// No outside connectivity.
     pub internal: bool,
+    /// Containers outside the stack may attach to it.
+    #[serde(skip_serializing_if = "is_false")]
+    pub attachable: bool,
     /// Network labels.
     pub labels: BTreeMap<String, String>,
     /// Actual network name, when not derived from the stack.
@@ -254,6 +355,9 @@ pub struct NetworkDef {
     pub enable_ipv6: bool,
     /// Subnets.
     pub ipam: Vec<IpamPool>,
+    /// IPAM driver, when not Docker's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipam_driver: Option<String>,
 }
 
 /// One IPAM pool.
