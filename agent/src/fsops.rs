@@ -9,7 +9,7 @@
 //! current-thread async runtime), which is how the checker drives it.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One file-system operation, as it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,51 @@ pub fn mark(what: impl Into<String>) {
             ops.push(Op::Mark(what.into()));
         }
     });
+}
+
+fn recording() -> bool {
+    RECORDER.with(|r| r.borrow().is_some())
+}
+
+/// Records a tree another writer just made (libgit2's checkout into a staging directory): its
+/// directories, files (content and mode) and symlinks, in a stable order, as if written here,
+/// none of it durable until fsynced. Free unless a recorder is installed.
+pub fn record_tree_written(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !recording() {
+        return;
+    }
+    record(Op::Mkdir(root.to_owned()));
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap_or_default();
+                record(Op::Symlink { link: path, target });
+            } else if meta.is_dir() {
+                record(Op::Mkdir(path.clone()));
+                dirs.push(path);
+            } else {
+                record(Op::Create(path.clone()));
+                record(Op::Write {
+                    path: path.clone(),
+                    bytes: std::fs::read(&path).unwrap_or_default(),
+                });
+                record(Op::Chmod {
+                    path,
+                    mode: meta.permissions().mode() & 0o7777,
+                });
+            }
+        }
+    }
 }
 
 /// Starts recording on this thread, dropping anything recorded before.

@@ -47,12 +47,25 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Marks the temporary names [`write_atomic`] and [`swap_symlink`] use: `.<name>.tmp-<pid>-<n>`.
+pub const TEMP_MARK: &str = ".tmp-";
+
+/// A temporary name beside `path`, unique in this process and across restarts (a leftover of
+/// a killed process is never reused, so no half-made temp file can be renamed into place).
 fn temp_name(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    parent_of(path).join(format!(".{name}.tmp-{}", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    parent_of(path).join(format!(".{name}{TEMP_MARK}{}-{n}", std::process::id()))
+}
+
+/// True for a name [`temp_name`] makes: garbage once the process that made it is gone.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_MARK)
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod controller;
+#[cfg(test)]
+mod crash_check;
 pub mod docker;
 pub mod events;
 pub mod fsops;

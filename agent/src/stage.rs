@@ -102,6 +102,8 @@ pub fn stage(
             sha: id.clone(),
             reason,
         })?;
+        // The checkout's writes are libgit2's, not ours: tell the seam what it wrote.
+        crate::fsops::record_tree_written(&staging);
         let staged = verify(&staging, id, expected, device_id)?;
         make_tree_read_only(&staging).map_err(fs_err)?;
         fsync_tree(&staging).map_err(fs_err)?;

@@ -1,6 +1,8 @@
 //! Power loss: the agent is killed with SIGKILL at random instants during updates, at least 100
-//! times. After each restart `current` is the old or the new release, never anything else, the
-//! journal is consistent, and once recovered the running containers match `current`.
+//! times, and on every other of them killed again while it recovers from that cut (a second
+//! power cut during boot). After each restart `current` is the old or the new release, never
+//! anything else, the journal is consistent, and once recovered the running containers match
+//! `current`.
 //!
 //! The instants come from a seeded generator; the seed is printed, and
 //! `FLEET_POWER_LOSS_SEED=<seed>` replays a run. `FLEET_POWER_LOSS_ITERATIONS` changes the count.
@@ -89,6 +91,8 @@ fn power_loss_at_random_instants_never_leaves_a_broken_device() {
     agent.wait_for("the first release", SETTLE, |s| idle_on(s, &first));
     let mut current = first;
     let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+    // Kills of a recovering agent: before it logged that it had recovered, and after.
+    let (mut cut_in_recovery, mut cut_after_recovery) = (0usize, 0usize);
     let dead_endpoint = format!("git://127.0.0.1:{}/fleet.git", free_port());
 
     for i in 0..iterations {
@@ -110,6 +114,18 @@ fn power_loss_at_random_instants_never_leaves_a_broken_device() {
             &lab.data_dir(),
             "",
         );
+        if rng.below(2) == 0 {
+            // A second cut, while the agent recovers from the first.
+            let mut again = AgentProc::start(&offline);
+            thread::sleep(Duration::from_millis(rng.below(600)));
+            let recovered = again.log_text().contains("\"recovered\"");
+            again.kill9();
+            if recovered {
+                cut_after_recovery += 1;
+            } else {
+                cut_in_recovery += 1;
+            }
+        }
         let recovering = AgentProc::start(&offline);
         wait_log(&recovering, "\"recovered\"", SETTLE);
         let s = recovering.wait_for("the recovered device to be idle", SETTLE, |s| {
@@ -168,6 +184,13 @@ fn power_loss_at_random_instants_never_leaves_a_broken_device() {
         current = new;
     }
     eprintln!("power-loss test: journal phase at each cut: {hits:?}");
+    eprintln!(
+        "power-loss test: {cut_in_recovery} more cuts during boot recovery, {cut_after_recovery} just after it"
+    );
+    assert!(
+        cut_in_recovery > 0 || iterations < 20,
+        "no second cut landed during boot recovery; the test did not test it"
+    );
     let past_swap =
         hits.get("switching").copied().unwrap_or(0) + hits.get("verifying").copied().unwrap_or(0);
     assert!(

@@ -32,6 +32,21 @@ impl<R: StackRuntime> Updater<R> {
                 tracing::warn!(error = %e, "cannot remove it now; it is never used");
             }
         }
+        // Temporary files of a write the cut interrupted: never renamed into place, garbage.
+        for dir in [self.data.root().to_path_buf(), self.data.releases()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let is_temp = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(crate::fsutil::is_temp_name);
+                if is_temp && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                    let _ = crate::fsutil::remove_file(&e.path());
+                }
+            }
+        }
         let journal = match Journal::load(&self.data.journal()) {
             Ok(j) => Ok(j),
             Err(e) => {
