@@ -3,7 +3,8 @@
 
 pub mod config;
 pub mod controller;
-pub mod docker;
+/// The Docker runtime, in its own crate so the safe-mode watchdog shares it without the agent.
+pub use fleet_docker as docker;
 pub mod events;
 pub mod fsutil;
 pub mod gc;
