@@ -11,6 +11,7 @@ pub mod gc;
 pub mod host;
 pub mod journal;
 pub mod layout;
+pub mod liveness;
 pub mod lock;
 pub mod metrics;
 pub mod metrics_server;

@@ -11,6 +11,7 @@ pub mod devices;
 pub mod diag;
 pub mod digest;
 pub mod fleet;
+pub mod liveness;
 pub mod load;
 pub mod names;
 pub mod protocol;
