@@ -17,7 +17,8 @@ pub mod metrics;
 pub mod metrics_server;
 pub mod recovery;
 pub mod runtime;
-pub mod secrets;
+/// Device-local secrets (`<secrets_dir>/<stack>.env`), read the same way by the watchdog.
+pub use fleet_docker::secrets;
 pub mod service;
 pub mod stage;
 pub mod status;

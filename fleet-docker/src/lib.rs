@@ -29,6 +29,7 @@ pub mod labels;
 mod order;
 mod plan;
 mod probe;
+pub mod secrets;
 pub mod spec;
 
 use std::collections::HashMap;
