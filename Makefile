@@ -46,7 +46,7 @@ test:
 	$(MAKE) --no-print-directory lint
 	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then \
 		export FLEET_REQUIRE_GIT=1 FLEET_REQUIRE_DOCKER=1 FLEET_REQUIRE_PROMETHEUS=1 \
-			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1; \
+			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1 FLEET_REQUIRE_SYSTEMD=1; \
 		if [ "$$(id -u)" = 0 ]; then export FLEET_REQUIRE_TMPFS=1; fi; \
 	fi; \
 	FLEET_TEST_POSTGRES_URL="$${FLEET_TEST_POSTGRES_URL:-$$(scripts/test-postgres start 2>/dev/null || true)}" \

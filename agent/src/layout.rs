@@ -102,7 +102,7 @@ impl DataDir {
     }
     /// The update lock.
     pub fn lock(&self) -> PathBuf {
-        self.root.join("update.lock")
+        self.root.join(fleet_config::liveness::AGENT_LOCK_FILE)
     }
     /// Buffered events.
     pub fn events_dir(&self) -> PathBuf {

@@ -5,7 +5,8 @@ pub mod config;
 pub mod controller;
 #[cfg(test)]
 mod crash_check;
-pub mod docker;
+/// The Docker runtime, in its own crate so the safe-mode watchdog shares it without the agent.
+pub use fleet_docker as docker;
 pub mod events;
 pub mod fsops;
 pub mod fsutil;
@@ -13,12 +14,14 @@ pub mod gc;
 pub mod host;
 pub mod journal;
 pub mod layout;
+pub mod liveness;
 pub mod lock;
 pub mod metrics;
 pub mod metrics_server;
 pub mod recovery;
 pub mod runtime;
-pub mod secrets;
+/// Device-local secrets (`<secrets_dir>/<stack>.env`), read the same way by the watchdog.
+pub use fleet_docker::secrets;
 pub mod service;
 pub mod stage;
 pub mod status;

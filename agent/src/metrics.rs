@@ -44,6 +44,9 @@ pub struct Metrics {
     events_dropped: AtomicU64,
     last_update_seconds: Mutex<Option<f64>>,
     safe_mode: AtomicU64,
+    /// The liveness signals the main loop and the phases feed (none in tests that do not
+    /// attach one).
+    liveness: Mutex<Option<crate::liveness::Liveness>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -52,11 +55,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    /// Records the transaction phase.
+    /// Records the transaction phase (and tells the liveness signals, so a long phase may
+    /// keep the loop away until its deadline).
     pub fn set_phase(&self, p: UpdatePhase) {
         *lock(&self.phase) = Some(p);
         self.safe_mode
             .store(u64::from(p == UpdatePhase::SafeMode), Ordering::Relaxed);
+        if let Some(l) = lock(&self.liveness).as_mut() {
+            l.phase(p);
+        }
+    }
+    /// Gives the process's liveness signals (heartbeat, sd_notify) to these metrics, which
+    /// feed them from the loop's turns and the transaction's phases.
+    pub fn attach_liveness(&self, liveness: crate::liveness::Liveness) {
+        *lock(&self.liveness) = Some(liveness);
+    }
+    /// Runs `f` on the attached liveness signals, if any.
+    pub fn with_liveness(&self, f: impl FnOnce(&mut crate::liveness::Liveness)) {
+        if let Some(l) = lock(&self.liveness).as_mut() {
+            f(l);
+        }
+    }
+    /// The main loop came round: the one place the agent's liveness pings come from (see
+    /// [`crate::liveness`]), so a hung loop stops them.
+    pub fn loop_turn(&self) {
+        self.with_liveness(crate::liveness::Liveness::beat);
     }
     /// Records the running release.
     pub fn set_current(&self, release: Option<&str>) {

@@ -8,6 +8,7 @@ use fleet_config::protocol::EventKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::liveness::{self, Liveness};
 use crate::metrics::Metrics;
 use crate::runtime::StackRuntime;
 use crate::update::{AgentError, Updater};
@@ -21,6 +22,8 @@ pub async fn run<R: StackRuntime>(
 ) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::default());
     let mut updater = Updater::open(cfg.clone(), runtime, metrics.clone())?;
+    // With the lock held: record this start where the safe-mode watchdog counts restarts.
+    metrics.attach_liveness(Liveness::start(&cfg));
     tracing::info!(
         device = %cfg.device_id,
         data_dir = %cfg.data_dir.display(),
@@ -49,8 +52,10 @@ pub async fn run<R: StackRuntime>(
     updater.record(EventKind::AgentStarted {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     });
+    report_watchdog(&mut updater, &cfg);
     let reason = updater.recover().await?;
     tracing::info!(%reason, "recovered");
+    metrics.with_liveness(|l| l.ready(&format!("recovered: {reason}")));
     let result = match cfg.controller.clone() {
         // With a controller the agent only moves to a release the controller names; it never
         // falls back to following the branch, which could push a release past the waves.
@@ -62,9 +67,25 @@ pub async fn run<R: StackRuntime>(
             Ok(())
         }
     };
+    metrics.with_liveness(Liveness::stopping);
     if let Some(t) = metrics_task {
         t.abort();
     }
     tracing::info!("fleet-agent stopped");
     result
+}
+
+/// Reports, once, that the safe-mode watchdog started the safe stack while this agent was
+/// down, hung or crash-looping (an event for the controller and a log line).
+fn report_watchdog<R: StackRuntime>(updater: &mut Updater<R>, cfg: &AgentConfig) {
+    let Some(episode) = liveness::unreported_watchdog_episode(&cfg.data_dir) else {
+        return;
+    };
+    tracing::warn!(episode = episode.episode, reason = %episode.reason, "the safe-mode watchdog started the safe stack while the agent was not running properly");
+    updater.record(EventKind::SafeModeEntered {
+        reason: format!("fleet-safe-mode watchdog: {}", episode.reason),
+    });
+    if let Err(e) = liveness::acknowledge_watchdog_episode(&cfg.data_dir, episode.episode) {
+        tracing::warn!(error = %e, "cannot record that the watchdog episode was reported");
+    }
 }

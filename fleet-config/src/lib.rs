@@ -12,6 +12,7 @@ pub mod diag;
 pub mod digest;
 pub mod fleet;
 pub mod interpolate;
+pub mod liveness;
 pub mod load;
 pub mod names;
 pub mod protocol;

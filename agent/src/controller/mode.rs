@@ -196,6 +196,7 @@ pub async fn run<R: StackRuntime>(
     tracing::info!(controller = %l.cfg.url, "controller mode: the device runs only the releases the controller names");
     let mut next = Instant::now();
     loop {
+        updater.metrics().loop_turn();
         if updater.handle_rollback_request().await.is_some() {
             next = Instant::now();
         }

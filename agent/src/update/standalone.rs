@@ -61,6 +61,7 @@ impl<R: StackRuntime> Updater<R> {
     pub async fn run_standalone(&mut self, shutdown: tokio_util::sync::CancellationToken) {
         let mut next_poll = tokio::time::Instant::now();
         loop {
+            self.metrics.loop_turn();
             self.handle_rollback_request().await;
             if tokio::time::Instant::now() >= next_poll {
                 self.supervise().await;

@@ -199,6 +199,11 @@ pub fn agent_bin() -> &'static str {
 impl AgentProc {
     /// Starts the agent with `config`, logging to `<config>.log` (appended).
     pub fn start(config: &Path) -> AgentProc {
+        AgentProc::start_with_env(config, &[])
+    }
+
+    /// [`AgentProc::start`] with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> AgentProc {
         let log = config.with_extension("log");
         let out = fs::OpenOptions::new()
             .create(true)
@@ -210,6 +215,7 @@ impl AgentProc {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,fleet_agent=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -219,6 +225,11 @@ impl AgentProc {
             config: config.to_owned(),
             log,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: a power cut, as far as the agent can tell.

@@ -1,5 +1,5 @@
 //! The product's binaries for end-to-end tests. Cargo only hands a test the binaries of its own
-//! package, so this builds `fleet-agent`, `fleet-controller`, `fleetctl`, `fleet-sim` and `fleet-demo` once per test process with the
+//! package, so this builds `fleet-agent`, `fleet-controller`, `fleetctl`, `fleet-sim`, `fleet-demo` and `fleet-safe-mode` once per test process with the
 //! same cargo, profile and target directory as the test itself (a no-op when they are fresh),
 //! and finds them next to it.
 
@@ -14,6 +14,7 @@ pub struct Bins {
     pub fleetctl: PathBuf,
     pub sim: PathBuf,
     pub demo: PathBuf,
+    pub safe_mode: PathBuf,
 }
 
 /// Builds (once) and returns the binaries; panics with cargo's output when the build fails.
@@ -49,6 +50,8 @@ fn build() -> Bins {
             "fleetctl",
             "-p",
             "fleet-demo",
+            "-p",
+            "fleet-safe-mode",
             "--bins",
         ])
         .arg("--target-dir")
@@ -73,5 +76,6 @@ fn build() -> Bins {
         fleetctl: bin("fleetctl"),
         sim: bin("fleet-sim"),
         demo: bin("fleet-demo"),
+        safe_mode: bin("fleet-safe-mode"),
     }
 }

@@ -1,7 +1,8 @@
 //! The Docker runtime: reconciles a stack's Compose subset against the Engine API (bollard over
 //! `/var/run/docker.sock`), watches its health, and cleans up, never shelling out to `docker`.
 //!
-//! - [`Runtime::connect`] talks to the local engine on behalf of one [`Namespace`]; every
+//! - [`Runtime::connect`] talks to the local engine on behalf of one [`Namespace`] (and
+//!   [`Runtime::connect_host`] to the one `DOCKER_HOST` names, see [`docker_host`]); every
 //!   object it creates carries the labels of [`labels`], and it only ever touches objects
 //!   carrying its namespace, so several agents (or tests) can share one engine.
 //! - [`Runtime::ensure_images`] makes the images local before anything running is touched.
@@ -28,6 +29,7 @@ pub mod labels;
 mod order;
 mod plan;
 mod probe;
+pub mod secrets;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -44,6 +46,46 @@ pub use labels::Namespace;
 
 /// The engine's socket on Linux.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// The variable Docker's own tools read the engine's address from.
+pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
+
+/// The engine's address as Docker's tools find it: `DOCKER_HOST` when set and not empty,
+/// else `unix://` + [`DEFAULT_SOCKET`].
+pub fn docker_host() -> String {
+    std::env::var(DOCKER_HOST_ENV)
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
+}
+
+/// How to reach an engine address: a Unix socket path, or a plain-HTTP `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    Unix(String),
+    Tcp(String),
+}
+
+fn transport(host: &str) -> Result<Transport, DockerError> {
+    let host = host.trim();
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Ok(Transport::Unix(path.to_owned()));
+    }
+    if host.starts_with('/') {
+        return Ok(Transport::Unix(host.to_owned()));
+    }
+    for scheme in ["tcp://", "http://"] {
+        if let Some(addr) = host.strip_prefix(scheme) {
+            let addr = addr.trim_end_matches('/');
+            if !addr.is_empty() {
+                return Ok(Transport::Tcp(format!("tcp://{addr}")));
+            }
+        }
+    }
+    Err(DockerError::UnsupportedHost {
+        host: host.to_owned(),
+    })
+}
 
 /// Seconds the client waits for one ordinary Engine API request.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -108,6 +150,27 @@ impl Runtime {
         Runtime::connect_with_socket(DEFAULT_SOCKET, namespace).await
     }
 
+    /// Connects to the engine at `host` (`unix:///path`, a socket path, or `tcp://HOST:PORT`,
+    /// as in `DOCKER_HOST`; [`docker_host`] reads it the way Docker's tools do).
+    pub async fn connect_host(host: &str, namespace: Namespace) -> Result<Runtime, DockerError> {
+        match transport(host)? {
+            Transport::Unix(path) => Runtime::connect_with_socket(&path, namespace).await,
+            Transport::Tcp(addr) => {
+                let connect_err = |source| DockerError::Connect {
+                    socket: addr.clone(),
+                    source,
+                };
+                let docker = Docker::connect_with_http(
+                    &addr,
+                    REQUEST_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(connect_err)?;
+                Runtime::negotiated(docker, &addr, namespace).await
+            }
+        }
+    }
+
     /// Like [`Runtime::connect`], with another Unix socket.
     #[tracing::instrument(skip(namespace), fields(namespace = %namespace), err)]
     pub async fn connect_with_socket(
@@ -121,6 +184,19 @@ impl Runtime {
         let docker =
             Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
                 .map_err(connect_err)?;
+        Runtime::negotiated(docker, socket, namespace).await
+    }
+
+    /// Agrees an API version with the engine behind `docker` and checks it answers.
+    async fn negotiated(
+        docker: Docker,
+        address: &str,
+        namespace: Namespace,
+    ) -> Result<Runtime, DockerError> {
+        let connect_err = |source| DockerError::Connect {
+            socket: address.to_owned(),
+            source,
+        };
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;
         Ok(Runtime {
@@ -152,6 +228,41 @@ impl Runtime {
                     restart_count: None,
                     since: Instant::now(),
                 },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{transport, Transport};
+
+    #[test]
+    fn docker_host_forms_are_understood_like_dockers_tools() {
+        let unix = |p: &str| Ok(Transport::Unix(p.to_owned()));
+        let tcp = |a: &str| Ok(Transport::Tcp(a.to_owned()));
+        let cases = [
+            ("unix:///var/run/docker.sock", unix("/var/run/docker.sock")),
+            (
+                "/run/user/1000/docker.sock",
+                unix("/run/user/1000/docker.sock"),
+            ),
+            ("tcp://127.0.0.1:2375", tcp("tcp://127.0.0.1:2375")),
+            ("http://127.0.0.1:2375/", tcp("tcp://127.0.0.1:2375")),
+        ];
+        for (host, want) in cases {
+            assert_eq!(transport(host).map_err(|e| e.to_string()), want, "{host}");
+        }
+        for bad in [
+            "ssh://pi@device",
+            "npipe:////./pipe/docker_engine",
+            "tcp://",
+            "docker.sock",
+        ] {
+            let err = transport(bad).map(|_| ()).map_err(|e| e.to_string());
+            assert!(
+                matches!(&err, Err(m) if m.contains("unsupported Docker host")),
+                "{bad}: {err:?}"
             );
         }
     }

@@ -33,6 +33,12 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// `DOCKER_HOST` (or the address given) names a transport this client does not speak.
+    #[error("unsupported Docker host `{host}`: use unix:///path/to/docker.sock, a socket path, or tcp://HOST:PORT")]
+    UnsupportedHost {
+        /// The refused address.
+        host: String,
+    },
     /// A namespace that cannot be used in Docker names and labels.
     #[error("namespace `{namespace}` {reason}")]
     InvalidNamespace {

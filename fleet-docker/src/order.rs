@@ -63,7 +63,7 @@ mod tests {
     use fleet_config::compose::{DependsCondition, ImageRef, Service};
 
     fn svc(deps: &[&str], net_of: Option<&str>) -> Service {
-        let mut s = crate::docker::spec::tests::service(
+        let mut s = crate::spec::tests::service(
             ImageRef::parse("fleet-test/app:v1").unwrap_or_else(|e| panic!("{e}")),
         );
         s.depends_on = deps

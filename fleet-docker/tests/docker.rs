@@ -13,11 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use docker_guard::NamespaceGuard;
-use fleet_agent::docker::{
-    DockerError, Namespace, Runtime, RuntimeOptions, ServiceChange, StackHealth,
-};
 use fleet_config::compose::{ComposeFile, ImageRef};
 use fleet_config::protocol::HealthState;
+use fleet_docker::{DockerError, Namespace, Runtime, RuntimeOptions, ServiceChange, StackHealth};
 
 const FLEET: &str = "name: t\nrollout:\n  waves:\n    - { name: canary, select: { ring: canary } }\n    - { name: all, percent: 100 }\n";
 
@@ -121,7 +119,7 @@ fn is_running(id: &str) -> bool {
     inspect(id)["State"]["Running"].as_bool() == Some(true)
 }
 
-fn id_of(report: &fleet_agent::docker::ApplyReport, service: &str) -> String {
+fn id_of(report: &fleet_docker::ApplyReport, service: &str) -> String {
     report
         .services
         .get(service)
@@ -386,7 +384,7 @@ async fn an_unhealthy_image_fails_through_the_docker_healthcheck() {
     assert!(app.running, "it runs; only its healthcheck fails");
     assert_eq!(
         app.docker_health,
-        Some(fleet_agent::docker::DockerHealth::Unhealthy)
+        Some(fleet_docker::DockerHealth::Unhealthy)
     );
     let reason = h.reason().unwrap_or_default();
     assert!(
