@@ -192,29 +192,47 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), FsError> {
 /// and execute bits, directories become `r-x`. Symlinks are left as they are.
 pub fn make_tree_read_only(root: &Path) -> Result<(), FsError> {
     use std::os::unix::fs::PermissionsExt;
+    let mut dirs = Vec::new();
+    walk_tree(root, |path, ft| {
+        if ft.is_dir() {
+            dirs.push(path.to_owned());
+        } else if ft.is_file() {
+            let mode = fs::symlink_metadata(path)
+                .map_err(ctx("stat", path))?
+                .permissions()
+                .mode();
+            set_mode(path, mode & 0o555)?;
+        }
+        Ok(())
+    })?;
+    // Directories last, deepest first.
+    for dir in dirs.iter().rev() {
+        set_mode(dir, 0o555)?;
+    }
+    Ok(())
+}
+
+/// Calls `visit` for every directory (the root first, each before its entries), file and
+/// symlink under `root`.
+fn walk_tree(
+    root: &Path,
+    mut visit: impl FnMut(&Path, fs::FileType) -> Result<(), FsError>,
+) -> Result<(), FsError> {
+    let root_type = fs::symlink_metadata(root)
+        .map_err(ctx("stat", root))?
+        .file_type();
+    visit(root, root_type)?;
     let mut dirs = vec![root.to_owned()];
-    let mut order = Vec::new();
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).map_err(ctx("read directory", &dir))? {
             let entry = entry.map_err(ctx("read directory", &dir))?;
             let path = entry.path();
             let ft = entry.file_type().map_err(ctx("stat", &path))?;
+            visit(&path, ft)?;
             if ft.is_dir() {
                 dirs.push(path);
-            } else if ft.is_file() {
-                let mode = entry
-                    .metadata()
-                    .map_err(ctx("stat", &path))?
-                    .permissions()
-                    .mode();
-                set_mode(&path, mode & 0o555)?;
             }
         }
-        order.push(dir);
-    }
-    // Directories last, deepest first, so their entries could still be changed above.
-    for dir in order.iter().rev() {
-        set_mode(dir, 0o555)?;
     }
     Ok(())
 }
@@ -306,21 +324,15 @@ pub fn remove_symlink(link: &Path) -> Result<(), FsError> {
 
 /// fsyncs every file and directory under `root` (after a checkout, before it is published).
 pub fn fsync_tree(root: &Path) -> Result<(), FsError> {
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(&dir).map_err(ctx("read directory", &dir))? {
-            let entry = entry.map_err(ctx("read directory", &dir))?;
-            let path = entry.path();
-            let ft = entry.file_type().map_err(ctx("stat", &path))?;
-            if ft.is_dir() {
-                dirs.push(path);
-            } else if ft.is_file() {
-                fsync_file(&path)?;
-            }
+    walk_tree(root, |path, ft| {
+        if ft.is_dir() {
+            fsync_dir(path)
+        } else if ft.is_file() {
+            fsync_file(path)
+        } else {
+            Ok(())
         }
-        fsync_dir(&dir)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
