@@ -19,6 +19,8 @@
 //! keep_releases: 3                  # staged releases kept on disk (current and previous always)
 //! metrics_listen: 127.0.0.1:9101    # Prometheus /metrics (loopback)
 //! docker_namespace: fleet           # label namespace of this agent's containers
+//! docker_host: unix:///var/run/docker.sock   # else $DOCKER_HOST, else this socket
+//! run_dir: /run/fleet               # live state for `status` (tmpfs: works on a full disk)
 //! secrets_dir: /etc/fleet/secrets   # <stack>.env files with ${NAME} values
 //! safe_mode_compose: /usr/share/fleet/safe-mode/compose.yaml
 //! controller:                       # absent: standalone mode (follow the branch head)
@@ -93,6 +95,77 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
 }
 
+/// Where the Docker engine's API listens, as Docker's own tools spell it in `DOCKER_HOST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// `unix:///path/to/docker.sock`.
+    Unix(PathBuf),
+    /// `tcp://host:port` or `http://host:port`: plain HTTP (no TLS).
+    Tcp {
+        /// `host:port`.
+        addr: String,
+    },
+}
+
+impl Default for DockerHost {
+    /// The engine's socket on Linux, `unix:///var/run/docker.sock`.
+    fn default() -> Self {
+        DockerHost::Unix(PathBuf::from(defaults::DOCKER_SOCKET))
+    }
+}
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DockerHost::Unix(p) => write!(f, "unix://{}", p.display()),
+            DockerHost::Tcp { addr } => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DockerHost {
+    type Err = String;
+
+    /// Parses `unix:///path`, `tcp://host:port` or `http://host:port`; the error says what is
+    /// accepted.
+    fn from_str(s: &str) -> Result<DockerHost, String> {
+        const ACCEPTED: &str = "unix:///path/to/docker.sock, tcp://host:port or http://host:port";
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(format!(
+                    "`{s}`: a unix socket needs an absolute path, as in unix:///var/run/docker.sock"
+                ));
+            }
+            return Ok(DockerHost::Unix(PathBuf::from(path)));
+        }
+        let Some(rest) = s
+            .strip_prefix("tcp://")
+            .or_else(|| s.strip_prefix("http://"))
+        else {
+            let why = match s.split_once("://") {
+                Some(("https", _)) => {
+                    "TLS to the engine is not supported; use a unix socket or plain tcp:// on a trusted network".to_owned()
+                }
+                Some((scheme, _)) => format!("the scheme `{scheme}://` is not supported"),
+                None => "it has no scheme".to_owned(),
+            };
+            return Err(format!("`{s}`: {why}; use {ACCEPTED}"));
+        };
+        let addr = rest.strip_suffix('/').unwrap_or(rest);
+        let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || addr.contains('/') {
+            return Err(format!(
+                "`{s}`: expected host:port after the scheme, as in tcp://127.0.0.1:2375"
+            ));
+        }
+        Ok(DockerHost::Tcp {
+            addr: addr.to_owned(),
+        })
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -114,6 +187,13 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Label namespace for this agent's Docker objects.
     pub docker_namespace: String,
+    /// Where the Docker engine listens: `docker_host` in the file, else `DOCKER_HOST` (read by
+    /// [`AgentConfig::load`]), else `None`, meaning [`DockerHost::default`].
+    pub docker_host: Option<DockerHost>,
+    /// Where the running agent publishes its live state (its problems) for `fleet-agent status`.
+    /// Outside the data directory, on tmpfs, so a full or read-only data filesystem can still be
+    /// reported.
+    pub run_dir: PathBuf,
     /// Directory of `<stack>.env` secret files.
     pub secrets_dir: PathBuf,
     /// The safe-mode compose file, installed with the agent.
@@ -151,6 +231,12 @@ pub mod defaults {
     pub fn docker_namespace() -> &'static str {
         "fleet"
     }
+    /// The engine's socket on Linux: `/var/run/docker.sock`.
+    pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+    /// `/run/fleet`.
+    pub fn run_dir() -> &'static str {
+        "/run/fleet"
+    }
     /// `/etc/fleet/secrets`.
     pub fn secrets_dir() -> &'static str {
         "/etc/fleet/secrets"
@@ -178,7 +264,18 @@ pub enum ConfigError {
     /// The file has problems, each with line and column.
     #[error("invalid agent configuration:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
+    /// An environment variable the configuration takes from the environment is malformed.
+    #[error("invalid environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
+
+/// The environment variable naming the Docker engine, as for Docker's own tools.
+pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 
 const TOP_KEYS: &[&str] = &[
     "device_id",
@@ -190,6 +287,8 @@ const TOP_KEYS: &[&str] = &[
     "keep_releases",
     "metrics_listen",
     "docker_namespace",
+    "docker_host",
+    "run_dir",
     "secrets_dir",
     "safe_mode_compose",
     "controller",
@@ -219,7 +318,30 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        cfg.docker_host_from_env(std::env::var(DOCKER_HOST_ENV).ok().as_deref())?;
+        Ok(cfg)
+    }
+
+    /// Precedence of the engine's address: `docker_host` in the file, then `env` (the value of
+    /// `DOCKER_HOST`; empty counts as unset, as for Docker's CLI), then the default socket.
+    pub fn docker_host_from_env(&mut self, env: Option<&str>) -> Result<(), ConfigError> {
+        if self.docker_host.is_some() {
+            return Ok(());
+        }
+        if let Some(value) = env.filter(|v| !v.trim().is_empty()) {
+            let host = value.trim().parse().map_err(|reason| ConfigError::Env {
+                var: DOCKER_HOST_ENV,
+                reason,
+            })?;
+            self.docker_host = Some(host);
+        }
+        Ok(())
+    }
+
+    /// The engine's address to connect to.
+    pub fn docker_host(&self) -> DockerHost {
+        self.docker_host.clone().unwrap_or_default()
     }
 
     /// Parses configuration text; `file` names it in messages.
@@ -329,6 +451,20 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
             Some(s)
         }),
     };
+    let docker_host = match f.get("docker_host") {
+        None => Some(None),
+        Some(n) => ctx.nonempty_string(n, "`docker_host`").and_then(|s| {
+            s.trim()
+                .parse::<DockerHost>()
+                .map_err(|e| ctx.error(n.pos, format!("`docker_host` {e}")))
+                .ok()
+                .map(Some)
+        }),
+    };
+    let run_dir = match f.get("run_dir") {
+        None => Some(PathBuf::from(defaults::run_dir())),
+        Some(n) => path_field(ctx, n, "`run_dir`"),
+    };
     let secrets_dir = match f.get("secrets_dir") {
         None => Some(PathBuf::from(defaults::secrets_dir())),
         Some(n) => path_field(ctx, n, "`secrets_dir`"),
@@ -394,6 +530,8 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         keep_releases: keep_releases?,
         metrics_listen: metrics_listen?,
         docker_namespace: docker_namespace?,
+        docker_host: docker_host?,
+        run_dir: run_dir?,
         secrets_dir: secrets_dir?,
         safe_mode_compose: safe_mode_compose?,
         controller: controller?,
@@ -545,6 +683,82 @@ mod tests {
         let ctl = c.controller.as_ref().expect("controller");
         assert_eq!(ctl.bootstrap_token_file, None);
         assert_eq!(ctl.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn docker_host_forms_and_precedence() {
+        let parse = |extra: &str| AgentConfig::parse(&format!("{GIT}{extra}"), "agent.yaml");
+        let c = parse("").expect("valid");
+        assert_eq!(c.docker_host, None);
+        assert_eq!(c.docker_host().to_string(), "unix:///var/run/docker.sock");
+        assert_eq!(c.run_dir, PathBuf::from("/run/fleet"));
+        let c = parse("docker_host: unix:///run/user/1000/docker.sock\n").expect("valid");
+        assert_eq!(
+            c.docker_host,
+            Some(DockerHost::Unix("/run/user/1000/docker.sock".into()))
+        );
+        for (text, addr) in [
+            ("tcp://127.0.0.1:2375", "127.0.0.1:2375"),
+            ("http://localhost:2375/", "localhost:2375"),
+            ("tcp://[::1]:2375", "[::1]:2375"),
+        ] {
+            let c = parse(&format!("docker_host: {text}\n")).expect("valid");
+            assert_eq!(
+                c.docker_host,
+                Some(DockerHost::Tcp { addr: addr.into() }),
+                "{text}"
+            );
+        }
+        // The file wins over the environment; the environment over the default.
+        let mut c = parse("docker_host: tcp://127.0.0.1:1\n").expect("valid");
+        c.docker_host_from_env(Some("unix:///env.sock"))
+            .expect("env");
+        assert_eq!(c.docker_host().to_string(), "tcp://127.0.0.1:1");
+        let mut c = parse("").expect("valid");
+        c.docker_host_from_env(Some("unix:///env.sock"))
+            .expect("env");
+        assert_eq!(c.docker_host().to_string(), "unix:///env.sock");
+        let mut c = parse("").expect("valid");
+        c.docker_host_from_env(Some("")).expect("empty is unset");
+        assert_eq!(c.docker_host, None);
+        let err = parse("")
+            .expect("valid")
+            .docker_host_from_env(Some("ssh://pi@host"))
+            .expect_err("malformed");
+        assert!(
+            err.to_string().starts_with(
+                "invalid environment variable DOCKER_HOST: `ssh://pi@host`: the scheme `ssh://` is not supported"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_docker_host_is_positioned() {
+        for (value, says) in [
+            ("unix://docker.sock", "a unix socket needs an absolute path"),
+            ("/var/run/docker.sock", "it has no scheme"),
+            ("tcp://127.0.0.1", "expected host:port"),
+            ("tcp://:2375", "expected host:port"),
+            ("https://h:2376", "TLS to the engine is not supported"),
+        ] {
+            let err = AgentConfig::parse(&format!("{GIT}docker_host: {value}\n"), "agent.yaml")
+                .expect_err(value);
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!(
+                    "agent.yaml:5:14: error: `docker_host` `{value}`: {says}"
+                )),
+                "{value}: {text}"
+            );
+        }
+        let err = AgentConfig::parse(&format!("{GIT}docker_hots: unix:///x\n"), "agent.yaml")
+            .expect_err("unknown key");
+        assert!(
+            err.to_string()
+                .contains("unknown key `docker_hots` in the agent configuration (did you mean `docker_host`?)"),
+            "{err}"
+        );
     }
 
     const GIT: &str = "device_id: pi-01\ngit:\n  endpoints:\n    - url: git://h/f.git\n";

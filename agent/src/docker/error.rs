@@ -24,11 +24,11 @@ fn list_missing(missing: &[MissingSecret]) -> String {
 /// `source`, where present, says why (usually the engine's own answer).
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    /// The engine's socket did not answer, or its API version could not be agreed.
-    #[error("cannot reach the Docker engine at {socket}")]
+    /// The engine did not answer, or its API version could not be agreed.
+    #[error("cannot reach the Docker engine at {host}")]
     Connect {
-        /// The socket path.
-        socket: String,
+        /// Where it was asked (`unix:///var/run/docker.sock`, `tcp://host:port`).
+        host: String,
         /// Why.
         #[source]
         source: bollard::errors::Error,

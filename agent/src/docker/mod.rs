@@ -1,7 +1,8 @@
 //! The Docker runtime: reconciles a stack's Compose subset against the Engine API (bollard over
-//! `/var/run/docker.sock`), watches its health, and cleans up, never shelling out to `docker`.
+//! `/var/run/docker.sock`, or the [`DockerHost`] configured), watches its health, and cleans up,
+//! never shelling out to `docker`.
 //!
-//! - [`Runtime::connect`] talks to the local engine on behalf of one [`Namespace`]; every
+//! - [`Runtime::connect_to`] talks to the engine on behalf of one [`Namespace`]; every
 //!   object it creates carries the labels of [`labels`], and it only ever touches objects
 //!   carrying its namespace, so several agents (or tests) can share one engine.
 //! - [`Runtime::ensure_images`] makes the images local before anything running is touched.
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 
+use crate::config::DockerHost;
+
 pub use apply::{ApplyReport, ServiceChange};
 pub use cleanup::Removed;
 pub use error::{DockerError, MissingSecret};
@@ -43,7 +46,7 @@ pub use health::{DockerHealth, ProbeOutcome, ServiceHealth, StackHealth};
 pub use labels::Namespace;
 
 /// The engine's socket on Linux.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+pub const DEFAULT_SOCKET: &str = crate::config::defaults::DOCKER_SOCKET;
 
 /// Seconds the client waits for one ordinary Engine API request.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -102,25 +105,40 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Connects to the local engine at [`DEFAULT_SOCKET`] and agrees an API version with it
-    /// (so older engines, e.g. Debian's 20.10, work). Fails when the engine does not answer.
+    /// Connects to the local engine at [`DEFAULT_SOCKET`]; see [`Runtime::connect_to`].
     pub async fn connect(namespace: Namespace) -> Result<Runtime, DockerError> {
-        Runtime::connect_with_socket(DEFAULT_SOCKET, namespace).await
+        Runtime::connect_to(&DockerHost::default(), namespace).await
     }
 
     /// Like [`Runtime::connect`], with another Unix socket.
-    #[tracing::instrument(skip(namespace), fields(namespace = %namespace), err)]
     pub async fn connect_with_socket(
         socket: &str,
         namespace: Namespace,
     ) -> Result<Runtime, DockerError> {
+        Runtime::connect_to(&DockerHost::Unix(socket.into()), namespace).await
+    }
+
+    /// Connects to the engine at `host` and agrees an API version with it (so older engines,
+    /// e.g. Debian's 20.10, work). Fails when the engine does not answer; the caller retries.
+    #[tracing::instrument(skip(namespace), fields(namespace = %namespace, %host), err)]
+    pub async fn connect_to(
+        host: &DockerHost,
+        namespace: Namespace,
+    ) -> Result<Runtime, DockerError> {
         let connect_err = |source| DockerError::Connect {
-            socket: socket.to_owned(),
+            host: host.to_string(),
             source,
         };
-        let docker =
-            Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?;
+        let version = bollard::API_DEFAULT_VERSION;
+        let docker = match host {
+            DockerHost::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
+            }
+            DockerHost::Tcp { addr } => {
+                Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, version)
+            }
+        }
+        .map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;
         Ok(Runtime {
