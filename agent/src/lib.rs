@@ -13,11 +13,13 @@ pub mod layout;
 pub mod lock;
 pub mod metrics;
 pub mod metrics_server;
+pub mod problems;
 pub mod recovery;
 pub mod runtime;
 pub mod secrets;
 pub mod service;
 pub mod stage;
+pub mod startup;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -13,6 +13,7 @@ use super::{AgentError, Updater};
 use crate::fsutil::{ctx, remove_symlink, swap_symlink};
 use crate::journal::Journal;
 use crate::layout::DataDir;
+use crate::problems::ProblemKind;
 use crate::recovery::{self, Observed};
 use crate::runtime::StackRuntime;
 
@@ -23,7 +24,17 @@ impl<R: StackRuntime> Updater<R> {
     pub async fn recover(&mut self) -> Result<String, AgentError> {
         for leftover in self.data.staging_leftovers().unwrap_or_default() {
             tracing::info!(path = %leftover.display(), "removing an interrupted checkout");
-            fs::remove_dir_all(&leftover).map_err(ctx("remove staging", &leftover))?;
+            // Never trusted (only `releases/<sha>` is), so one that cannot go is reported, not
+            // fatal: recovery goes on without it.
+            let subject = leftover.display().to_string();
+            match fs::remove_dir_all(&leftover).map_err(ctx("remove staging", &leftover)) {
+                Ok(()) => self
+                    .problems
+                    .clear(ProblemKind::StagingStuck, Some(&subject)),
+                Err(e) => self
+                    .problems
+                    .raise(ProblemKind::StagingStuck, Some(&subject), e),
+            }
         }
         let journal = match Journal::load(&self.data.journal()) {
             Ok(j) => Ok(j),
