@@ -300,6 +300,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn controller_mode_records_the_problems_met_as_events_after_agent_started() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::default());
+        let problems = Arc::new(Problems::new(metrics.clone(), None));
+        let attempts = std::cell::Cell::new(0u32);
+        let cfg = config(&tmp.path().join("data"), true);
+        let started = start(
+            &cfg,
+            metrics,
+            problems,
+            || {
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
+                async move {
+                    if n < 3 {
+                        Err("cannot reach the Docker engine at unix:///x: refused".to_owned())
+                    } else {
+                        Ok(NoRuntime)
+                    }
+                }
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pending = started
+            .updater
+            .events()
+            .expect("controller mode")
+            .pending(10)
+            .expect("pending");
+        let kinds: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|e| serde_json::to_value(&e.kind).expect("json"))
+            .collect();
+        assert_eq!(kinds[0]["event"], "agent_started", "{kinds:#?}");
+        assert_eq!(
+            kinds[1],
+            serde_json::json!({
+                "event": "problem_raised",
+                "problem": "docker_unreachable",
+                "detail": "cannot reach the Docker engine at unix:///x: refused"
+            })
+        );
+        assert_eq!(
+            kinds[2],
+            serde_json::json!({"event": "problem_cleared", "problem": "docker_unreachable"})
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_ends_the_wait_and_another_agent_ends_the_start() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(Metrics::default());

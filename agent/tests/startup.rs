@@ -223,6 +223,78 @@ fn an_agent_started_on_a_full_data_filesystem_waits_prunes_nothing_it_needs_and_
     let r2 = lab.release("v2");
     agent.wait_for("release 2 running", SETTLE, |s| idle_on(s, &r2));
     assert!(agent.log_text().contains("\"problem resolved\""));
+
+    // The disk fills up again while the agent runs, and a release comes: it cannot be fetched
+    // (nor journalled); the agent stays on what it runs and takes it once there is room.
+    let filler = fill(&fs.0);
+    let r3 = lab.release("v1");
+    let until = Instant::now() + STAYS_UP;
+    while Instant::now() < until {
+        assert_alive(&mut agent, "with the disk full again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(idle_on(&agent.status(), &r2), "{:#}", agent.status());
+    std::fs::remove_file(&filler).expect("free space");
+    agent.wait_for("release 3 running", SETTLE, |s| {
+        idle_on(s, &r3) && no_problems(s)
+    });
+}
+
+#[test]
+fn a_full_data_filesystem_is_pruned_before_the_journal_is_written() {
+    let test = "a_full_data_filesystem_is_pruned_before_the_journal_is_written";
+    if !ready(test) {
+        return;
+    }
+    let lab = Lab::new("full-fs-prune");
+    let Some(fs) = Tmpfs::mount(&lab.root.path().join("small"), "32m", test) else {
+        return;
+    };
+    let data = fs.0.join("fleet");
+    let eps = [lab.primary.url("fleet.git")];
+    let config = lab.config_with("prune", &eps, &data, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("keep_releases: 3", "keep_releases: 10");
+    std::fs::write(&config, text).expect("write");
+    let mut agent = AgentProc::start(&config);
+    // Four releases staged: `side` still runs from 1's apply, 3 is previous, 4 current; only
+    // release 2 may go.
+    let mut shas = Vec::new();
+    for web in ["v1", "v2", "v1", "v2"] {
+        let sha = lab.release(web);
+        agent.wait_for("the release running", SETTLE, |s| idle_on(s, &sha));
+        shas.push(sha);
+    }
+    agent.kill9();
+    let _filler = fill(&fs.0);
+    let restarted = now_ms();
+    let agent = AgentProc::start(&config);
+    let journal_at = || -> u64 {
+        std::fs::read(data.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["updated_at_ms"].as_u64())
+            .unwrap_or(0)
+    };
+    // Recovery writes the journal: only once pruning made room for it.
+    agent.wait_for("recovered on release 4 without help", SETTLE, |s| {
+        idle_on(s, &shas[3]) && no_problems(s) && journal_at() >= restarted
+    });
+    assert!(
+        !data.join("releases").join(&shas[1]).exists(),
+        "release 2 was pruned\n{}",
+        tail(&agent.log_text(), 30)
+    );
+    for kept in [&shas[0], &shas[2], &shas[3]] {
+        assert!(data.join("releases").join(kept).exists(), "{kept} kept");
+    }
+    let log = agent.log_text();
+    assert!(
+        log.contains("journal_unwritable") && log.contains("pruning old releases"),
+        "{}",
+        tail(&log, 40)
+    );
 }
 
 #[test]
