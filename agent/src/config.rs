@@ -19,6 +19,8 @@
 //! keep_releases: 3                  # staged releases kept on disk (current and previous always)
 //! metrics_listen: 127.0.0.1:9101    # Prometheus /metrics (loopback)
 //! docker_namespace: fleet           # label namespace of this agent's containers
+//! docker_host: unix:///var/run/docker.sock   # else $DOCKER_HOST, else this socket
+//! run_dir: /run/fleet               # live state for `status` (tmpfs: works on a full disk)
 //! secrets_dir: /etc/fleet/secrets   # <stack>.env files with ${NAME} values
 //! safe_mode_compose: /usr/share/fleet/safe-mode/compose.yaml
 //! controller:                       # absent: standalone mode (follow the branch head)
@@ -93,6 +95,8 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
 }
 
+pub use fleet_docker::DockerHost;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -114,6 +118,13 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Label namespace for this agent's Docker objects.
     pub docker_namespace: String,
+    /// Where the Docker engine listens: `docker_host` in the file, else `DOCKER_HOST` (read by
+    /// [`AgentConfig::load`]), else `None`, meaning [`DockerHost::default`].
+    pub docker_host: Option<DockerHost>,
+    /// Where the running agent publishes its live state (its problems) for `fleet-agent status`.
+    /// Outside the data directory, on tmpfs, so a full or read-only data filesystem can still be
+    /// reported.
+    pub run_dir: PathBuf,
     /// Directory of `<stack>.env` secret files.
     pub secrets_dir: PathBuf,
     /// The safe-mode compose file, installed with the agent.
@@ -151,6 +162,12 @@ pub mod defaults {
     pub fn docker_namespace() -> &'static str {
         "fleet"
     }
+    /// The engine's socket on Linux: `/var/run/docker.sock`.
+    pub const DOCKER_SOCKET: &str = fleet_docker::DEFAULT_SOCKET;
+    /// `/run/fleet`.
+    pub fn run_dir() -> &'static str {
+        "/run/fleet"
+    }
     /// `/etc/fleet/secrets`.
     pub fn secrets_dir() -> &'static str {
         "/etc/fleet/secrets"
@@ -178,7 +195,18 @@ pub enum ConfigError {
     /// The file has problems, each with line and column.
     #[error("invalid agent configuration:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
+    /// An environment variable the configuration takes from the environment is malformed.
+    #[error("invalid environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
+
+/// The environment variable naming the Docker engine, as for Docker's own tools.
+pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 
 const TOP_KEYS: &[&str] = &[
     "device_id",
@@ -190,6 +218,8 @@ const TOP_KEYS: &[&str] = &[
     "keep_releases",
     "metrics_listen",
     "docker_namespace",
+    "docker_host",
+    "run_dir",
     "secrets_dir",
     "safe_mode_compose",
     "controller",
@@ -219,7 +249,30 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        cfg.docker_host_from_env(std::env::var(DOCKER_HOST_ENV).ok().as_deref())?;
+        Ok(cfg)
+    }
+
+    /// Precedence of the engine's address: `docker_host` in the file, then `env` (the value of
+    /// `DOCKER_HOST`; empty counts as unset, as for Docker's CLI), then the default socket.
+    pub fn docker_host_from_env(&mut self, env: Option<&str>) -> Result<(), ConfigError> {
+        if self.docker_host.is_some() {
+            return Ok(());
+        }
+        if let Some(value) = env.filter(|v| !v.trim().is_empty()) {
+            let host = value.trim().parse().map_err(|reason| ConfigError::Env {
+                var: DOCKER_HOST_ENV,
+                reason,
+            })?;
+            self.docker_host = Some(host);
+        }
+        Ok(())
+    }
+
+    /// The engine's address to connect to.
+    pub fn docker_host(&self) -> DockerHost {
+        self.docker_host.clone().unwrap_or_default()
     }
 
     /// Parses configuration text; `file` names it in messages.
@@ -329,6 +382,20 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
             Some(s)
         }),
     };
+    let docker_host = match f.get("docker_host") {
+        None => Some(None),
+        Some(n) => ctx.nonempty_string(n, "`docker_host`").and_then(|s| {
+            s.trim()
+                .parse::<DockerHost>()
+                .map_err(|e| ctx.error(n.pos, format!("`docker_host` {e}")))
+                .ok()
+                .map(Some)
+        }),
+    };
+    let run_dir = match f.get("run_dir") {
+        None => Some(PathBuf::from(defaults::run_dir())),
+        Some(n) => path_field(ctx, n, "`run_dir`"),
+    };
     let secrets_dir = match f.get("secrets_dir") {
         None => Some(PathBuf::from(defaults::secrets_dir())),
         Some(n) => path_field(ctx, n, "`secrets_dir`"),
@@ -394,6 +461,8 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         keep_releases: keep_releases?,
         metrics_listen: metrics_listen?,
         docker_namespace: docker_namespace?,
+        docker_host: docker_host?,
+        run_dir: run_dir?,
         secrets_dir: secrets_dir?,
         safe_mode_compose: safe_mode_compose?,
         controller: controller?,
@@ -598,6 +667,82 @@ mod tests {
         assert!(
             first.starts_with("agent.yaml:4:7: error: endpoint 1 of `git.endpoints`: `ftp://x/y`"),
             "{first}"
+        );
+    }
+
+    #[test]
+    fn docker_host_forms_and_precedence() {
+        let parse = |extra: &str| AgentConfig::parse(&format!("{GIT}{extra}"), "agent.yaml");
+        let c = parse("").expect("valid");
+        assert_eq!(c.docker_host, None);
+        assert_eq!(c.docker_host().to_string(), "unix:///var/run/docker.sock");
+        assert_eq!(c.run_dir, PathBuf::from("/run/fleet"));
+        let c = parse("docker_host: unix:///run/user/1000/docker.sock\n").expect("valid");
+        assert_eq!(
+            c.docker_host,
+            Some(DockerHost::Unix("/run/user/1000/docker.sock".into()))
+        );
+        for (text, addr) in [
+            ("tcp://127.0.0.1:2375", "127.0.0.1:2375"),
+            ("http://localhost:2375/", "localhost:2375"),
+            ("tcp://[::1]:2375", "[::1]:2375"),
+        ] {
+            let c = parse(&format!("docker_host: {text}\n")).expect("valid");
+            assert_eq!(
+                c.docker_host,
+                Some(DockerHost::Tcp { addr: addr.into() }),
+                "{text}"
+            );
+        }
+        // The file wins over the environment; the environment over the default.
+        let mut c = parse("docker_host: tcp://127.0.0.1:1\n").expect("valid");
+        c.docker_host_from_env(Some("unix:///env.sock"))
+            .expect("env");
+        assert_eq!(c.docker_host().to_string(), "tcp://127.0.0.1:1");
+        let mut c = parse("").expect("valid");
+        c.docker_host_from_env(Some("unix:///env.sock"))
+            .expect("env");
+        assert_eq!(c.docker_host().to_string(), "unix:///env.sock");
+        let mut c = parse("").expect("valid");
+        c.docker_host_from_env(Some("")).expect("empty is unset");
+        assert_eq!(c.docker_host, None);
+        let err = parse("")
+            .expect("valid")
+            .docker_host_from_env(Some("ssh://pi@host"))
+            .expect_err("malformed");
+        assert!(
+            err.to_string().starts_with(
+                "invalid environment variable DOCKER_HOST: `ssh://pi@host`: the scheme `ssh://` is not supported"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_docker_host_is_positioned() {
+        for (value, says) in [
+            ("unix://docker.sock", "a unix socket needs an absolute path"),
+            ("/var/run/docker.sock", "it has no scheme"),
+            ("tcp://127.0.0.1", "expected host:port"),
+            ("tcp://:2375", "expected host:port"),
+            ("https://h:2376", "TLS to the engine is not supported"),
+        ] {
+            let err = AgentConfig::parse(&format!("{GIT}docker_host: {value}\n"), "agent.yaml")
+                .expect_err(value);
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!(
+                    "agent.yaml:5:14: error: `docker_host` `{value}`: {says}"
+                )),
+                "{value}: {text}"
+            );
+        }
+        let err = AgentConfig::parse(&format!("{GIT}docker_hots: unix:///x\n"), "agent.yaml")
+            .expect_err("unknown key");
+        assert!(
+            err.to_string()
+                .contains("unknown key `docker_hots` in the agent configuration (did you mean `docker_host`?)"),
+            "{err}"
         );
     }
 

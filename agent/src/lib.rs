@@ -18,12 +18,14 @@ pub mod liveness;
 pub mod lock;
 pub mod metrics;
 pub mod metrics_server;
+pub mod problems;
 pub mod recovery;
 pub mod runtime;
 /// Device-local secrets (`<secrets_dir>/<stack>.env`), read the same way by the watchdog.
 pub use fleet_docker::secrets;
 pub mod service;
 pub mod stage;
+pub mod startup;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;

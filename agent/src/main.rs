@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fleet_agent::config::{AgentConfig, ConfigError};
+use fleet_agent::config::{AgentConfig, ConfigError, DockerHost};
 use fleet_agent::docker::{Namespace, Runtime};
 use fleet_agent::journal::Journal;
 use fleet_agent::layout::DataDir;
@@ -70,7 +70,9 @@ fn load(path: &Path) -> Result<AgentConfig, ExitCode> {
     AgentConfig::load(path).map_err(|e| {
         eprintln!("fleet-agent: {e}");
         match e {
-            ConfigError::Invalid(_) | ConfigError::Read { .. } => ExitCode::from(2),
+            ConfigError::Invalid(_) | ConfigError::Read { .. } | ConfigError::Env { .. } => {
+                ExitCode::from(2)
+            }
         }
     })
 }
@@ -96,12 +98,20 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-async fn docker(cfg: &AgentConfig) -> Result<DockerStacks, String> {
-    let ns = Namespace::new(&cfg.docker_namespace).map_err(|e| e.to_string())?;
-    let docker = Runtime::connect(ns).await.map_err(|e| e.to_string())?;
+async fn docker(host: &DockerHost, ns: Namespace) -> Result<DockerStacks, String> {
+    let docker = Runtime::connect_to(host, ns)
+        .await
+        .map_err(|e| fleet_agent::problems::chain(&e))?;
     Ok(DockerStacks {
         docker,
         health_poll: Duration::from_secs(1),
+    })
+}
+
+fn namespace(cfg: &AgentConfig) -> Result<Namespace, ExitCode> {
+    Namespace::new(&cfg.docker_namespace).map_err(|e| {
+        eprintln!("fleet-agent: `docker_namespace`: {e}");
+        ExitCode::from(2)
     })
 }
 
@@ -136,8 +146,12 @@ where
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let ns = match namespace(&cfg) {
+        Ok(ns) => ns,
+        Err(code) => return code,
+    };
     rt.block_on(async {
-        match docker(&cfg).await {
+        match docker(&cfg.docker_host(), ns).await {
             Ok(runtime) => body(cfg, runtime).await,
             Err(e) => {
                 eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
@@ -147,11 +161,23 @@ where
     })
 }
 
+/// The agent: it waits for the engine (and its data directory) instead of exiting, so the
+/// engine starting after the agent at boot, or later, is no problem.
 fn run(cfg: AgentConfig) -> ExitCode {
-    with_docker(cfg, |cfg, runtime| async move {
+    let rt = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let ns = match namespace(&cfg) {
+        Ok(ns) => ns,
+        Err(code) => return code,
+    };
+    let host = cfg.docker_host();
+    rt.block_on(async {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
-        match service::run(cfg, runtime, token).await {
+        let connect = || docker(&host, ns.clone());
+        match service::run(cfg, connect, token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => agent_error(e),
         }
@@ -277,6 +303,7 @@ fn main() -> ExitCode {
             };
             let s = status::read(
                 &DataDir::new(&c.data_dir),
+                &c.run_dir,
                 &c.device_id,
                 c.controller.as_ref(),
             );

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use fleet_config::protocol::UpdatePhase;
 
+use crate::problems::ProblemKind;
+
 /// All update phases, for the one-hot phase gauge.
 const PHASES: &[UpdatePhase] = &[
     UpdatePhase::Idle,
@@ -47,6 +49,8 @@ pub struct Metrics {
     /// The liveness signals the main loop and the phases feed (none in tests that do not
     /// attach one).
     liveness: Mutex<Option<crate::liveness::Liveness>>,
+    /// Active problems by kind (see [`crate::problems`]).
+    problems: Mutex<BTreeMap<ProblemKind, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +114,10 @@ impl Metrics {
     pub fn set_events_dropped(&self, n: u64) {
         self.events_dropped.store(n, Ordering::Relaxed);
     }
+    /// Records how many problems of each kind are active (kinds absent: none).
+    pub fn set_problems(&self, counts: &BTreeMap<ProblemKind, u64>) {
+        *lock(&self.problems) = counts.clone();
+    }
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
         *lock(&self.last_update_seconds) = Some(s);
@@ -159,6 +167,18 @@ impl Metrics {
             }
         }
         let _ = writeln!(out, "# HELP fleet_agent_events_dropped_total Events dropped from the full offline buffer since the agent started.\n# TYPE fleet_agent_events_dropped_total counter\nfleet_agent_events_dropped_total {}", self.events_dropped.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP fleet_agent_problem Problems the agent keeps running with and retries (full or read-only disk, Docker not answering, an unreadable credential), by kind: how many are active.\n# TYPE fleet_agent_problem gauge");
+        {
+            let problems = lock(&self.problems);
+            for kind in ProblemKind::ALL {
+                let n = problems.get(kind).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "fleet_agent_problem{{problem=\"{}\"}} {n}",
+                    kind.as_str()
+                );
+            }
+        }
         if let Some(s) = *lock(&self.last_update_seconds) {
             let _ = writeln!(out, "# HELP fleet_agent_last_update_duration_seconds How long the last update took.\n# TYPE fleet_agent_last_update_duration_seconds gauge\nfleet_agent_last_update_duration_seconds {s}");
         }

@@ -1,5 +1,9 @@
 //! `fleet-agent status`: what the device runs and where its update transaction is, read from
-//! the journal and the release links (no lock needed, nothing is changed).
+//! the journal and the release links (no lock needed, nothing is changed), and the problems the
+//! running agent publishes in its `run_dir` (there even when the data directory is full or
+//! read-only).
+
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -9,6 +13,7 @@ use crate::config::ControllerConfig;
 use crate::controller::report::CheckinStatus;
 use crate::journal::{now_ms, BadRelease, Journal, JournalError};
 use crate::layout::{DataDir, LinkState};
+use crate::problems::{Problem, PublishedState};
 
 /// Controller mode: enrollment and the last check-in.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +61,10 @@ pub struct Status {
     pub safe_mode: Option<String>,
     /// The journal could not be read: why.
     pub journal_problem: Option<String>,
+    /// True while the running agent is still starting (waiting out its problems).
+    pub starting: bool,
+    /// The problems the running agent keeps running with (empty when none, or no agent runs).
+    pub problems: Vec<Problem>,
     /// Controller mode only.
     pub controller: Option<ControllerStatus>,
 }
@@ -78,8 +87,15 @@ fn controller_status(data: &DataDir, cfg: &ControllerConfig) -> ControllerStatus
     }
 }
 
-/// Reads the state of the data directory; `controller` is the configured controller, if any.
-pub fn read(data: &DataDir, device_id: &str, controller: Option<&ControllerConfig>) -> Status {
+/// Reads the state of the data directory and what the running agent published in `run_dir`;
+/// `controller` is the configured controller, if any.
+pub fn read(
+    data: &DataDir,
+    run_dir: &Path,
+    device_id: &str,
+    controller: Option<&ControllerConfig>,
+) -> Status {
+    let published = PublishedState::load(run_dir);
     let standalone = controller.is_none();
     let mut link_problems = Vec::new();
     let mut link = |name: &str, state: LinkState| match state {
@@ -118,6 +134,8 @@ pub fn read(data: &DataDir, device_id: &str, controller: Option<&ControllerConfi
         bad_releases: journal.bad_releases,
         safe_mode: journal.safe_mode,
         journal_problem,
+        starting: published.as_ref().is_some_and(|p| p.starting),
+        problems: published.map(|p| p.problems).unwrap_or_default(),
         controller: controller.map(|c| controller_status(data, c)),
     }
 }
@@ -176,6 +194,15 @@ impl std::fmt::Display for Status {
         if let Some(p) = &self.journal_problem {
             writeln!(f, "problem:    {p}")?;
         }
+        if self.starting {
+            writeln!(
+                f,
+                "agent:      starting: waiting for the problems below to clear"
+            )?;
+        }
+        for p in &self.problems {
+            writeln!(f, "problem:    {p} (since {})", ago(p.since_ms))?;
+        }
         if let Some(c) = &self.controller {
             let enrolled = if c.enrolled {
                 "enrolled"
@@ -226,7 +253,7 @@ mod tests {
         let mut j = Journal::idle(Some(a.clone()));
         j.last_result = Some(UpdateResult::Succeeded { release: a.clone() });
         j.save(&d.journal()).expect("save");
-        let s = read(&d, "pi-01", None);
+        let s = read(&d, &tmp.path().join("run"), "pi-01", None);
         assert_eq!(s.current, Some(a.clone()));
         assert_eq!(s.previous, None);
         assert_eq!(s.link_problems.len(), 1);
@@ -244,6 +271,32 @@ mod tests {
         assert_eq!(json["phase"], "idle");
         assert_eq!(json["current"], a.as_str());
         assert!(json["controller"].is_null());
+        assert_eq!(json["problems"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn problems_the_running_agent_published_are_shown() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let run = tmp.path().join("run");
+        // The data directory does not even exist: the agent could not create it.
+        let d = DataDir::new(tmp.path().join("data"));
+        let problems = crate::problems::Problems::new(std::sync::Arc::default(), Some(&run));
+        problems.set_starting(true);
+        problems.raise(
+            crate::problems::ProblemKind::DataDirUnusable,
+            None,
+            "create data directory /x: Read-only file system (os error 30)",
+        );
+        let s = read(&d, &run, "pi-01", None);
+        assert!(s.starting);
+        let text = s.to_string();
+        assert!(text.contains("agent:      starting"), "{text}");
+        assert!(
+            text.contains("problem:    data_dir_unusable: create data directory /x: Read-only file system (os error 30) (since 0 s ago)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["problems"][0]["problem"], "data_dir_unusable");
     }
 
     #[test]
@@ -267,7 +320,7 @@ mod tests {
             "controller https://c:8443 unreachable: refused".into(),
         );
         last.save(&d.checkin_status()).expect("save");
-        let s = read(&d, "pi-01", Some(&cfg));
+        let s = read(&d, &tmp.path().join("run"), "pi-01", Some(&cfg));
         let text = s.to_string();
         assert!(
             text.contains("device:     pi-01 (controller mode)"),

@@ -246,6 +246,25 @@ pub enum EventKind {
         /// Agent version.
         version: String,
     },
+    /// The agent met a problem it keeps running with (full or read-only disk, Docker not
+    /// answering, an unreadable credential), retrying what can recover.
+    ProblemRaised {
+        /// Its kind, as in the agent's `fleet_agent_problem{problem=...}` gauge.
+        problem: String,
+        /// What it concerns when there can be several (a Git endpoint's URL), else absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// What failed, and why.
+        detail: String,
+    },
+    /// A problem raised earlier went away.
+    ProblemCleared {
+        /// Its kind.
+        problem: String,
+        /// As when it was raised.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
 }
 
 /// A summary of the device's resources at check-in.

@@ -24,17 +24,19 @@ fn list_missing(missing: &[MissingSecret]) -> String {
 /// `source`, where present, says why (usually the engine's own answer).
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    /// The engine's socket did not answer, or its API version could not be agreed.
-    #[error("cannot reach the Docker engine at {socket}")]
+    /// The engine did not answer, or its API version could not be agreed.
+    #[error("cannot reach the Docker engine at {host}")]
     Connect {
-        /// The socket path.
-        socket: String,
+        /// Where it was asked (`unix:///var/run/docker.sock`, `tcp://host:port`).
+        host: String,
         /// Why.
         #[source]
         source: bollard::errors::Error,
     },
     /// `DOCKER_HOST` (or the address given) names a transport this client does not speak.
-    #[error("unsupported Docker host `{host}`: use unix:///path/to/docker.sock, a socket path, or tcp://HOST:PORT")]
+    #[error(
+        "unsupported Docker host `{host}`: use unix:///path/to/docker.sock or tcp://HOST:PORT"
+    )]
     UnsupportedHost {
         /// The refused address.
         host: String,

@@ -1,8 +1,8 @@
 //! The Docker runtime: reconciles a stack's Compose subset against the Engine API (bollard over
-//! `/var/run/docker.sock`), watches its health, and cleans up, never shelling out to `docker`.
+//! `/var/run/docker.sock`, or the [`DockerHost`] configured), watches its health, and cleans up,
+//! never shelling out to `docker`.
 //!
-//! - [`Runtime::connect`] talks to the local engine on behalf of one [`Namespace`] (and
-//!   [`Runtime::connect_host`] to the one `DOCKER_HOST` names, see [`docker_host`]); every
+//! - [`Runtime::connect_to`] talks to the engine on behalf of one [`Namespace`]; every
 //!   object it creates carries the labels of [`labels`], and it only ever touches objects
 //!   carrying its namespace, so several agents (or tests) can share one engine.
 //! - [`Runtime::ensure_images`] makes the images local before anything running is touched.
@@ -24,6 +24,7 @@ mod containers;
 mod env;
 mod error;
 mod health;
+pub mod host;
 mod images;
 pub mod labels;
 mod order;
@@ -42,50 +43,8 @@ pub use apply::{ApplyReport, ServiceChange};
 pub use cleanup::Removed;
 pub use error::{DockerError, MissingSecret};
 pub use health::{DockerHealth, ProbeOutcome, ServiceHealth, StackHealth};
+pub use host::{DockerHost, DEFAULT_SOCKET, DOCKER_HOST_ENV};
 pub use labels::Namespace;
-
-/// The engine's socket on Linux.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-
-/// The variable Docker's own tools read the engine's address from.
-pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
-
-/// The engine's address as Docker's tools find it: `DOCKER_HOST` when set and not empty,
-/// else `unix://` + [`DEFAULT_SOCKET`].
-pub fn docker_host() -> String {
-    std::env::var(DOCKER_HOST_ENV)
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
-}
-
-/// How to reach an engine address: a Unix socket path, or a plain-HTTP `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Transport {
-    Unix(String),
-    Tcp(String),
-}
-
-fn transport(host: &str) -> Result<Transport, DockerError> {
-    let host = host.trim();
-    if let Some(path) = host.strip_prefix("unix://") {
-        return Ok(Transport::Unix(path.to_owned()));
-    }
-    if host.starts_with('/') {
-        return Ok(Transport::Unix(host.to_owned()));
-    }
-    for scheme in ["tcp://", "http://"] {
-        if let Some(addr) = host.strip_prefix(scheme) {
-            let addr = addr.trim_end_matches('/');
-            if !addr.is_empty() {
-                return Ok(Transport::Tcp(format!("tcp://{addr}")));
-            }
-        }
-    }
-    Err(DockerError::UnsupportedHost {
-        host: host.to_owned(),
-    })
-}
 
 /// Seconds the client waits for one ordinary Engine API request.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -144,59 +103,49 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Connects to the local engine at [`DEFAULT_SOCKET`] and agrees an API version with it
-    /// (so older engines, e.g. Debian's 20.10, work). Fails when the engine does not answer.
+    /// Connects to the local engine at [`DEFAULT_SOCKET`]; see [`Runtime::connect_to`].
     pub async fn connect(namespace: Namespace) -> Result<Runtime, DockerError> {
-        Runtime::connect_with_socket(DEFAULT_SOCKET, namespace).await
+        Runtime::connect_to(&DockerHost::default(), namespace).await
     }
 
-    /// Connects to the engine at `host` (`unix:///path`, a socket path, or `tcp://HOST:PORT`,
-    /// as in `DOCKER_HOST`; [`docker_host`] reads it the way Docker's tools do).
+    /// Connects to the engine at `host` as spelt in `DOCKER_HOST` (`unix:///path`,
+    /// `tcp://HOST:PORT`); see [`Runtime::connect_to`].
     pub async fn connect_host(host: &str, namespace: Namespace) -> Result<Runtime, DockerError> {
-        match transport(host)? {
-            Transport::Unix(path) => Runtime::connect_with_socket(&path, namespace).await,
-            Transport::Tcp(addr) => {
-                let connect_err = |source| DockerError::Connect {
-                    socket: addr.clone(),
-                    source,
-                };
-                let docker = Docker::connect_with_http(
-                    &addr,
-                    REQUEST_TIMEOUT_SECS,
-                    bollard::API_DEFAULT_VERSION,
-                )
-                .map_err(connect_err)?;
-                Runtime::negotiated(docker, &addr, namespace).await
-            }
-        }
+        let parsed: DockerHost = host.parse().map_err(|_| DockerError::UnsupportedHost {
+            host: host.to_owned(),
+        })?;
+        Runtime::connect_to(&parsed, namespace).await
     }
 
     /// Like [`Runtime::connect`], with another Unix socket.
-    #[tracing::instrument(skip(namespace), fields(namespace = %namespace), err)]
     pub async fn connect_with_socket(
         socket: &str,
         namespace: Namespace,
     ) -> Result<Runtime, DockerError> {
-        let connect_err = |source| DockerError::Connect {
-            socket: socket.to_owned(),
-            source,
-        };
-        let docker =
-            Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?;
-        Runtime::negotiated(docker, socket, namespace).await
+        Runtime::connect_to(&DockerHost::Unix(socket.into()), namespace).await
     }
 
-    /// Agrees an API version with the engine behind `docker` and checks it answers.
-    async fn negotiated(
-        docker: Docker,
-        address: &str,
+    /// Connects to the engine at `host` and agrees an API version with it (so older engines,
+    /// e.g. Debian's 20.10, work). Fails when the engine does not answer; the caller retries.
+    #[tracing::instrument(skip(namespace), fields(namespace = %namespace, %host), err)]
+    pub async fn connect_to(
+        host: &DockerHost,
         namespace: Namespace,
     ) -> Result<Runtime, DockerError> {
         let connect_err = |source| DockerError::Connect {
-            socket: address.to_owned(),
+            host: host.to_string(),
             source,
         };
+        let version = bollard::API_DEFAULT_VERSION;
+        let docker = match host {
+            DockerHost::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
+            }
+            DockerHost::Tcp { addr } => {
+                Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, version)
+            }
+        }
+        .map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;
         Ok(Runtime {
@@ -235,35 +184,27 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests {
-    use super::{transport, Transport};
+    use super::DockerHost;
 
     #[test]
     fn docker_host_forms_are_understood_like_dockers_tools() {
-        let unix = |p: &str| Ok(Transport::Unix(p.to_owned()));
-        let tcp = |a: &str| Ok(Transport::Tcp(a.to_owned()));
         let cases = [
-            ("unix:///var/run/docker.sock", unix("/var/run/docker.sock")),
-            (
-                "/run/user/1000/docker.sock",
-                unix("/run/user/1000/docker.sock"),
-            ),
-            ("tcp://127.0.0.1:2375", tcp("tcp://127.0.0.1:2375")),
-            ("http://127.0.0.1:2375/", tcp("tcp://127.0.0.1:2375")),
+            ("unix:///var/run/docker.sock", "unix:///var/run/docker.sock"),
+            ("tcp://127.0.0.1:2375", "tcp://127.0.0.1:2375"),
+            ("http://127.0.0.1:2375/", "tcp://127.0.0.1:2375"),
         ];
         for (host, want) in cases {
-            assert_eq!(transport(host).map_err(|e| e.to_string()), want, "{host}");
+            let got: DockerHost = host.parse().unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!(got.to_string(), want, "{host}");
         }
         for bad in [
             "ssh://pi@device",
             "npipe:////./pipe/docker_engine",
             "tcp://",
             "docker.sock",
+            "https://h:2376",
         ] {
-            let err = transport(bad).map(|_| ()).map_err(|e| e.to_string());
-            assert!(
-                matches!(&err, Err(m) if m.contains("unsupported Docker host")),
-                "{bad}: {err:?}"
-            );
+            assert!(bad.parse::<DockerHost>().is_err(), "{bad}");
         }
     }
 }

@@ -33,7 +33,7 @@ struct Cli {
     /// The secrets directory (safe-mode.env), used until the agent's heartbeat names its own.
     #[arg(long, default_value = "/etc/fleet/secrets")]
     secrets_dir: PathBuf,
-    /// The Docker engine: unix:///path, a socket path or tcp://HOST:PORT [default: $DOCKER_HOST,
+    /// The Docker engine: unix:///path or tcp://HOST:PORT [default: $DOCKER_HOST,
     /// else unix:///var/run/docker.sock].
     #[arg(long)]
     docker_host: Option<String>,
@@ -91,7 +91,14 @@ fn main() -> ExitCode {
         namespace: cli.namespace,
         safe_mode_compose: cli.safe_mode_compose,
         secrets_dir: cli.secrets_dir,
-        docker_host: cli.docker_host.unwrap_or_else(fleet_docker::docker_host),
+        docker_host: cli
+            .docker_host
+            .or_else(|| {
+                std::env::var(fleet_docker::DOCKER_HOST_ENV)
+                    .ok()
+                    .filter(|h| !h.trim().is_empty())
+            })
+            .unwrap_or_else(|| fleet_docker::DockerHost::default().to_string()),
         poll: cli.poll,
         thresholds: Thresholds {
             dead_after: cli.dead_after,

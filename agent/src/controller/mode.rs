@@ -201,6 +201,9 @@ pub async fn run<R: StackRuntime>(
             next = Instant::now();
         }
         if Instant::now() >= next {
+            // Credentials fixed or rotated take effect; problems met since go out with this
+            // check-in.
+            updater.refresh_endpoints();
             let wait = l.tick(updater, &shutdown).await;
             l.save_status(&data);
             next = Instant::now() + wait;

@@ -17,6 +17,7 @@ use super::{AgentError, Updater, SAFE_MODE_STACK};
 use crate::fsutil::{remove_symlink, remove_tree, swap_symlink};
 use crate::journal::Journal;
 use crate::layout::DataDir;
+use crate::problems::ProblemKind;
 use crate::recovery::{self, Observed};
 use crate::runtime::StackRuntime;
 
@@ -27,9 +28,16 @@ impl<R: StackRuntime> Updater<R> {
     pub async fn recover(&mut self) -> Result<String, AgentError> {
         for leftover in self.data.staging_leftovers().unwrap_or_default() {
             tracing::info!(path = %leftover.display(), "removing an interrupted checkout or deletion");
-            if let Err(e) = remove_tree(&leftover) {
-                // Garbage under a name no release can have: never trusted, so it can wait.
-                tracing::warn!(error = %e, "cannot remove it now; it is never used");
+            // Never trusted (only `releases/<sha>` is), so one that cannot go is reported, not
+            // fatal: recovery goes on without it.
+            let subject = leftover.display().to_string();
+            match remove_tree(&leftover) {
+                Ok(()) => self
+                    .problems
+                    .clear(ProblemKind::StagingStuck, Some(&subject)),
+                Err(e) => self
+                    .problems
+                    .raise(ProblemKind::StagingStuck, Some(&subject), e),
             }
         }
         // Temporary files of a write the cut interrupted: never renamed into place, garbage.

@@ -49,6 +49,7 @@ use crate::journal::{Journal, JournalError};
 use crate::layout::DataDir;
 use crate::lock::{LockError, UpdateLock};
 use crate::metrics::Metrics;
+use crate::problems::{ProblemKind, Problems};
 use crate::runtime::{RuntimeError, StackRuntime, StackSpec};
 use crate::stage::{self, Staged};
 use fleet_git::{Auth, Endpoint, GitCache, GitError};
@@ -130,6 +131,8 @@ pub struct Updater<R> {
     endpoints: Vec<Endpoint>,
     runtime: R,
     metrics: Arc<Metrics>,
+    /// The problems the agent keeps running with (shared with the service).
+    problems: Arc<Problems>,
     journal: Journal,
     /// The release last checked by [`Updater::supervise`], so it is not re-verified each pass.
     supervised: Option<Staged>,
@@ -153,33 +156,71 @@ fn read_secret(what: &'static str, path: &std::path::Path) -> Result<String, Age
         })
 }
 
-/// Turns the configured endpoints into Git endpoints, reading credential files.
-pub fn endpoints(cfg: &AgentConfig) -> Result<Vec<Endpoint>, AgentError> {
-    cfg.git
-        .endpoints
-        .iter()
-        .map(|e| {
-            let auth = match &e.auth {
-                GitAuth::None => Auth::None,
-                GitAuth::TokenFile { path, username } => Auth::HttpsToken {
+/// The configured Git endpoints, with their credentials read.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    /// The endpoints the agent fetches from, in the configured order.
+    pub usable: Vec<Endpoint>,
+    /// The endpoints left out because a credential file could not be read: URL and why.
+    pub disabled: Vec<(String, AgentError)>,
+}
+
+/// Turns the configured endpoints into Git endpoints, reading credential files. An endpoint
+/// whose credential cannot be read is disabled, not fatal: the others still serve.
+pub fn endpoints(cfg: &AgentConfig) -> Endpoints {
+    let mut out = Endpoints::default();
+    for e in &cfg.git.endpoints {
+        let auth = match &e.auth {
+            GitAuth::None => Ok(Auth::None),
+            GitAuth::TokenFile { path, username } => {
+                read_secret("Git token file", path).map(|token| Auth::HttpsToken {
                     username: username.clone(),
-                    token: read_secret("Git token file", path)?,
-                },
-                GitAuth::SshKey {
-                    path,
-                    passphrase_file,
-                } => Auth::SshKey {
+                    token,
+                })
+            }
+            GitAuth::SshKey {
+                path,
+                passphrase_file,
+            } => passphrase_file
+                .as_deref()
+                .map(|p| read_secret("SSH key passphrase file", p))
+                .transpose()
+                .map(|passphrase| Auth::SshKey {
                     username: None,
                     private_key: path.clone(),
-                    passphrase: passphrase_file
-                        .as_deref()
-                        .map(|p| read_secret("SSH key passphrase file", p))
-                        .transpose()?,
-                },
-            };
-            Ok(Endpoint::new(e.url.clone()).with_auth(auth))
-        })
-        .collect()
+                    passphrase,
+                }),
+        };
+        match auth {
+            Ok(auth) => out
+                .usable
+                .push(Endpoint::new(e.url.clone()).with_auth(auth)),
+            Err(err) => out.disabled.push((e.url.clone(), err)),
+        }
+    }
+    out
+}
+
+/// What [`open_stores`] opens in a locked data directory.
+#[derive(Debug)]
+pub struct Stores {
+    /// The Git cache.
+    pub git: GitCache,
+    /// Controller mode: the event buffer.
+    pub events: Option<EventLog>,
+}
+
+/// Creates the layout of the locked data directory and opens its Git cache and (controller
+/// mode) event buffer.
+pub fn open_stores(cfg: &AgentConfig, data: &DataDir) -> Result<Stores, AgentError> {
+    data.create()?;
+    let git = GitCache::open_or_init(data.git_cache())?;
+    let events = if cfg.standalone() {
+        None
+    } else {
+        Some(EventLog::open(data.events_dir())?)
+    };
+    Ok(Stores { git, events })
 }
 
 fn result_name(r: &UpdateResult) -> &'static str {
@@ -193,38 +234,116 @@ fn result_name(r: &UpdateResult) -> &'static str {
 
 impl<R: StackRuntime> Updater<R> {
     /// Takes the data directory's lock (failing at once if another agent holds it), creates
-    /// the layout and opens the Git cache. Call [`Updater::recover`] next.
+    /// the layout and opens the Git cache, failing on the first problem; the running agent
+    /// uses [`crate::startup`] instead, which waits them out. Call [`Updater::recover`] next.
     pub fn open(cfg: AgentConfig, runtime: R, metrics: Arc<Metrics>) -> Result<Self, AgentError> {
         let data = DataDir::new(&cfg.data_dir);
         crate::fsutil::create_dir_all(data.root())?;
         let lock = UpdateLock::acquire(&data.lock())?;
-        data.create()?;
-        let git = GitCache::open_or_init(data.git_cache())?;
-        let endpoints = endpoints(&cfg)?;
+        let stores = open_stores(&cfg, &data)?;
+        let problems = Arc::new(Problems::new(metrics.clone(), None));
+        Ok(Self::from_parts(
+            cfg, runtime, metrics, problems, lock, stores,
+        ))
+    }
+
+    /// The updater over a data directory already locked and opened. Endpoints whose
+    /// credentials cannot be read are disabled and reported to `problems`.
+    pub fn from_parts(
+        cfg: AgentConfig,
+        runtime: R,
+        metrics: Arc<Metrics>,
+        problems: Arc<Problems>,
+        lock: UpdateLock,
+        stores: Stores,
+    ) -> Self {
+        let data = DataDir::new(&cfg.data_dir);
         let journal = Journal::load(&data.journal())
             .ok()
             .flatten()
             .unwrap_or_else(|| Journal::idle(None));
-        let events = if cfg.standalone() {
-            None
-        } else {
-            Some(EventLog::open(data.events_dir())?)
-        };
-        Ok(Updater {
+        let mut updater = Updater {
             cfg,
             data,
-            git,
-            endpoints,
+            git: stores.git,
+            endpoints: Vec::new(),
             runtime,
             metrics,
+            problems,
             recorded_phase: journal.phase,
             recorded_safe_mode: journal.safe_mode.clone(),
             journal,
             supervised: None,
             supervise_problem: None,
-            events,
+            events: stores.events,
             _lock: lock,
-        })
+        };
+        updater.load_endpoints();
+        updater
+    }
+
+    /// Reads the endpoints' credentials again (a fixed or rotated credential file takes
+    /// effect), disabling those that cannot be read and reporting them.
+    pub fn refresh_endpoints(&mut self) {
+        self.load_endpoints();
+        self.flush_problem_events();
+    }
+
+    fn load_endpoints(&mut self) {
+        let Endpoints { usable, disabled } = endpoints(&self.cfg);
+        for (url, err) in &disabled {
+            self.problems.raise(
+                ProblemKind::GitEndpointDisabled,
+                Some(url),
+                format!(
+                    "Git endpoint {url} disabled: {}",
+                    crate::problems::chain(err)
+                ),
+            );
+        }
+        let still: Vec<&str> = disabled.iter().map(|(u, _)| u.as_str()).collect();
+        self.problems
+            .clear_except(ProblemKind::GitEndpointDisabled, &still);
+        self.endpoints = usable;
+    }
+
+    /// The problems this updater reports to.
+    pub fn problems(&self) -> &Arc<Problems> {
+        &self.problems
+    }
+
+    /// Writes a throw-away file next to the journal, as the journal is written (temp, fsync,
+    /// rename), to learn whether the journal can be written at all.
+    pub fn probe_journal(&self) -> Result<(), FsError> {
+        let probe = self.data.root().join(".write-probe");
+        crate::fsutil::write_atomic(&probe, b"probe\n")?;
+        crate::fsutil::remove_file(&probe)
+    }
+
+    /// Frees disk for the journal: prunes every release but `current`, `previous` and those in
+    /// use, and their unused images.
+    pub async fn free_disk(&mut self) {
+        self.collect_garbage(0, None).await;
+    }
+
+    /// Hands the problems' queued events to the event buffer (controller mode).
+    pub fn flush_problem_events(&mut self) {
+        let Some(log) = self.events.as_mut() else {
+            // Standalone: nobody would acknowledge them.
+            drop(self.problems.take_events());
+            return;
+        };
+        let mut queued = self.problems.take_events().into_iter();
+        while let Some(kind) = queued.next() {
+            if let Err(e) = log.append(kind.clone()) {
+                tracing::warn!(error = %e, "cannot record a problem event for the controller; kept for later");
+                let mut rest = vec![kind];
+                rest.extend(queued);
+                self.problems.requeue_events(rest);
+                break;
+            }
+        }
+        self.metrics.set_events_dropped(log.dropped());
     }
 
     /// Records an event for the controller (controller mode; a no-op standalone). An event
@@ -237,6 +356,8 @@ impl<R: StackRuntime> Updater<R> {
             tracing::warn!(error = %e, "cannot record an event for the controller");
         }
         self.metrics.set_events_dropped(log.dropped());
+        // After it, so a problem that this event's action raised follows it.
+        self.flush_problem_events();
     }
 
     /// The event buffer (controller mode).
@@ -284,7 +405,14 @@ impl<R: StackRuntime> Updater<R> {
     }
 
     fn save(&mut self) -> Result<(), AgentError> {
-        self.journal.save(&self.data.journal())?;
+        if let Err(e) = self.journal.save(&self.data.journal()) {
+            // Reported and survived: the transaction refuses to go on without its journal, the
+            // agent does not end (a full disk is pruned by the next update's disk check).
+            self.problems
+                .raise(ProblemKind::JournalUnwritable, None, &e);
+            return Err(e.into());
+        }
+        self.problems.clear(ProblemKind::JournalUnwritable, None);
         self.metrics.set_phase(self.journal.phase);
         self.record_changes();
         Ok(())

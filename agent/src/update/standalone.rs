@@ -65,6 +65,7 @@ impl<R: StackRuntime> Updater<R> {
             self.handle_rollback_request().await;
             if tokio::time::Instant::now() >= next_poll {
                 self.supervise().await;
+                self.refresh_endpoints();
                 if let Some(result) = self.poll_once().await {
                     tracing::info!(result = ?result, "update finished");
                 }

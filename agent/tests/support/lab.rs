@@ -139,9 +139,10 @@ impl Lab {
             .map(|u| format!("    - url: {u}\n"))
             .collect();
         let text = format!(
-            "device_id: {DEVICE}\ndata_dir: {}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 3s\npoll_interval: 1s\nhealth_window: 2s\nmin_free_disk: 1MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {}\nsecrets_dir: {}\nsafe_mode_compose: {}\n{extra}",
+            "device_id: {DEVICE}\ndata_dir: {}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 3s\npoll_interval: 1s\nhealth_window: 2s\nmin_free_disk: 1MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {}\nrun_dir: {}\nsecrets_dir: {}\nsafe_mode_compose: {}\n{extra}",
             data_dir.display(),
             self.ns.name,
+            self.root.path().join(format!("run-{name}")).display(),
             self.root.path().join("secrets").display(),
             self.root.path().join("safe-mode/compose.yaml").display(),
         );
