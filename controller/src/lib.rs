@@ -17,5 +17,6 @@ pub mod service;
 pub mod snapshot;
 pub mod state;
 pub mod summary;
+pub mod timefmt;
 pub mod tokens;
 pub mod watcher;

@@ -75,9 +75,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::PairingExpired(_) | ServiceError::PairingUsed(_) => {
                 ApiError::Gone(e.to_string())
             }
-            ServiceError::Refused(_) | ServiceError::Corrupt { .. } => {
-                ApiError::Conflict(e.to_string())
+            ServiceError::Refused(_)
+            | ServiceError::Corrupt { .. }
+            | ServiceError::WouldReplace { .. }
+            | ServiceError::DeviceExists { .. } => ApiError::Conflict(e.to_string()),
+            ServiceError::BootstrapUnknown | ServiceError::BootstrapUnusable { .. } => {
+                ApiError::Unauthorized(e.to_string())
             }
+            ServiceError::NotSelected { .. } => ApiError::Forbidden(e.to_string()),
+            ServiceError::NoBootstrapToken(_) => ApiError::NotFound(e.to_string()),
+            ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
         }
     }
 }

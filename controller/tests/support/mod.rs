@@ -113,8 +113,16 @@ impl TestController {
         let admin = user(&db, "admin", Role::Admin).await;
         let operator = user(&db, "operator", Role::Operator).await;
         let viewer = user(&db, "viewer", Role::Viewer).await;
-        let bootstrap = db
-            .create_bootstrap_token("test")
+        let (bootstrap, _) = db
+            .create_bootstrap_token(
+                "test",
+                &fleet_controller::db::NewBootstrapToken {
+                    note: "tests".into(),
+                    ttl_ms: 86_400_000,
+                    ..Default::default()
+                },
+                fleet_controller::db::now_ms(),
+            )
             .await
             .expect("bootstrap token");
         let shutdown = CancellationToken::new();
