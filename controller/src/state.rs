@@ -66,6 +66,11 @@ impl AppState {
         self.cfg.offline_after.as_millis() as i64
     }
 
+    /// Whether cookies are marked `Secure` (the controller serves HTTPS).
+    pub fn secure_cookies(&self) -> bool {
+        self.cfg.tls.is_some()
+    }
+
     /// Whether this replica drives rollouts.
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)

@@ -64,6 +64,7 @@ pub fn test_config(
         checkin_interval: Duration::from_secs(1),
         pairing_ttl: Duration::from_secs(900),
         reconcile_interval: Duration::from_millis(200),
+        ..ControllerConfig::default()
     }
 }
 
