@@ -43,7 +43,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/audit", "viewer", "The audit log, newest first", ops::audit),
         Route::get("/api/v1/releases", "viewer", "Commits seen: valid releases and rejected ones with their errors", ops::releases),
         Route::post("/api/v1/webhook", "hmac", "Push webhook (GitHub X-Hub-Signature-256 or Gitea X-Gitea-Signature)", webhook::receive),
-        Route::get("/metrics", "none", "Prometheus metrics", metrics),
+        Route::get("/metrics", "metrics token (if configured)", "Prometheus metrics", metrics),
         Route::get("/healthz", "none", "Liveness: the process answers and the database is reachable", healthz),
     ]
 }
@@ -58,7 +58,22 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, error::A
     Ok("ok\n")
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, error::ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, error::ApiError> {
+    if let Some(want) = &state.metrics_token {
+        let given = auth::bearer(&headers).unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            want.as_bytes(),
+            given.as_bytes(),
+        )) {
+            return Err(error::ApiError::Unauthorized(
+                "/metrics needs `Authorization: Bearer TOKEN` with the token of `metrics_token_file`"
+                    .into(),
+            ));
+        }
+    }
     let now = now_ms();
     let devices = state.db.devices().await?;
     let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());
