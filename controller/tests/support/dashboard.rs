@@ -7,7 +7,18 @@ pub async fn session_cookie(base: &str, user: &str, password: &str) -> String {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let (csrf, login_cookie) = login_form(&http, base).await;
+    session_cookie_with(&http, base, user, password).await
+}
+
+/// As [`session_cookie`], with `http` (which must not follow redirects; e.g. one that trusts a
+/// lab CA).
+pub async fn session_cookie_with(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let (csrf, login_cookie) = login_form(http, base).await;
     let r = http
         .post(format!("{base}/login"))
         .header("cookie", login_cookie)

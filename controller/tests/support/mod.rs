@@ -102,7 +102,8 @@ impl TestController {
         mut cfg: ControllerConfig,
         secret: Option<&str>,
     ) -> TestController {
-        let base = format!("http://{}", cfg.listen);
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", cfg.listen);
         if let Some(s) = secret {
             let p = cfg.data_dir.join("webhook.secret");
             std::fs::create_dir_all(&cfg.data_dir).expect("data dir");

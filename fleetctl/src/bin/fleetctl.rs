@@ -21,7 +21,10 @@ struct Cli {
     /// API token (from `fleet-controller tokens create NAME`).
     #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Config file with `url:` and `token:` (default ~/.config/fleet/fleetctl.yaml).
+    /// Trust only this CA (PEM) for the controller's certificate (default: the system's roots).
+    #[arg(long, global = true, env = "FLEET_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Config file with `url:`, `token:` and `ca_file:` (default ~/.config/fleet/fleetctl.yaml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Output format.
@@ -238,6 +241,7 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
     let api = Api::new(resolve(
         cli.url.clone(),
         cli.token.clone(),
+        cli.ca_file.clone(),
         cli.config.as_deref(),
     )?)?;
     let json_out = cli.output == Output::Json;
