@@ -28,6 +28,7 @@
 //!   token_file: /etc/fleet/device-token       # written at enrollment (mode 0600)
 //!   bootstrap_token_file: /etc/fleet/bootstrap-token   # optional: enroll at once, no pairing code
 //!   request_timeout: 10s            # one HTTP request to the controller, connect to answer
+//!   ca_file: /etc/fleet/controller-ca.pem     # optional: trust only this CA (default: system roots)
 //! ```
 
 use std::net::SocketAddr;
@@ -93,6 +94,9 @@ pub struct ControllerConfig {
     pub bootstrap_token_file: Option<PathBuf>,
     /// Longest one request to the controller may take, from connecting to the last byte.
     pub request_timeout: Duration,
+    /// Trust only the CA certificates in this PEM file for the controller's certificate (the
+    /// fleet's own CA); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub use fleet_docker::DockerHost;
@@ -236,6 +240,7 @@ const CONTROLLER_KEYS: &[&str] = &[
     "url",
     "token_file",
     "bootstrap_token_file",
+    "ca_file",
     "request_timeout",
 ];
 /// Bounds of `controller.request_timeout`.
@@ -423,6 +428,10 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
                 None => Some(None),
                 Some(t) => path_field(ctx, t, "`controller.bootstrap_token_file`").map(Some),
             };
+            let ca_file = match cf.get("ca_file") {
+                None => Some(None),
+                Some(t) => path_field(ctx, t, "`controller.ca_file`").map(Some),
+            };
             let request_timeout = match cf.get("request_timeout") {
                 None => Some(defaults::REQUEST_TIMEOUT),
                 Some(t) => ctx
@@ -448,6 +457,7 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
                 token_file: token_file?,
                 bootstrap_token_file: bootstrap_token_file?,
                 request_timeout: request_timeout?,
+                ca_file: ca_file?,
             }))
         })(),
     };

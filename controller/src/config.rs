@@ -39,6 +39,54 @@ pub struct GitSource {
     pub failover_timeout: Duration,
 }
 
+/// HTTPS: the certificate chain and key the controller serves (PEM files, read at start and
+/// again on SIGHUP, so a renewed certificate needs no restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Bounds on what one client may hold: connections, and how long each part of a request may
+/// take. The defaults keep an agent's connection (and TLS session) alive between its 60 s
+/// check-ins while a client that sends nothing, or sends slowly, is cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; at the cap new ones wait in the kernel's backlog. Also kept
+    /// below the process's file-descriptor limit (see `server`).
+    pub max_connections: usize,
+    /// Connections open at once from one address; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Reading a request's headers, and an idle keep-alive connection waiting for the next
+    /// request.
+    pub header_timeout: Duration,
+    /// Reading a whole request body.
+    pub body_timeout: Duration,
+    /// Answering a request, body read included (streams such as `/ui/events` only need their
+    /// first bytes within it).
+    pub request_timeout: Duration,
+    /// A response write the client does not read.
+    pub write_timeout: Duration,
+    /// The TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            header_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControllerConfig {
@@ -60,6 +108,16 @@ pub struct ControllerConfig {
     pub pairing_ttl: Duration,
     /// How often the rollout engine runs.
     pub reconcile_interval: Duration,
+    /// HTTPS; `None`: plain HTTP, allowed only on a loopback address or with `insecure_http`.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on an address other than loopback (behind a TLS-terminating proxy on
+    /// the same host, or a lab). Tokens and passwords then cross the network in clear.
+    pub insecure_http: bool,
+    /// File with the token Prometheus must send (`Authorization: Bearer …`) for `/metrics`;
+    /// `None`: `/metrics` is open.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Connection and timeout bounds.
+    pub limits: Limits,
 }
 
 impl Default for ControllerConfig {
@@ -74,6 +132,10 @@ impl Default for ControllerConfig {
             checkin_interval: Duration::from_secs(60),
             pairing_ttl: Duration::from_secs(15 * 60),
             reconcile_interval: Duration::from_secs(1),
+            tls: None,
+            insecure_http: false,
+            metrics_token_file: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -88,6 +150,20 @@ const TOP_KEYS: &[&str] = &[
     "checkin_interval",
     "pairing_ttl",
     "reconcile_interval",
+    "tls",
+    "insecure_http",
+    "metrics_token_file",
+    "limits",
+];
+const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout",
+    "body_timeout",
+    "request_timeout",
+    "write_timeout",
+    "handshake_timeout",
 ];
 const GIT_KEYS: &[&str] = &["endpoints", "branch", "poll_interval", "failover_timeout"];
 
@@ -104,6 +180,20 @@ impl ControllerConfig {
     /// Parses configuration text; `file` names it in messages.
     pub fn parse(text: &str, file: &str) -> Result<ControllerConfig, ConfigError> {
         fleet_config::decode::decode_document(text, file, decode).map_err(ConfigError::Invalid)
+    }
+
+    /// Plain HTTP is served only on loopback unless `insecure_http` says otherwise: device
+    /// tokens, API tokens and passwords must not cross a network in clear by accident.
+    pub fn check_transport(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.insecure_http && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "`listen` {} is not a loopback address and no `tls` is configured: serve HTTPS \
+                 (`tls: {{cert_file, key_file}}`), listen on 127.0.0.1, or set `insecure_http: true` \
+                 if a TLS proxy on this host terminates HTTPS",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 
     /// The database URL in effect.
@@ -219,7 +309,92 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
             None => ok = false,
         }
     }
+    if let Some(n) = f.get("tls") {
+        match decode_tls(ctx, n) {
+            Some(t) => cfg.tls = Some(t),
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("insecure_http") {
+        match ctx.bool(n, "`insecure_http`") {
+            Some(b) => cfg.insecure_http = b,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("metrics_token_file") {
+        match path(ctx, n, "`metrics_token_file`") {
+            Some(p) => cfg.metrics_token_file = Some(p),
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("limits") {
+        match decode_limits(ctx, n) {
+            Some(l) => cfg.limits = l,
+            None => ok = false,
+        }
+    }
+    if ok {
+        if let Err(e) = cfg.check_transport() {
+            let pos = f.get("listen").map_or(root.pos, |n| n.pos);
+            ctx.error(pos, e);
+            ok = false;
+        }
+    }
     ok.then_some(cfg)
+}
+
+fn decode_tls(ctx: &mut Ctx<'_>, n: &yaml::Node) -> Option<TlsFiles> {
+    let f = ctx.map(n, "`tls`", TLS_KEYS)?;
+    let cert = f
+        .required(ctx, "cert_file", "`tls`")
+        .and_then(|c| path(ctx, c, "`tls.cert_file`"));
+    let key = f
+        .required(ctx, "key_file", "`tls`")
+        .and_then(|k| path(ctx, k, "`tls.key_file`"));
+    Some(TlsFiles {
+        cert_file: cert?,
+        key_file: key?,
+    })
+}
+
+fn decode_limits(ctx: &mut Ctx<'_>, n: &yaml::Node) -> Option<Limits> {
+    let f = ctx.map(n, "`limits`", LIMIT_KEYS)?;
+    let mut l = Limits::default();
+    let mut ok = true;
+    for (key, slot) in [
+        ("max_connections", &mut l.max_connections),
+        ("max_connections_per_ip", &mut l.max_connections_per_ip),
+    ] {
+        if let Some(v) = f.get(key) {
+            match ctx.uint(v, &format!("`limits.{key}`")) {
+                Some(x) if x >= 1 => *slot = usize::try_from(x).unwrap_or(usize::MAX),
+                Some(_) => {
+                    ctx.error(v.pos, format!("`limits.{key}` must be at least 1"));
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+    }
+    for (key, slot) in [
+        ("header_timeout", &mut l.header_timeout),
+        ("body_timeout", &mut l.body_timeout),
+        ("request_timeout", &mut l.request_timeout),
+        ("write_timeout", &mut l.write_timeout),
+        ("handshake_timeout", &mut l.handshake_timeout),
+    ] {
+        if let Some(v) = f.get(key) {
+            match ctx.duration(v, &format!("`limits.{key}`")) {
+                Some(d) if d >= Duration::from_millis(100) => *slot = d,
+                Some(_) => {
+                    ctx.error(v.pos, format!("`limits.{key}` must be at least 100ms"));
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+    }
+    ok.then_some(l)
 }
 
 fn path(ctx: &mut Ctx<'_>, n: &yaml::Node, what: &str) -> Option<PathBuf> {

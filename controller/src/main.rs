@@ -88,8 +88,32 @@ enum TokensCommand {
 
 #[derive(Subcommand)]
 enum BootstrapCommand {
-    /// Create a bootstrap token and print it.
-    Create,
+    /// Create a bootstrap token; prints the secret alone on stdout (shown once), what it may do
+    /// on stderr.
+    Create {
+        /// How long it lives (at most 90d).
+        #[arg(long, default_value = "24h")]
+        expires_in: String,
+        /// At most this many enrollments.
+        #[arg(long)]
+        max_uses: Option<i64>,
+        /// Only devices whose labels in devices.yaml match, e.g. `site=berlin,ring=canary`.
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// What it is for, shown in listings.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List bootstrap tokens (id, status, expiry, uses, selector, note; never the secrets).
+    List,
+    /// Revoke a bootstrap token by its id (from `list`).
+    Revoke {
+        /// The token's id.
+        id: String,
+        /// Why (audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 /// A failure with its exit code: 2 for usage and configuration, 1 for everything else.
@@ -276,18 +300,85 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::BootstrapToken {
-            command: BootstrapCommand::Create,
-        } => {
+        Command::BootstrapToken { command } => {
             let db = open_db(&cfg).await?;
-            let token = db
-                .create_bootstrap_token("fleet-controller")
+            bootstrap_token(&db, command).await
+        }
+    }
+}
+
+async fn bootstrap_token(db: &Db, command: BootstrapCommand) -> Result<(), Failure> {
+    use fleet_controller::service::bootstrap;
+    let now = fleet_controller::db::now_ms();
+    let fail = |e: fleet_controller::service::ServiceError| {
+        let code = match e {
+            fleet_controller::service::ServiceError::Db(_) => 1,
+            _ => 2,
+        };
+        Failure(code, e.to_string())
+    };
+    match command {
+        BootstrapCommand::Create {
+            expires_in,
+            max_uses,
+            selector,
+            note,
+        } => {
+            let ttl = fleet_config::units::parse_duration(&expires_in)
+                .map_err(|e| Failure(2, format!("--expires-in: {e}")))?;
+            let new = fleet_controller::db::NewBootstrapToken {
+                note,
+                ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+                max_uses,
+                selector: bootstrap::parse_selector(&selector).map_err(fail)?,
+            };
+            let (secret, t) = bootstrap::create_in(db, "fleet-controller", &new, now)
+                .await
+                .map_err(fail)?;
+            eprintln!(
+                "bootstrap token {}: expires {}, max uses {}, enrolls {}; it never replaces an enrolled device",
+                t.id,
+                fleet_controller::timefmt::utc(t.expires_ms),
+                t.max_uses.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+                t.selector_text()
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        BootstrapCommand::List => {
+            let list = db
+                .bootstrap_tokens()
                 .await
                 .map_err(|e| Failure(1, e.to_string()))?;
-            db.audit("fleet-controller", "bootstrap_token.create", "", "", "")
+            println!("ID\tSTATUS\tEXPIRES\tUSES\tSELECTOR\tNOTE");
+            for t in list {
+                let status = match t.unusable(now) {
+                    None => "live",
+                    Some(fleet_controller::db::Unusable::Revoked(_)) => "revoked",
+                    Some(fleet_controller::db::Unusable::Expired(_)) => "expired",
+                    Some(fleet_controller::db::Unusable::UsedUp(_)) => "used_up",
+                };
+                println!(
+                    "{}\t{status}\t{}\t{}/{}\t{}\t{}",
+                    t.id,
+                    fleet_controller::timefmt::utc(t.expires_ms),
+                    t.uses,
+                    t.max_uses.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                    t.selector_text(),
+                    t.note
+                );
+            }
+            Ok(())
+        }
+        BootstrapCommand::Revoke { id, reason } => {
+            let was = bootstrap::revoke_in(db, "fleet-controller", &id, &reason, now)
                 .await
-                .map_err(|e| Failure(1, e.to_string()))?;
-            println!("{token}");
+                .map_err(fail)?;
+            if was {
+                println!("revoked bootstrap token {id}");
+            } else {
+                println!("bootstrap token {id} was revoked already");
+            }
             Ok(())
         }
     }

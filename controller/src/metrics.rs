@@ -15,6 +15,8 @@ pub struct Metrics {
     checkin_sum_us: AtomicU64,
     checkin_errors: AtomicU64,
     webhooks_rejected: AtomicU64,
+    accept_failures: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -38,6 +40,16 @@ impl Metrics {
     /// Counts a webhook refused for its signature.
     pub fn webhook_rejected(&self) {
         self.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an `accept` that failed for want of descriptors or memory.
+    pub fn accept_failed(&self) {
+        self.accept_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for being over the per-address cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exposition text, with the gauges given.
@@ -101,6 +113,16 @@ impl Metrics {
             out,
             "# HELP fleet_webhooks_rejected_total Webhooks refused for a bad signature.\n# TYPE fleet_webhooks_rejected_total counter\nfleet_webhooks_rejected_total {}",
             self.webhooks_rejected.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_accept_failures_total Connections not accepted for want of file descriptors or memory.\n# TYPE fleet_accept_failures_total counter\nfleet_accept_failures_total {}",
+            self.accept_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_connections_refused_total Connections closed at once: over limits.max_connections_per_ip.\n# TYPE fleet_connections_refused_total counter\nfleet_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
         out
     }

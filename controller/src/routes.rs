@@ -24,8 +24,10 @@ pub fn table() -> Vec<Route> {
     routes
 }
 
-/// The router: every route of [`table`], the API's "no route" fallback and the body limit.
+/// The router: every route of [`table`], the API's "no route" fallback, the body limit, and
+/// the time limits of `limits` (a stalled body, a whole request).
 pub fn router(state: AppState) -> Router {
+    let limits = state.cfg.limits.clone();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in table() {
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
@@ -40,6 +42,13 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(crate::api::not_found)
         .layer(DefaultBodyLimit::max(crate::api::body::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            crate::api::error::time_limit,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout,
+        ))
         .with_state(state)
 }
 

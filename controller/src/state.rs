@@ -40,6 +40,10 @@ pub struct AppState {
     pub login_limit: Arc<RateLimit>,
     /// The dashboard's live snapshot and event streams.
     pub live: Arc<Hub>,
+    /// The token `/metrics` needs, if one is configured.
+    pub metrics_token: Option<Arc<String>>,
+    /// The certificate served over HTTPS, if TLS is configured (reloaded on SIGHUP).
+    pub tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 impl AppState {
@@ -58,12 +62,19 @@ impl AppState {
             webhook_secret: webhook_secret.map(Arc::new),
             login_limit: Arc::new(RateLimit::new(10, 60_000)),
             live: Arc::new(Hub::default()),
+            metrics_token: None,
+            tls: None,
         }
     }
 
     /// The offline threshold in ms.
     pub fn offline_after_ms(&self) -> i64 {
         self.cfg.offline_after.as_millis() as i64
+    }
+
+    /// Whether cookies are marked `Secure` (the controller serves HTTPS).
+    pub fn secure_cookies(&self) -> bool {
+        self.cfg.tls.is_some()
     }
 
     /// Whether this replica drives rollouts.

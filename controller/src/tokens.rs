@@ -108,6 +108,31 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Checks `password` against the user's stored hash, or, for a user that does not exist
+/// (`None`), against a hash of a random password made once with the same parameters, so a
+/// wrong password costs the same argon2 work either way and the time does not tell which
+/// users exist. Always false for `None`.
+pub fn verify_password_or_decoy(password: &str, stored: Option<&str>) -> bool {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match stored {
+        Some(hash) => verify_password(password, hash),
+        None => {
+            let decoy = DECOY.get_or_init(|| {
+                hash_password(&format!("decoy-{}", random_password())).unwrap_or_default()
+            });
+            let _ = verify_password(password, decoy);
+            false
+        }
+    }
+}
+
+/// A fresh 128-bit value in hex (the login form's CSRF cookie).
+pub fn login_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// A readable random password for `users add` when none is given.
 pub fn random_password() -> String {
     let mut bytes = [0u8; 12];
@@ -149,5 +174,7 @@ mod tests {
         assert!(verify_password("correct horse battery", &h));
         assert!(!verify_password("correct horse batterz", &h));
         assert!(!verify_password("x", "not a hash"));
+        assert!(verify_password_or_decoy("correct horse battery", Some(&h)));
+        assert!(!verify_password_or_decoy("correct horse battery", None));
     }
 }

@@ -364,18 +364,27 @@ impl Plain {
     }
 
     async fn login(&mut self, c: &TestController, user: &str, password: &str) -> StatusCode {
+        let (csrf, login_cookie) = support::dashboard::login_form(&self.http, &c.base).await;
         let r = self
             .http
             .post(c.url("/login"))
-            .form(&[("name", user), ("password", password), ("next", "/devices")])
+            .header("cookie", login_cookie)
+            .form(&[
+                ("name", user),
+                ("password", password),
+                ("next", "/devices"),
+                ("csrf", &csrf),
+            ])
             .send()
             .await
             .expect("login");
         self.cookie = r
             .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .find(|c| c.starts_with("fleet_session="))
             .map(str::to_owned);
         r.status()
     }
@@ -507,8 +516,12 @@ async fn pages_without_javascript(store: support::Store, test: &str) {
     let (_, _, body) = p.get(&c, "/devices").await;
     assert!(body.contains("EMERGENCY STOP") && body.contains("drill"));
     assert!(!body.contains("id=\"resume\""), "a viewer cannot resume");
-    // Logging out ends the session.
-    assert_eq!(op.post(&c, "/logout", &[]).await, StatusCode::SEE_OTHER);
+    // Logging out ends the session (the form carries the CSRF token).
+    assert_eq!(op.post(&c, "/logout", &[]).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        op.post(&c, "/logout", &[("csrf", &csrf)]).await,
+        StatusCode::SEE_OTHER
+    );
     let (status, _, _) = op.get(&c, "/").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     c.stop().await;

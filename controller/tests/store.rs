@@ -38,9 +38,39 @@ async fn exercise(store: Store) {
     );
     assert_eq!(db.revoke_api_tokens("ann").await.expect("revoke"), 1);
     assert!(db.user_for_token(&t).await.expect("q").is_none());
-    let boot = db.create_bootstrap_token("ann").await.expect("boot");
-    assert!(db.bootstrap_token_valid(&boot).await.expect("q"));
-    assert!(!db.bootstrap_token_valid("nope").await.expect("q"));
+    let new = fleet_controller::db::NewBootstrapToken {
+        note: "batch 1".into(),
+        ttl_ms: 60_000,
+        max_uses: Some(2),
+        selector: BTreeMap::from([("site".to_owned(), "north".to_owned())]),
+    };
+    let (_, boot) = db
+        .create_bootstrap_token("ann", &new, 1_000)
+        .await
+        .expect("boot");
+    let listed = db.bootstrap_tokens().await.expect("list");
+    assert_eq!(listed, vec![boot.clone()], "stored as created");
+    assert_eq!(boot.expires_ms, 61_000);
+    assert!(boot.unusable(60_999).is_none());
+    assert!(boot.unusable(61_000).is_some());
+    assert_eq!(
+        db.revoke_bootstrap_token(&boot.id, 2_000)
+            .await
+            .expect("revoke"),
+        Some(true)
+    );
+    assert_eq!(
+        db.revoke_bootstrap_token(&boot.id, 3_000)
+            .await
+            .expect("again"),
+        Some(false)
+    );
+    assert_eq!(
+        db.revoke_bootstrap_token("nope", 3_000)
+            .await
+            .expect("none"),
+        None
+    );
 
     let (code, claim) = db
         .create_pairing("pi-1", "h", "aarch64", "v", 60_000)
@@ -53,15 +83,17 @@ async fn exercise(store: Store) {
     );
     assert_eq!(db.pending_pairings(now).await.expect("pending").len(), 1);
     assert_eq!(
-        db.approve_pairing(&code, "ann", now)
+        db.approve_pairing(&code, "ann", now, false)
             .await
             .expect("approve"),
         ApproveOutcome::Approved {
-            device_id: "pi-1".into()
+            device_id: "pi-1".into(),
+            hostname: "h".into(),
+            replaced: None,
         }
     );
     assert_eq!(
-        db.approve_pairing(&code, "ann", now)
+        db.approve_pairing(&code, "ann", now, false)
             .await
             .expect("approve"),
         ApproveOutcome::Used

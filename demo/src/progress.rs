@@ -23,13 +23,10 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// A watcher of the controller at `url`.
-    pub fn new(url: &str, token: &str) -> Watcher {
+    /// A watcher of the controller at `url`, trusting the lab CA in `ca_file`.
+    pub fn new(url: &str, token: &str, ca_file: &std::path::Path) -> Watcher {
         Watcher {
-            client: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            client: crate::stack::client_trusting(ca_file),
             url: url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }

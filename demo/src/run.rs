@@ -227,16 +227,26 @@ async fn demo(
     machine(
         opts.headless,
         &format!(
-            "ready url={} token={} password={} dir={} namespaces={}",
+            "ready url={} token={} password={} dir={} namespaces={} ca={} spki={}",
             ctl.url,
             ctl.admin_token,
             ctl.admin_password,
             dir.display(),
-            running.namespaces.join(",")
+            running.namespaces.join(","),
+            ctl.ca_file.display(),
+            ctl.spki
         ),
     );
+    say(&format!(
+        "HTTPS with a lab CA made for this run: {} (agents, fleet-sim and fleetctl trust it; a \
+         browser warns until you import it, or start Chromium with \
+         --ignore-certificate-errors-spki-list={})",
+        ctl.ca_file.display(),
+        ctl.spki
+    ));
     let url = ctl.url.clone();
     let token = ctl.admin_token.clone();
+    let ca_file = ctl.ca_file.clone();
     for (d, ns) in real.iter().zip(&running.namespaces) {
         running
             .agents
@@ -251,7 +261,7 @@ async fn demo(
         opts.simulated
     ));
 
-    let watcher = Watcher::new(&url, &token);
+    let watcher = Watcher::new(&url, &token, &ca_file);
     let total = real.len() + opts.simulated;
     say(&format!(
         "release 1 ({}) goes out in waves: canary (the real agents) → 5% → 25% → 100%",
@@ -264,7 +274,7 @@ async fn demo(
         "release {n} ({}) committed and pushed: watch its waves below",
         &second[..12]
     ));
-    print_help(opts, &bins, &url, &token);
+    print_help(opts, &bins, &url, &token, &ca_file);
     show_progress(&watcher, running, opts.headless).await;
     Ok(())
 }
@@ -376,7 +386,7 @@ impl Screen {
     }
 }
 
-fn print_help(opts: &RunOptions, bins: &Bins, url: &str, token: &str) {
+fn print_help(opts: &RunOptions, bins: &Bins, url: &str, token: &str, ca: &std::path::Path) {
     let demo = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "fleet-demo".into());
@@ -385,7 +395,7 @@ fn print_help(opts: &RunOptions, bins: &Bins, url: &str, token: &str) {
   Watch:     the waves below; the dashboard at {url}/ (admin / password above);
              docker ps --filter label=fleet.namespace={ns} (one real device's containers)
   Try, in another terminal:
-    export FLEET_URL={url} FLEET_TOKEN={token} PATH={bindir}:$PATH
+    export FLEET_URL={url} FLEET_TOKEN={token} FLEET_CA_FILE={ca} PATH={bindir}:$PATH
     fleetctl status
     fleetctl rollouts list
     fleetctl devices list
@@ -398,6 +408,7 @@ fn print_help(opts: &RunOptions, bins: &Bins, url: &str, token: &str) {
   Ctrl-C stops everything and removes the demo's containers.
 ",
         ns = stack::namespace_of(&opts.instance, "pi-lab-01"),
+        ca = ca.display(),
         dir = opts.dir.display(),
         bindir = bins
             .fleetctl

@@ -181,8 +181,13 @@ fn write(path: &Path, text: &str) -> Result<(), StackError> {
 pub struct Controller {
     /// The process.
     pub proc: Proc,
-    /// `http://ADDRESS`.
+    /// `https://ADDRESS`.
     pub url: String,
+    /// The demo's lab CA (PEM): what the agents, the simulator and fleetctl trust.
+    pub ca_file: PathBuf,
+    /// SHA-256 of the server key's SubjectPublicKeyInfo, base64 (Chromium's
+    /// `--ignore-certificate-errors-spki-list`).
+    pub spki: String,
     /// The admin's password (for the dashboard).
     pub admin_password: String,
     /// The admin's API token (for fleetctl).
@@ -214,12 +219,22 @@ impl Controller {
             .iter()
             .map(|e| format!("    - \"{e}\"\n"))
             .collect();
+        // HTTPS with a lab CA made now: the demo talks to its controller as production does.
+        let tls_dir = dir.join("tls");
+        std::fs::create_dir_all(&tls_dir).map_err(|source| StackError::Io {
+            path: tls_dir.display().to_string(),
+            source,
+        })?;
+        let ca = fleet_testkit::tls::LabCa::new(&tls_dir, "fleet-demo");
+        let cert = ca.server_cert(&tls_dir, "controller");
         let config = data.join("controller.yaml");
         write(
             &config,
             &format!(
-                "# Written by fleet-demo.\nlisten: \"{listen}\"\ndata_dir: \"{}\"\ncheckin_interval: 2s\nreconcile_interval: 500ms\noffline_after: 30s\ngit:\n  endpoints:\n{eps}  branch: main\n  poll_interval: 2s\n  failover_timeout: 5s\n",
-                data.display()
+                "# Written by fleet-demo.\nlisten: \"{listen}\"\ndata_dir: \"{}\"\ncheckin_interval: 2s\nreconcile_interval: 500ms\noffline_after: 30s\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\ngit:\n  endpoints:\n{eps}  branch: main\n  poll_interval: 2s\n  failover_timeout: 5s\n",
+                data.display(),
+                cert.cert_file.display(),
+                cert.key_file.display()
             ),
         )?;
         let ctl = bins.controller.display().to_string();
@@ -241,10 +256,12 @@ impl Controller {
         let mut c = Command::new(&bins.controller);
         c.arg("--config").arg(&config).arg("serve");
         let proc = Proc::spawn("fleet-controller", c, &dir.join("controller.log"))?;
-        let url = format!("http://{listen}");
+        let url = format!("https://{listen}");
         let mut ctl = Controller {
             proc,
             url,
+            ca_file: ca.cert_file.clone(),
+            spki: cert.spki_sha256_base64.clone(),
             admin_password,
             admin_token,
             bootstrap_file,
@@ -254,7 +271,7 @@ impl Controller {
     }
 
     async fn wait_ready(&mut self) -> Result<(), StackError> {
-        let client = reqwest::Client::new();
+        let client = client_trusting(&self.ca_file);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline && self.proc.exited().is_none() {
             let r = client
@@ -277,6 +294,19 @@ impl Controller {
             log: self.proc.log.display().to_string(),
         })
     }
+}
+
+/// An HTTP client that trusts only the demo's lab CA in `ca_file`.
+pub fn client_trusting(ca_file: &Path) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_built_in_root_certs(false);
+    if let Ok(pem) = std::fs::read(ca_file) {
+        for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().unwrap_or_default()
 }
 
 /// The Docker label namespace of a demo agent's containers (`instance` tells concurrent demos
@@ -315,12 +345,13 @@ pub fn start_agent(
     write(
         &config,
         &format!(
-            "# Written by fleet-demo.\ndevice_id: {device}\ndata_dir: {data}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 5s\npoll_interval: 5s\nhealth_window: 5s\nmin_free_disk: 50MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {ns}\nsecrets_dir: {secrets}\nsafe_mode_compose: {safe}\ncontroller:\n  url: {url}\n  token_file: {token}\n  bootstrap_token_file: {bootstrap}\n  request_timeout: 10s\n",
+            "# Written by fleet-demo.\ndevice_id: {device}\ndata_dir: {data}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 5s\npoll_interval: 5s\nhealth_window: 5s\nmin_free_disk: 50MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {ns}\nsecrets_dir: {secrets}\nsafe_mode_compose: {safe}\ncontroller:\n  url: {url}\n  token_file: {token}\n  bootstrap_token_file: {bootstrap}\n  request_timeout: 10s\n  ca_file: {ca}\n",
             data = home.join("data").display(),
             ns = namespace,
             secrets = secrets.display(),
             safe = safe.display(),
             url = ctl.url,
+            ca = ctl.ca_file.display(),
             token = home.join("device-token").display(),
             bootstrap = ctl.bootstrap_file.display(),
         ),
@@ -339,6 +370,8 @@ pub fn start_sim(bins: &Bins, dir: &Path, ctl: &Controller, n: usize) -> Result<
     let mut c = Command::new(&bins.sim);
     c.arg("--url")
         .arg(&ctl.url)
+        .arg("--ca-file")
+        .arg(&ctl.ca_file)
         .arg("--bootstrap-token-file")
         .arg(&ctl.bootstrap_file)
         .arg("--devices")

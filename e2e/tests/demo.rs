@@ -37,7 +37,22 @@ struct Demo {
     token: String,
     password: String,
     namespaces: Vec<String>,
+    /// The demo's lab CA: the controller serves HTTPS.
+    ca: PathBuf,
     client: reqwest::Client,
+}
+
+/// A client that trusts only the demo's lab CA and follows no redirect.
+fn trusting(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("the demo's CA");
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_built_in_root_certs(false);
+    for c in reqwest::Certificate::from_pem_bundle(&pem).expect("PEM") {
+        b = b.add_root_certificate(c);
+    }
+    b.build().expect("client")
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -79,6 +94,7 @@ impl Demo {
             token: String::new(),
             password: String::new(),
             namespaces: Vec::new(),
+            ca: PathBuf::new(),
             client: support::client(),
         };
         let ready = demo.wait_line("FLEET_DEMO ready");
@@ -90,13 +106,21 @@ impl Demo {
             .split(',')
             .map(str::to_owned)
             .collect();
+        demo.ca = PathBuf::from(field(&ready, "ca").expect("ca"));
+        assert!(
+            demo.url.starts_with("https://"),
+            "the demo serves HTTPS: {ready}"
+        );
+        demo.client = trusting(&demo.ca);
         demo
     }
 
     /// The dashboard's overview page, logged in as admin with the printed password.
     async fn dashboard_overview(&self) -> String {
-        let cookie = support::dashboard::session_cookie(&self.url, "admin", &self.password).await;
-        let http = reqwest::Client::new();
+        let http = trusting(&self.ca);
+        let cookie =
+            support::dashboard::session_cookie_with(&http, &self.url, "admin", &self.password)
+                .await;
         http.get(format!("{}/", self.url))
             .header("cookie", cookie)
             .send()
@@ -247,6 +271,7 @@ impl Demo {
             .args(args)
             .env("FLEET_URL", &self.url)
             .env("FLEET_TOKEN", &self.token)
+            .env("FLEET_CA_FILE", &self.ca)
             .output()
             .expect("fleetctl");
         assert!(
@@ -314,6 +339,26 @@ async fn the_demo_rolls_out_halts_a_bad_release_and_holds_on_the_emergency_stop(
     }
     let root = tempfile::tempdir().expect("tempdir");
     let mut demo = Demo::start(&root.path().join("demo"));
+
+    // 0. HTTPS: fleetctl trusting the lab CA works (every fleetctl call below); without it the
+    // certificate is refused, and the message says so.
+    let out = Command::new(&bins().fleetctl)
+        .arg("status")
+        .env("FLEET_URL", &demo.url)
+        .env("FLEET_TOKEN", &demo.token)
+        .env_remove("FLEET_CA_FILE")
+        .output()
+        .expect("fleetctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+    assert!(
+        err.contains("does not verify") && err.contains("--ca-file"),
+        "{err}"
+    );
+    assert!(demo.fleetctl(&["status"]).contains("devices:"));
 
     // 1. The demo's own second release reaches all 203 devices through the waves.
     let released = demo.wait_line("FLEET_DEMO released");

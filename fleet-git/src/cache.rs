@@ -70,6 +70,12 @@ impl GitCache {
             Ok(_) => {
                 refuse_foreign_owner(&path)?;
                 if let Err(reason) = check_usable(&path) {
+                    // Out of descriptors or memory, or an I/O error: that says nothing about
+                    // the cache, and moving a good cache aside on every attempt would throw
+                    // away what was fetched (and fail to create a new one besides).
+                    if let Some(why) = transient(&path, &reason) {
+                        return Err(GitError::CacheUnavailable { path, reason: why });
+                    }
                     let moved_to = move_aside(&path)?;
                     tracing::warn!(
                         moved_to = %moved_to.display(),
@@ -244,6 +250,31 @@ fn check_usable(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The OS error messages (strerror, as libgit2 appends them) that say nothing about a
+/// repository's contents.
+const TRANSIENT: &[&str] = &[
+    "Too many open files",
+    "Cannot allocate memory",
+    "No buffer space available",
+    "Permission denied",
+    "Input/output error",
+    "No space left on device",
+];
+
+/// `Some(why)` when `check_usable` failed for a reason of the process or the system rather
+/// than of the cache: the message names one of [`TRANSIENT`], or the directory itself cannot
+/// be opened right now.
+fn transient(path: &Path, reason: &str) -> Option<String> {
+    if let Some(t) = TRANSIENT.iter().find(|t| reason.contains(*t)) {
+        return Some(format!("{t}: {reason}"));
+    }
+    match fs::File::open(path) {
+        Ok(_) => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => Some(format!("cannot open the directory: {e}")),
+    }
+}
+
 /// Renames the unusable cache to `<name>.corrupt-<unix time>[-<n>]` next to it.
 fn move_aside(path: &Path) -> Result<PathBuf, GitError> {
     let stamp = SystemTime::now()
@@ -361,6 +392,22 @@ mod tests {
         let recovery = cache.recovery().expect("recovered");
         assert!(recovery.moved_to.join("HEAD").exists());
         assert!(cache.repo().expect("repo").is_bare());
+    }
+
+    #[test]
+    fn os_trouble_is_not_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(transient(
+            dir.path(),
+            "cannot open: failed to open 'HEAD': Too many open files"
+        )
+        .is_some());
+        assert!(transient(dir.path(), "cannot open: Permission denied").is_some());
+        assert!(transient(
+            dir.path(),
+            "ref refs/fleet/0/heads/main names an unreadable commit"
+        )
+        .is_none());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum GitError {
         source: io::Error,
     },
 
+    /// The cache could not be checked for a reason that says nothing about its contents (the
+    /// process is out of file descriptors or memory, permission denied, an I/O error): it is
+    /// left as it is, and the caller tries again later.
+    #[error("cannot check the Git cache at {path} for now ({reason}); it is left as it is")]
+    CacheUnavailable { path: PathBuf, reason: String },
+
     /// The cache could not be opened (after `open_or_init` succeeded, e.g. it was removed).
     #[error("cannot open the Git cache at {path}")]
     OpenCache {

@@ -12,6 +12,8 @@ pub struct Target {
     pub url: String,
     /// API token.
     pub token: String,
+    /// Trust only this CA (PEM) for the controller's certificate; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Errors of fleetctl.
@@ -67,11 +69,22 @@ pub fn default_config_path() -> Option<PathBuf> {
         .map(|d| d.join("fleet").join("fleetctl.yaml"))
 }
 
-/// Reads `url:` and `token:` from a small YAML file (absent file: nothing).
-pub fn read_config(path: &Path) -> Result<(Option<String>, Option<String>), CtlError> {
+/// What the config file says.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// `url:`.
+    pub url: Option<String>,
+    /// `token:`.
+    pub token: Option<String>,
+    /// `ca_file:`.
+    pub ca_file: Option<String>,
+}
+
+/// Reads `url:`, `token:` and `ca_file:` from a small YAML file (absent file: nothing).
+pub fn read_config(path: &Path) -> Result<FileConfig, CtlError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
         Err(e) => {
             return Err(CtlError::Config {
                 path: path.to_owned(),
@@ -91,20 +104,26 @@ pub fn read_config(path: &Path) -> Result<(Option<String>, Option<String>), CtlE
             .map(str::to_owned),
         _ => None,
     };
-    Ok((get("url"), get("token")))
+    Ok(FileConfig {
+        url: get("url"),
+        token: get("token"),
+        ca_file: get("ca_file"),
+    })
 }
 
 /// Picks URL and token: flag, then environment (clap fills both), then the config file.
 pub fn resolve(
     url: Option<String>,
     token: Option<String>,
+    ca_file: Option<PathBuf>,
     config: Option<&Path>,
 ) -> Result<Target, CtlError> {
     let path = config.map(Path::to_owned).or_else(default_config_path);
-    let (file_url, file_token) = match &path {
+    let file = match &path {
         Some(p) => read_config(p)?,
-        None => (None, None),
+        None => FileConfig::default(),
     };
+    let (file_url, file_token) = (file.url, file.token);
     let shown = path
         .as_ref()
         .map_or("the config file".to_owned(), |p| p.display().to_string());
@@ -115,6 +134,7 @@ pub fn resolve(
         token: token
             .or(file_token)
             .ok_or(CtlError::Missing("token", "TOKEN", shown))?,
+        ca_file: ca_file.or(file.ca_file.map(PathBuf::from)),
     })
 }
 
@@ -127,13 +147,20 @@ pub struct Api {
 impl Api {
     /// A client for `target`.
     pub fn new(target: Target) -> Result<Api, CtlError> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| CtlError::Unreachable {
-                url: target.url.clone(),
+            // The token goes to the configured controller only.
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = crate::tls::trust(builder, target.ca_file.as_deref()).map_err(|e| {
+            CtlError::Config {
+                path: target.ca_file.clone().unwrap_or_default(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
+        let http = builder.build().map_err(|e| CtlError::Unreachable {
+            url: target.url.clone(),
+            reason: crate::tls::describe(&e),
+        })?;
         Ok(Api { target, http })
     }
 
@@ -144,7 +171,7 @@ impl Api {
             .await
             .map_err(|e| CtlError::Unreachable {
                 url: self.target.url.clone(),
-                reason: e.to_string(),
+                reason: crate::tls::describe(&e),
             })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -256,16 +283,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("fleetctl.yaml");
         std::fs::write(&p, "url: http://file\ntoken: filetoken\n").expect("write");
-        let t = resolve(Some("http://flag".into()), None, Some(&p)).expect("ok");
+        let t = resolve(Some("http://flag".into()), None, None, Some(&p)).expect("ok");
         assert_eq!(
             t,
             Target {
                 url: "http://flag".into(),
-                token: "filetoken".into()
+                token: "filetoken".into(),
+                ca_file: None,
             }
         );
         let missing = dir.path().join("none.yaml");
-        let e = resolve(None, Some("t".into()), Some(&missing)).expect_err("no url");
+        let e = resolve(None, Some("t".into()), None, Some(&missing)).expect_err("no url");
         assert!(
             e.to_string().contains("--url") && e.to_string().contains("FLEET_URL"),
             "{e}"

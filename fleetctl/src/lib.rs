@@ -5,6 +5,7 @@
 pub mod api;
 pub mod sim;
 pub mod sim_run;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {

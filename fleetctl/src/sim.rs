@@ -15,13 +15,16 @@ use fleet_config::protocol::{
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// The request failed (controller down, connection refused).
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", crate::tls::describe(source))]
     Http {
         /// URL.
         url: String,
         /// Cause.
         source: reqwest::Error,
     },
+    /// The CA file.
+    #[error("{0}")]
+    Trust(#[from] crate::tls::TrustError),
     /// The controller answered with an error status.
     #[error("{url} answered {status}: {body}")]
     Status {

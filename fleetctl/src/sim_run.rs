@@ -18,6 +18,8 @@ use crate::sim::{FailureRule, SimDevice, SimError};
 pub struct SimOptions {
     /// Controller base URL.
     pub url: String,
+    /// Trust only this CA (PEM) for the controller's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Bootstrap token to enroll with.
     pub bootstrap_token: String,
     /// How many devices.
@@ -96,13 +98,15 @@ impl std::fmt::Display for Summary {
 /// `report_every`. Fails only when enrollment fails (check-in failures are counted and
 /// retried, like a real agent's).
 pub async fn run(opts: SimOptions, shutdown: CancellationToken) -> Result<(), SimError> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|source| SimError::Http {
-            url: opts.url.clone(),
-            source,
-        })?;
+    let client = crate::tls::trust(
+        reqwest::Client::builder().timeout(Duration::from_secs(30)),
+        opts.ca_file.as_deref(),
+    )?
+    .build()
+    .map_err(|source| SimError::Http {
+        url: opts.url.clone(),
+        source,
+    })?;
     let seed = opts.seed;
     let rate = opts.failure_rate;
     let fails: FailureRule =

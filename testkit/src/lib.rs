@@ -1,12 +1,14 @@
-//! Test helpers shared by Fleet's crates (a dev-dependency only): each one starts or checks a
+//! Test helpers shared by Fleet's crates (a dev-dependency only, and `make demo`'s lab CA): each one starts or checks a
 //! real component, and skips loudly (or fails, under `FLEET_REQUIRE_*`) when it is missing.
 //!
 //! - [`git_daemon`]: `git daemon` servers on loopback, bare repositories, work trees.
 //! - [`docker_guard`]: a label namespace per test, removed when the test ends.
 //! - [`images`]: the test images built from Debian's busybox, and the Docker check.
 //! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
+//! - [`tls`]: a lab certificate authority and server certificates for loopback, made on the fly.
 
 pub mod docker_guard;
 pub mod git_daemon;
 pub mod images;
 pub mod prometheus;
+pub mod tls;

@@ -206,8 +206,31 @@ impl Client {
     /// A client for the controller at `base_url` (no trailing slash); every request must be
     /// answered within `timeout`. Redirects are not followed: the bearer token goes only to
     /// the configured controller.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Client, ControllerError> {
-        let http = reqwest::Client::builder()
+    ///
+    /// With `ca_file`, the controller's certificate must chain to a CA in that PEM file and to
+    /// nothing else (the system's roots are not trusted then); without it, to the system's.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, ControllerError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let setup = |reason: String| ControllerError::Setup {
+                reason: format!("CA file {}: {reason}", path.display()),
+            };
+            let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| setup(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(setup("no PEM certificate in it".into()));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -392,7 +415,8 @@ mod tests {
             .expect("free port")
             .port();
         let base = format!("http://127.0.0.1:{port}");
-        let client = Client::new(&format!("{base}/"), Duration::from_secs(2)).expect("client");
+        let client =
+            Client::new(&format!("{base}/"), Duration::from_secs(2), None).expect("client");
         assert_eq!(client.base_url(), base);
         let req = ClaimRequest {
             claim_secret: "s".into(),

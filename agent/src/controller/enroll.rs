@@ -1,6 +1,8 @@
 //! Enrollment: how a device without a token gets one (DESIGN.md, "Agent ↔ controller").
 //!
-//! - With a bootstrap token (bulk provisioning), the agent enrolls at once.
+//! - With a bootstrap token (bulk provisioning), the agent enrolls at once. An id that is
+//!   enrolled or revoked already is refused (409): the agent then asks for a pairing code, which
+//!   an operator approves with `--replace` after a re-flash.
 //! - Otherwise it asks for a pairing code, shows it (a WARN log line with the command to run,
 //!   and `<data_dir>/pairing-code`, which `fleet-agent status` prints), and claims every few
 //!   seconds until an operator approves it; an expired code is replaced by a new one.
@@ -180,7 +182,20 @@ impl Enroller {
             arch: std::env::consts::ARCH.to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        match client.enroll(&req, bootstrap.as_deref()).await? {
+        let answer = match client.enroll(&req, bootstrap.as_deref()).await {
+            // The id is enrolled or revoked already (a re-flashed device): a bootstrap token
+            // never replaces a device, so ask for a pairing code an operator approves with
+            // `--replace` instead of retrying the refusal forever.
+            Err(ControllerError::Rejected {
+                status: 409,
+                message,
+            }) if bootstrap.is_some() => {
+                tracing::warn!(%message, "the bootstrap token cannot enroll this id; asking for a pairing code instead");
+                client.enroll(&req, None).await?
+            }
+            other => other?,
+        };
+        match answer {
             EnrollResponse::Enrolled { device_id, token } => {
                 self.enrolled(&device_id, &token).map(Some)
             }
@@ -273,6 +288,7 @@ mod tests {
             token_file: tmp.path().join("etc/fleet/device-token"),
             bootstrap_token_file: None,
             request_timeout: Duration::from_secs(1),
+            ca_file: None,
         };
         std::fs::write(data.pairing_code(), "ABCD2345\n").expect("code");
         let mut e = Enroller::new(&cfg, "pi-01", &data);

@@ -169,7 +169,7 @@ pub async fn run<R: StackRuntime>(
     cfg: ControllerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let client = Client::new(&cfg.url, cfg.request_timeout)?;
+    let client = Client::new(&cfg.url, cfg.request_timeout, cfg.ca_file.as_deref())?;
     let device_id = updater.config().device_id.clone();
     let data = updater.data().clone();
     let mut l = ControllerLoop {

@@ -20,6 +20,7 @@ use super::body;
 use super::error::ApiError;
 use super::AppState;
 use crate::db::{now_ms, ClaimOutcome};
+use crate::service;
 
 fn limited(what: &str, retry_after: u64) -> ApiError {
     ApiError::RateLimited {
@@ -57,32 +58,27 @@ pub async fn enroll(
             )));
         }
     }
-    if let Some(token) = bearer(&headers) {
-        if !state.db.bootstrap_token_valid(token).await? {
-            limit()?;
-            return Err(ApiError::Unauthorized(
-                "unknown or revoked bootstrap token".into(),
-            ));
-        }
-        let token = state
-            .db
-            .enroll_device(&req.device_id, &req.hostname, &req.arch, &req.agent_version)
-            .await?;
-        state
-            .db
-            .audit(
-                "bootstrap",
-                "device.enroll",
-                &req.device_id,
-                "bootstrap token",
-                &req.hostname,
-            )
-            .await?;
-        tracing::info!(device = %req.device_id, "device enrolled with the bootstrap token");
-        return Ok(Json(EnrollResponse::Enrolled {
-            device_id: req.device_id,
-            token,
-        }));
+    if let Some(secret) = bearer(&headers) {
+        let peer_text = peer.ip().to_string();
+        let enrolling = service::bootstrap::Enrolling {
+            device_id: &req.device_id,
+            hostname: &req.hostname,
+            arch: &req.arch,
+            agent_version: &req.agent_version,
+            peer: &peer_text,
+        };
+        return match service::bootstrap::enroll(&state, secret, enrolling, now).await {
+            Ok(token) => Ok(Json(EnrollResponse::Enrolled {
+                device_id: req.device_id,
+                token,
+            })),
+            // Refusals count against the address: a holder of a bootstrap token trying ids, or
+            // somebody guessing tokens, is slowed down (and the audit log not flooded).
+            Err(e) => {
+                limit()?;
+                Err(e.into())
+            }
+        };
     }
     limit()?;
     let ttl = state.cfg.pairing_ttl.as_millis() as i64;
@@ -129,6 +125,11 @@ pub async fn claim(
         ClaimOutcome::Used => Err(ApiError::Gone(
             "this pairing was claimed already; enroll again".into(),
         )),
+        ClaimOutcome::Taken { device_id } => Err(ApiError::Conflict(format!(
+            "device `{device_id}` was enrolled by other means after this pairing code was approved; \
+             the code does not replace it. Enroll again and have an operator approve the new code \
+             with `replace`"
+        ))),
     }
 }
 

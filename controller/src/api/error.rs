@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Body too large.
     #[error("{0}")]
     TooLarge(String),
+    /// The request took too long (a slow body, or a handler past `limits.request_timeout`).
+    #[error("{0}")]
+    Timeout(String),
     /// Too many attempts.
     #[error("{message}")]
     RateLimited {
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -75,9 +79,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::PairingExpired(_) | ServiceError::PairingUsed(_) => {
                 ApiError::Gone(e.to_string())
             }
-            ServiceError::Refused(_) | ServiceError::Corrupt { .. } => {
-                ApiError::Conflict(e.to_string())
+            ServiceError::Refused(_)
+            | ServiceError::Corrupt { .. }
+            | ServiceError::WouldReplace { .. }
+            | ServiceError::DeviceExists { .. } => ApiError::Conflict(e.to_string()),
+            ServiceError::BootstrapUnknown | ServiceError::BootstrapUnusable { .. } => {
+                ApiError::Unauthorized(e.to_string())
             }
+            ServiceError::NotSelected { .. } => ApiError::Forbidden(e.to_string()),
+            ServiceError::NoBootstrapToken(_) => ApiError::NotFound(e.to_string()),
+            ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
         }
     }
 }
@@ -99,5 +110,22 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+/// Middleware: a request not answered within `limit` (its body read included) gets 408 and its
+/// handler is dropped. A stream (`/ui/events`) needs only its head within it.
+pub async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(format!(
+            "the request was not complete and answered within {} s (limits.request_timeout)",
+            limit.as_secs()
+        ))
+        .into_response(),
     }
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod body;
+pub mod bootstrap;
 pub mod error;
 pub mod ops;
 pub mod rollouts;
@@ -28,9 +29,12 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/status", "viewer", "Fleet health, devices by state, versions, active rollouts, emergency stop", ops::status),
         Route::get("/api/v1/devices", "viewer", "Devices with their derived state (filter: ?state=)", ops::devices),
         Route::get("/api/v1/devices/{id}", "viewer", "One device with its recent events", ops::device),
-        Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code", ops::approve),
+        Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code (`replace: true` to re-enroll an enrolled or revoked id)", ops::approve),
         Route::post("/api/v1/devices/{id}/revoke", "operator", "Revoke a device's token (effective on its next request)", ops::revoke),
         Route::post("/api/v1/devices/{id}/safe-mode", "operator", "Ask a device to enter or leave safe mode", ops::safe_mode),
+        Route::get("/api/v1/bootstrap-tokens", "operator", "Bootstrap tokens with their expiry, uses, selector and status (never the secrets)", bootstrap::list),
+        Route::post("/api/v1/bootstrap-tokens", "admin", "Create a bootstrap token (note, expires_in, max_uses, selector); the secret is shown once", bootstrap::create),
+        Route::post("/api/v1/bootstrap-tokens/{id}/revoke", "operator", "Revoke a bootstrap token", bootstrap::revoke),
         Route::get("/api/v1/rollouts", "viewer", "Rollouts, newest first", rollouts::list),
         Route::get("/api/v1/rollouts/{id}", "viewer", "One rollout with its waves and device counts", rollouts::show),
         Route::post("/api/v1/rollouts/{id}/{action}", "operator", "pause, resume, abort or promote a rollout", rollouts::act),
@@ -39,7 +43,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/audit", "viewer", "The audit log, newest first", ops::audit),
         Route::get("/api/v1/releases", "viewer", "Commits seen: valid releases and rejected ones with their errors", ops::releases),
         Route::post("/api/v1/webhook", "hmac", "Push webhook (GitHub X-Hub-Signature-256 or Gitea X-Gitea-Signature)", webhook::receive),
-        Route::get("/metrics", "none", "Prometheus metrics", metrics),
+        Route::get("/metrics", "metrics token (if configured)", "Prometheus metrics", metrics),
         Route::get("/healthz", "none", "Liveness: the process answers and the database is reachable", healthz),
     ]
 }
@@ -54,7 +58,22 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, error::A
     Ok("ok\n")
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, error::ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, error::ApiError> {
+    if let Some(want) = &state.metrics_token {
+        let given = auth::bearer(&headers).unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            want.as_bytes(),
+            given.as_bytes(),
+        )) {
+            return Err(error::ApiError::Unauthorized(
+                "/metrics needs `Authorization: Bearer TOKEN` with the token of `metrics_token_file`"
+                    .into(),
+            ));
+        }
+    }
     let now = now_ms();
     let devices = state.db.devices().await?;
     let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());

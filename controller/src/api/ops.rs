@@ -115,6 +115,10 @@ pub async fn device(
 pub struct ApproveBody {
     /// The pairing code the device shows.
     pub code: String,
+    /// Approve even though a device of that id is enrolled or revoked: it gets a new token and
+    /// the old one ends (a re-flashed device). Without it such a code is refused.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// `POST /api/v1/devices/approve`.
@@ -133,7 +137,7 @@ pub async fn approve(
             retry_after: s,
         })?;
     let b: ApproveBody = body::json(raw)?;
-    let device_id = service::devices::approve(&state, &user.name, &b.code, now).await?;
+    let device_id = service::devices::approve(&state, &user.name, &b.code, b.replace, now).await?;
     Ok(Json(json!({"approved": device_id})))
 }
 

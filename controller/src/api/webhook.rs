@@ -52,7 +52,7 @@ pub async fn receive(
             "the webhook is not enabled (set `webhook_secret_file`)".into(),
         ));
     };
-    let body = raw.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+    let body = super::body::bytes(raw)?;
     let Some(sig) = signature(&headers) else {
         state.metrics.webhook_rejected();
         return Err(ApiError::Unauthorized(

@@ -120,11 +120,24 @@ fn path_of(uri: &Uri) -> String {
         .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned())
 }
 
-/// The message a form left (`?msg=`).
+/// The message a form left (`?msg=…&sig=…`). Shown only with this session's signature of
+/// it, so a crafted link cannot put words on an operator's page.
 #[derive(Debug, Default, Deserialize)]
 pub struct Flash {
     /// Shown at the top of the page.
     pub msg: Option<String>,
+    /// The session's signature of `msg` ([`Session::sign_flash`]).
+    pub sig: Option<String>,
+}
+
+impl Flash {
+    /// The message, if `s` signed it.
+    pub fn verified(&self, s: &Session) -> Option<&str> {
+        match (&self.msg, &self.sig) {
+            (Some(m), Some(sig)) if s.flash_signed(m, sig) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// The session and the stop, or a redirect to the login page.
@@ -146,7 +159,7 @@ macro_rules! chrome {
             here: $here,
             path: &$path,
             stop: $stop.as_ref(),
-            flash: $flash.msg.as_deref(),
+            flash: $flash.verified(&$s),
         }
     };
 }
@@ -299,8 +312,40 @@ pub struct NextQuery {
     pub next: Option<String>,
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    html(pages::login(None, &session::safe_next(q.next.as_deref())))
+/// The login form's CSRF value: the browser's, if it has a well-formed one (several tabs), or a
+/// fresh one; and the `Set-Cookie` that gives it to the browser.
+fn login_csrf(state: &AppState, headers: &HeaderMap) -> (String, String) {
+    let value = session::cookie(headers, session::LOGIN_COOKIE)
+        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(crate::tokens::login_nonce);
+    let set = session::set_login_cookie(&value, state.secure_cookies());
+    (value, set)
+}
+
+/// The login form with `error`, setting its CSRF cookie.
+fn login_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+    next: &str,
+) -> Response {
+    let (csrf, set) = login_csrf(state, headers);
+    (
+        status,
+        [(header::SET_COOKIE, set)],
+        html(pages::login(error, next, &csrf)),
+    )
+        .into_response()
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    let next = session::safe_next(q.next.as_deref());
+    login_form(&state, &headers, StatusCode::OK, None, &next)
 }
 
 /// The login form.
@@ -314,29 +359,48 @@ pub struct LoginForm {
     pub password: String,
     /// Where to go next.
     pub next: Option<String>,
+    /// The login form's CSRF value (the same as its cookie).
+    #[serde(default)]
+    pub csrf: String,
 }
 
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let next = session::safe_next(f.next.as_deref());
-    let deny = |status: StatusCode, msg: &str| {
-        (status, html(pages::login(Some(msg), &next))).into_response()
-    };
+    let deny =
+        |status: StatusCode, msg: &str| login_form(&state, &headers, status, Some(msg), &next);
+    let cookie = session::cookie(&headers, session::LOGIN_COOKIE).unwrap_or_default();
+    if !session::tokens_match(&cookie, &f.csrf) {
+        tracing::warn!(%peer, "dashboard: login form without its CSRF token refused");
+        return Ok(deny(
+            StatusCode::FORBIDDEN,
+            "This login form is stale or came from another site; reload the login page and try again.",
+        ));
+    }
     let now = now_ms();
+    // The limit counts the name that is looked up, so spaces around it are the same user.
+    let name = f.name.trim();
     if let Err(wait) = state
         .login_limit
-        .check(&format!("{}|{}", peer.ip(), f.name), now)
+        .check(&format!("{}|{}", peer.ip(), name), now)
     {
         return Ok(deny(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("Too many attempts for this user; wait {wait} s."),
         ));
     }
-    let user = match state.db.user_with_password(f.name.trim()).await? {
-        Some((user, hash)) if crate::tokens::verify_password(&f.password, &hash) => user,
+    let found = state.db.user_with_password(name).await?;
+    // Unknown users cost the same argon2 work as known ones (the time tells nothing).
+    let ok = crate::tokens::verify_password_or_decoy(
+        &f.password,
+        found.as_ref().map(|(_, hash)| hash.as_str()),
+    );
+    let user = match found {
+        Some((user, _)) if ok => user,
         _ => {
             tracing::warn!(user = %f.name, %peer, "dashboard: failed login");
             return Ok(deny(
@@ -349,13 +413,15 @@ async fn login(
     tracing::info!(user = %user.name, "dashboard: logged in");
     Ok((
         StatusCode::SEE_OTHER,
-        [
+        // Two cookies: `AppendHeaders`, since an array of headers would keep only the last.
+        axum::response::AppendHeaders([
             (header::LOCATION, next),
             (
                 header::SET_COOKIE,
-                session::set_cookie(&token, SESSION_TTL_MS / 1000),
+                session::set_cookie(&token, SESSION_TTL_MS / 1000, state.secure_cookies()),
             ),
-        ],
+            (header::SET_COOKIE, session::clear_login_cookie()),
+        ]),
     )
         .into_response())
 }
@@ -387,7 +453,7 @@ async fn form_user(
     let s = session::current(state, headers)
         .await?
         .ok_or_else(|| PageError::Login(session::safe_next(f.next.as_deref())))?;
-    if f.csrf != s.csrf {
+    if !session::tokens_match(&s.csrf, &f.csrf) {
         return Err(PageError::Refused(
             "This form is stale or came from another site (CSRF token mismatch); reload the page and try again.".into(),
         ));
@@ -401,13 +467,31 @@ async fn form_user(
     Ok(s)
 }
 
-fn back_with(next: Option<&str>, msg: &str) -> Response {
+/// Back to `next` with `msg` signed for session `s` (see [`Flash`]).
+fn back_with(s: &Session, next: Option<&str>, msg: &str) -> Response {
     let next = session::safe_next(next);
     let sep = if next.contains('?') { '&' } else { '?' };
-    Redirect::to(&format!("{next}{sep}msg={}", model::encode(msg))).into_response()
+    Redirect::to(&format!(
+        "{next}{sep}msg={}&sig={}",
+        model::encode(msg),
+        s.sign_flash(msg)
+    ))
+    .into_response()
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, PageError> {
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    // Another site's page must not log an operator out (in the middle of an incident).
+    if let Some(s) = session::current(&state, &headers).await? {
+        if !session::tokens_match(&s.csrf, &f.csrf) {
+            return Err(PageError::Refused(
+                "This form is stale or came from another site (CSRF token mismatch); reload the page and try again.".into(),
+            ));
+        }
+    }
     if let Some(token) = session::session_token(&headers) {
         state.db.delete_session(&token).await?;
     }
@@ -431,6 +515,7 @@ async fn stop(
     let new = match service::stop::stop(&state, &s.user.name, &f.reason, rollback).await {
         Err(ServiceError::ReasonRequired) => {
             return Ok(back_with(
+                &s,
                 f.next.as_deref(),
                 "Not stopped: a reason is required (on-call reads it).",
             ))
@@ -442,7 +527,7 @@ async fn stop(
     } else {
         "The emergency stop was already set."
     };
-    Ok(back_with(f.next.as_deref(), msg))
+    Ok(back_with(&s, f.next.as_deref(), msg))
 }
 
 async fn resume(
@@ -457,7 +542,7 @@ async fn resume(
     } else {
         "There was no emergency stop."
     };
-    Ok(back_with(f.next.as_deref(), msg))
+    Ok(back_with(&s, f.next.as_deref(), msg))
 }
 
 async fn rollout_action(
@@ -470,6 +555,7 @@ async fn rollout_action(
     let name = f.action.as_deref().unwrap_or("");
     let Some(action) = RolloutAction::parse(name) else {
         return Ok(back_with(
+            &s,
             f.next.as_deref(),
             &format!("Unknown action `{name}`: pause, resume, abort or promote."),
         ));
@@ -480,7 +566,7 @@ async fn rollout_action(
         Err(e) => format!("Rollout {id}: {name} refused: {e}"),
     };
     service::live::refresh(&state).await;
-    Ok(back_with(f.next.as_deref(), &msg))
+    Ok(back_with(&s, f.next.as_deref(), &msg))
 }
 
 async fn css() -> Response {

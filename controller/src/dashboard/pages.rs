@@ -480,7 +480,7 @@ pub fn audit(c: &Chrome, entries: &[AuditEntry]) -> Markup {
 }
 
 /// `/login`.
-pub fn login(error: Option<&str>, next: &str) -> Markup {
+pub fn login(error: Option<&str>, next: &str, csrf: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -494,6 +494,7 @@ pub fn login(error: Option<&str>, next: &str) -> Markup {
                     label for="password" { "Password" }
                     input #password type="password" name="password" autocomplete="current-password" required;
                     input type="hidden" name="next" value=(next);
+                    input type="hidden" name="csrf" value=(csrf);
                     button #login-submit type="submit" { "Log in" }
                     span.muted { "Users are made with " code { "fleet-controller users add NAME --role ROLE" } "." }
                 }

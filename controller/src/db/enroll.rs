@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::devices::identity::{enroll_in, Existing};
 use super::{now_ms, q, Db, DbError};
 use crate::tokens::{self, TokenKind};
 
@@ -22,6 +23,9 @@ pub struct Pairing {
     pub expires_ms: i64,
     /// Who approved it.
     pub approved_by: Option<String>,
+    /// `enrolled` or `revoked` when a device of that id exists: approving this code would
+    /// replace it, which the approver must confirm (`replace`).
+    pub replaces: Option<&'static str>,
 }
 
 /// What approving a code did.
@@ -31,6 +35,19 @@ pub enum ApproveOutcome {
     Approved {
         /// The device.
         device_id: String,
+        /// The host name the agent reported.
+        hostname: String,
+        /// The device it replaces, when the approver confirmed that.
+        replaced: Option<Existing>,
+    },
+    /// Not approved: a device of that id exists and the approver did not say `replace`.
+    WouldReplace {
+        /// The device.
+        device_id: String,
+        /// The host name the agent reported.
+        hostname: String,
+        /// What is there.
+        existing: Existing,
     },
     /// No such code.
     Unknown,
@@ -58,6 +75,12 @@ pub enum ClaimOutcome {
     Expired,
     /// Already claimed.
     Used,
+    /// Approved as a new device, but one of that id was enrolled before the claim: refused
+    /// (a pairing never replaces a device unless its approver said so).
+    Taken {
+        /// The device.
+        device_id: String,
+    },
 }
 
 impl Db {
@@ -101,41 +124,69 @@ impl Db {
         })
     }
 
-    /// Approves a code (single use, before expiry).
+    /// Approves a code (single use, before expiry). A code asked for under an id that is
+    /// enrolled or revoked is approved only with `replace`, which the claim then honours.
     pub async fn approve_pairing(
         &self,
         code: &str,
         actor: &str,
         now: i64,
+        replace: bool,
     ) -> Result<ApproveOutcome, DbError> {
-        let r = sqlx::query(
-            "UPDATE pairings SET approved_by = $1, approved_ms = $2 \
-             WHERE code = $3 AND approved_ms IS NULL AND expires_ms > $4",
+        let _turn = self.write_turn().await;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("approving a pairing code"))?;
+        let row = sqlx::query(
+            "SELECT device_id, hostname, expires_ms, approved_ms FROM pairings WHERE code = $1",
         )
-        .bind(actor)
-        .bind(now)
         .bind(code)
-        .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(q("approving a pairing code"))?;
-        let row =
-            sqlx::query("SELECT device_id, expires_ms, approved_ms FROM pairings WHERE code = $1")
-                .bind(code)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(q("reading a pairing code"))?;
+        .map_err(q("reading a pairing code"))?;
         let Some(row) = row else {
             return Ok(ApproveOutcome::Unknown);
         };
         let device_id: String = row.try_get("device_id").map_err(q("reading a pairing"))?;
+        let hostname: String = row.try_get("hostname").map_err(q("reading a pairing"))?;
         let expires: i64 = row.try_get("expires_ms").map_err(q("reading a pairing"))?;
-        Ok(if r.rows_affected() == 1 {
-            ApproveOutcome::Approved { device_id }
-        } else if expires <= now {
-            ApproveOutcome::Expired
-        } else {
-            ApproveOutcome::Used
+        let approved: Option<i64> = row.try_get("approved_ms").map_err(q("reading a pairing"))?;
+        if approved.is_some() {
+            return Ok(ApproveOutcome::Used);
+        }
+        if expires <= now {
+            return Ok(ApproveOutcome::Expired);
+        }
+        let existing = Existing::of(&mut tx, &device_id).await?;
+        if let (Some(existing), false) = (existing, replace) {
+            return Ok(ApproveOutcome::WouldReplace {
+                device_id,
+                hostname,
+                existing,
+            });
+        }
+        let r = sqlx::query(
+            "UPDATE pairings SET approved_by = $1, approved_ms = $2, replace_ok = $3 \
+             WHERE code = $4 AND approved_ms IS NULL AND expires_ms > $5",
+        )
+        .bind(actor)
+        .bind(now)
+        .bind(i64::from(existing.is_some()))
+        .bind(code)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("approving a pairing code"))?;
+        if r.rows_affected() != 1 {
+            return Ok(ApproveOutcome::Used);
+        }
+        tx.commit().await.map_err(q("approving a pairing code"))?;
+        Ok(ApproveOutcome::Approved {
+            device_id,
+            hostname,
+            replaced: existing,
         })
     }
 
@@ -147,8 +198,8 @@ impl Db {
     ) -> Result<ClaimOutcome, DbError> {
         let hash = tokens::hash(claim_secret);
         let row = sqlx::query(
-            "SELECT device_id, hostname, arch, agent_version, expires_ms, approved_ms, consumed_ms \
-             FROM pairings WHERE claim_hash = $1",
+            "SELECT device_id, hostname, arch, agent_version, expires_ms, approved_ms, consumed_ms, \
+             replace_ok FROM pairings WHERE claim_hash = $1",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
@@ -172,34 +223,44 @@ impl Db {
                 ClaimOutcome::Pending
             });
         }
+        let replace: i64 = row.try_get("replace_ok").map_err(q("reading a pairing"))?;
+        let device_id = get_s("device_id")?;
+        let _turn = self.write_turn().await;
+        let mut tx = self.pool.begin().await.map_err(q("claiming a pairing"))?;
         let taken = sqlx::query(
             "UPDATE pairings SET consumed_ms = $1 WHERE claim_hash = $2 AND consumed_ms IS NULL",
         )
         .bind(now)
         .bind(&hash)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("claiming a pairing"))?;
         if taken.rows_affected() != 1 {
             return Ok(ClaimOutcome::Used);
         }
-        let device_id = get_s("device_id")?;
-        let token = self
-            .enroll_device(
-                &device_id,
-                &get_s("hostname")?,
-                &get_s("arch")?,
-                &get_s("agent_version")?,
-            )
-            .await?;
-        Ok(ClaimOutcome::Enrolled { device_id, token })
+        let token = enroll_in(
+            &mut tx,
+            &device_id,
+            &get_s("hostname")?,
+            &get_s("arch")?,
+            &get_s("agent_version")?,
+            replace != 0,
+        )
+        .await?;
+        // Consumed either way: a refused claim is not tried again with the same secret.
+        tx.commit().await.map_err(q("claiming a pairing"))?;
+        Ok(match token {
+            Some(token) => ClaimOutcome::Enrolled { device_id, token },
+            None => ClaimOutcome::Taken { device_id },
+        })
     }
 
     /// Pairings not yet approved and not expired, for operators.
     pub async fn pending_pairings(&self, now: i64) -> Result<Vec<Pairing>, DbError> {
         let rows = sqlx::query(
-            "SELECT code, device_id, hostname, arch, expires_ms, approved_by FROM pairings \
-             WHERE approved_ms IS NULL AND expires_ms > $1 ORDER BY created_ms",
+            "SELECT p.code, p.device_id, p.hostname, p.arch, p.expires_ms, p.approved_by, \
+             d.id AS existing, d.revoked_ms FROM pairings p LEFT JOIN devices d ON d.id = p.device_id \
+             WHERE p.approved_ms IS NULL AND p.expires_ms > $1 ORDER BY p.created_ms",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -217,6 +278,16 @@ impl Db {
                     arch: g("arch")?,
                     expires_ms: r.try_get("expires_ms").map_err(q("reading a pairing"))?,
                     approved_by: r.try_get("approved_by").map_err(q("reading a pairing"))?,
+                    replaces: match (
+                        r.try_get::<Option<String>, _>("existing")
+                            .map_err(q("reading a pairing"))?,
+                        r.try_get::<Option<i64>, _>("revoked_ms")
+                            .map_err(q("reading a pairing"))?,
+                    ) {
+                        (None, _) => None,
+                        (Some(_), None) => Some("enrolled"),
+                        (Some(_), Some(_)) => Some("revoked"),
+                    },
                 })
             })
             .collect()

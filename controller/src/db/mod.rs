@@ -3,6 +3,7 @@
 //! ascending order of first appearance, which both engines read the same way.
 
 mod audit;
+mod bootstrap;
 mod devices;
 mod enroll;
 mod releases;
@@ -19,8 +20,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::AuditEntry;
+pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
 pub(crate) use devices::wire_name;
-pub use devices::{CheckinIdentity, DeviceRow, DeviceState, LastReport};
+pub use devices::{CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport};
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
 pub use releases::ReleaseRow;
 pub use rollouts::RolloutRow;

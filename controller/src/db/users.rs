@@ -1,4 +1,4 @@
-//! Users, their roles and API tokens; bootstrap tokens.
+//! Users, their roles and API tokens.
 
 use std::fmt;
 use std::str::FromStr;
@@ -160,32 +160,5 @@ impl Db {
         .await
         .map_err(q("revoking API tokens"))?;
         Ok(r.rows_affected())
-    }
-
-    /// A new bootstrap token; returns it (shown once).
-    pub async fn create_bootstrap_token(&self, created_by: &str) -> Result<String, DbError> {
-        let token = tokens::generate(TokenKind::Bootstrap);
-        sqlx::query(
-            "INSERT INTO bootstrap_tokens (token_hash, created_by, created_ms) VALUES ($1, $2, $3)",
-        )
-        .bind(tokens::hash(&token))
-        .bind(created_by)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(q("creating a bootstrap token"))?;
-        Ok(token)
-    }
-
-    /// Whether a bootstrap token is valid.
-    pub async fn bootstrap_token_valid(&self, token: &str) -> Result<bool, DbError> {
-        let row = sqlx::query(
-            "SELECT 1 AS ok FROM bootstrap_tokens WHERE token_hash = $1 AND revoked_ms IS NULL",
-        )
-        .bind(tokens::hash(token))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("checking a bootstrap token"))?;
-        Ok(row.is_some())
     }
 }

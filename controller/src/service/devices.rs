@@ -5,21 +5,76 @@ use super::{AppState, ServiceError};
 use crate::db::ApproveOutcome;
 
 /// Approves the pairing code `code` (as typed; normalized here) as `actor` at `now_ms`;
-/// returns the device it enrolls. The caller applies the per-user rate limit first.
+/// returns the device it enrolls. A code asked for under an id that is enrolled or revoked is
+/// refused (and the refusal audited) unless `replace` says the approver means to replace that
+/// device, as after a re-flash; the replacement is audited as `device.reenroll`. The caller
+/// applies the per-user rate limit first.
 pub async fn approve(
     state: &AppState,
     actor: &str,
     code: &str,
+    replace: bool,
     now_ms: i64,
 ) -> Result<String, ServiceError> {
     let code = crate::tokens::normalize_code(code);
-    match state.db.approve_pairing(&code, actor, now_ms).await? {
-        ApproveOutcome::Approved { device_id } => {
+    match state
+        .db
+        .approve_pairing(&code, actor, now_ms, replace)
+        .await?
+    {
+        ApproveOutcome::Approved {
+            device_id,
+            hostname,
+            replaced,
+        } => {
+            match replaced {
+                None => {
+                    state
+                        .db
+                        .audit(actor, "device.approve", &device_id, "", &code)
+                        .await?
+                }
+                Some(existing) => {
+                    tracing::warn!(device = %device_id, %actor, %hostname, "re-enrollment approved: the device's old token ends");
+                    state
+                        .db
+                        .audit(
+                            actor,
+                            "device.reenroll",
+                            &device_id,
+                            "",
+                            &format!(
+                                "pairing code {code} from host {hostname} replaces the {} device",
+                                existing.as_str()
+                            ),
+                        )
+                        .await?
+                }
+            }
+            Ok(device_id)
+        }
+        ApproveOutcome::WouldReplace {
+            device_id,
+            hostname,
+            existing,
+        } => {
+            tracing::warn!(device = %device_id, %actor, %hostname, "approval of a pairing code for an existing device refused: `replace` not given");
             state
                 .db
-                .audit(actor, "device.approve", &device_id, "", &code)
+                .audit(
+                    actor,
+                    "device.approve_refused",
+                    &device_id,
+                    &format!("would replace the {} device", existing.as_str()),
+                    &format!("pairing code {code} from host {hostname}"),
+                )
                 .await?;
-            Ok(device_id)
+            Err(ServiceError::WouldReplace {
+                code,
+                device_id,
+                hostname,
+                existing,
+            })
         }
         ApproveOutcome::Unknown => Err(ServiceError::NoPairing(code)),
         ApproveOutcome::Expired => Err(ServiceError::PairingExpired(code)),

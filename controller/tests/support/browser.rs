@@ -43,6 +43,12 @@ pub fn artifacts_dir(name: &str) -> PathBuf {
 impl Browser {
     /// Starts chromedriver and a headless Chromium, or `None` (skip) when they are missing.
     pub async fn start(test: &str) -> Option<Browser> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// As [`Browser::start`], with more Chromium arguments (e.g. the lab certificate's key to
+    /// trust, `--ignore-certificate-errors-spki-list=…`).
+    pub async fn start_with(test: &str, extra_args: &[String]) -> Option<Browser> {
         let driver_bin = find(&["chromedriver"]);
         let chromium = find(&["chromium", "chromium-browser", "google-chrome"]);
         let (Some(driver_bin), Some(chromium)) = (driver_bin, chromium) else {
@@ -71,14 +77,28 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra_args.iter().cloned());
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
-                         "--disable-background-networking", "--disable-component-update"],
+                "args": args,
             }),
         );
         let client = ClientBuilder::native()

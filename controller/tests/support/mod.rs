@@ -64,6 +64,7 @@ pub fn test_config(
         checkin_interval: Duration::from_secs(1),
         pairing_ttl: Duration::from_secs(900),
         reconcile_interval: Duration::from_millis(200),
+        ..ControllerConfig::default()
     }
 }
 
@@ -101,7 +102,8 @@ impl TestController {
         mut cfg: ControllerConfig,
         secret: Option<&str>,
     ) -> TestController {
-        let base = format!("http://{}", cfg.listen);
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", cfg.listen);
         if let Some(s) = secret {
             let p = cfg.data_dir.join("webhook.secret");
             std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
@@ -113,8 +115,16 @@ impl TestController {
         let admin = user(&db, "admin", Role::Admin).await;
         let operator = user(&db, "operator", Role::Operator).await;
         let viewer = user(&db, "viewer", Role::Viewer).await;
-        let bootstrap = db
-            .create_bootstrap_token("test")
+        let (bootstrap, _) = db
+            .create_bootstrap_token(
+                "test",
+                &fleet_controller::db::NewBootstrapToken {
+                    note: "tests".into(),
+                    ttl_ms: 86_400_000,
+                    ..Default::default()
+                },
+                fleet_controller::db::now_ms(),
+            )
             .await
             .expect("bootstrap token");
         let shutdown = CancellationToken::new();

@@ -22,6 +22,9 @@ struct Cli {
     /// File holding a bootstrap token (`fleet-controller bootstrap-token create`).
     #[arg(long, conflicts_with = "bootstrap_token")]
     bootstrap_token_file: Option<PathBuf>,
+    /// Trust only this CA (PEM) for the controller's certificate (default: the system's roots).
+    #[arg(long, env = "FLEET_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// A bootstrap token.
     #[arg(long, env = "FLEET_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     }
     let opts = SimOptions {
         url: cli.url,
+        ca_file: cli.ca_file,
         bootstrap_token: token,
         devices: cli.devices,
         prefix: cli.prefix,

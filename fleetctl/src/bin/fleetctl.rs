@@ -21,7 +21,10 @@ struct Cli {
     /// API token (from `fleet-controller tokens create NAME`).
     #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Config file with `url:` and `token:` (default ~/.config/fleet/fleetctl.yaml).
+    /// Trust only this CA (PEM) for the controller's certificate (default: the system's roots).
+    #[arg(long, global = true, env = "FLEET_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Config file with `url:`, `token:` and `ca_file:` (default ~/.config/fleet/fleetctl.yaml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Output format.
@@ -82,6 +85,11 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Bootstrap tokens (bulk provisioning): list, create, revoke.
+    BootstrapTokens {
+        #[command(subcommand)]
+        command: BootstrapCommand,
+    },
     /// The audit log.
     Audit {
         /// How many entries.
@@ -118,10 +126,43 @@ enum DevicesCommand {
     Approve {
         /// The 8-character code.
         code: String,
+        /// The code asks for an id that is enrolled or revoked, and this is that device
+        /// re-flashed: give it a new token and end the old one (audited).
+        #[arg(long)]
+        replace: bool,
     },
     /// Revoke a device's token.
     Revoke {
         /// Device id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BootstrapCommand {
+    /// List bootstrap tokens with their status, expiry, uses and selector.
+    List,
+    /// Create one (admin); prints the secret once.
+    Create {
+        /// How long it lives, e.g. 24h, 7d (at most 90d).
+        #[arg(long, default_value = "24h")]
+        expires_in: String,
+        /// At most this many enrollments.
+        #[arg(long)]
+        max_uses: Option<i64>,
+        /// Only devices whose labels match, e.g. `site=berlin,ring=canary`.
+        #[arg(long)]
+        selector: Option<String>,
+        /// What it is for.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Revoke one by id.
+    Revoke {
+        /// The token's id (from `list`).
         id: String,
         /// Why.
         #[arg(long)]
@@ -200,6 +241,7 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
     let api = Api::new(resolve(
         cli.url.clone(),
         cli.token.clone(),
+        cli.ca_file.clone(),
         cli.config.as_deref(),
     )?)?;
     let json_out = cli.output == Output::Json;
@@ -286,9 +328,12 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                 let d = api.get(&format!("/api/v1/devices/{id}")).await?;
                 Ok(pretty(&d))
             }
-            DevicesCommand::Approve { code } => {
+            DevicesCommand::Approve { code, replace } => {
                 let r = api
-                    .post("/api/v1/devices/approve", json!({"code": code}))
+                    .post(
+                        "/api/v1/devices/approve",
+                        json!({"code": code, "replace": replace}),
+                    )
                     .await?;
                 Ok(if json_out {
                     pretty(&r)
@@ -403,6 +448,9 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                 )
             })
         }
+        Command::BootstrapTokens { command } => {
+            bootstrap_tokens(&api, command, json_out, now).await
+        }
         Command::Audit { limit } => {
             let list = api.get(&format!("/api/v1/audit?limit={limit}")).await?;
             if json_out {
@@ -427,6 +475,119 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                 &rows,
             ))
         }
+    }
+}
+
+async fn bootstrap_tokens(
+    api: &Api,
+    command: BootstrapCommand,
+    json_out: bool,
+    now: i64,
+) -> Result<String, CtlError> {
+    match command {
+        BootstrapCommand::List => {
+            let list = api.get("/api/v1/bootstrap-tokens").await?;
+            if json_out {
+                return Ok(pretty(&list));
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let selector = t["selector"]
+                        .as_object()
+                        .filter(|m| !m.is_empty())
+                        .map_or_else(
+                            || "any".to_owned(),
+                            |m| {
+                                m.iter()
+                                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            },
+                        );
+                    vec![
+                        cell(&t["id"]),
+                        cell(&t["status"]),
+                        until(&t["expires_ms"], now),
+                        format!("{}/{}", t["uses"], cell(&t["max_uses"])),
+                        selector,
+                        cell(&t["note"]),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["ID", "STATUS", "EXPIRES", "USES", "SELECTOR", "NOTE"],
+                &rows,
+            ))
+        }
+        BootstrapCommand::Create {
+            expires_in,
+            max_uses,
+            selector,
+            note,
+        } => {
+            let mut labels = serde_json::Map::new();
+            for part in selector.iter().flat_map(|s| s.split(',')).map(str::trim) {
+                if part.is_empty() {
+                    continue;
+                }
+                let Some((k, v)) = part.split_once('=') else {
+                    return Err(CtlError::Local(format!(
+                        "--selector part `{part}` is not KEY=VALUE"
+                    )));
+                };
+                labels.insert(k.trim().to_owned(), json!(v.trim()));
+            }
+            let r = api
+                .post(
+                    "/api/v1/bootstrap-tokens",
+                    json!({"expires_in": expires_in, "max_uses": max_uses, "selector": labels, "note": note.unwrap_or_default()}),
+                )
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!(
+                    "{}\n(bootstrap token {}: shown once; expires {}; it enrolls new devices only, never replaces one)\n",
+                    cell(&r["token"]),
+                    cell(&r["id"]),
+                    until(&r["expires_ms"], now)
+                )
+            })
+        }
+        BootstrapCommand::Revoke { id, reason: why } => {
+            let r = api
+                .post(
+                    &format!("/api/v1/bootstrap-tokens/{id}/revoke"),
+                    reason(&why),
+                )
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else if r["was_live"] == true {
+                format!("revoked bootstrap token {id}\n")
+            } else {
+                format!("bootstrap token {id} was revoked already\n")
+            })
+        }
+    }
+}
+
+/// Milliseconds since the epoch as "in 3h" or "2h ago".
+fn until(v: &Value, now_ms: i64) -> String {
+    match v.as_i64() {
+        Some(t) if t > now_ms => {
+            let s = (t - now_ms) / 1000;
+            if s < 7200 {
+                format!("in {}m", s / 60)
+            } else {
+                format!("in {}h", s / 3600)
+            }
+        }
+        Some(_) => ago(v, now_ms),
+        None => "never".into(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use sqlx::Row;
 
 use super::inventory::INVENTORY_KEY;
@@ -10,62 +11,138 @@ use super::{CheckinIdentity, LastReport};
 use crate::db::{q, Db, DbError};
 use crate::tokens;
 
+/// A device already under an id, which an enrollment must not silently replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Existing {
+    /// Enrolled, with a live token.
+    Enrolled {
+        /// When it last checked in.
+        last_seen_ms: Option<i64>,
+    },
+    /// Revoked: it stays so until an operator approves a pairing code for it with `replace`.
+    Revoked {
+        /// When.
+        revoked_ms: i64,
+    },
+}
+
+impl Existing {
+    /// What is stored under `id`, if anything.
+    pub(crate) async fn of(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+    ) -> Result<Option<Existing>, DbError> {
+        let row = sqlx::query("SELECT revoked_ms, last_seen_ms FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(q("reading a device"))?;
+        let Some(r) = row else { return Ok(None) };
+        let revoked: Option<i64> = r.try_get("revoked_ms").map_err(q("reading a device"))?;
+        Ok(Some(match revoked {
+            Some(revoked_ms) => Existing::Revoked { revoked_ms },
+            None => Existing::Enrolled {
+                last_seen_ms: r.try_get("last_seen_ms").map_err(q("reading a device"))?,
+            },
+        }))
+    }
+
+    /// `enrolled` or `revoked`, as listings show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Existing::Enrolled { .. } => "enrolled",
+            Existing::Revoked { .. } => "revoked",
+        }
+    }
+}
+
+/// The labels the newest release's devices.yaml gives `id` (`None`: not listed).
+pub(crate) async fn inventory_labels(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+) -> Result<Option<BTreeMap<String, String>>, DbError> {
+    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+        .bind(INVENTORY_KEY)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(q("reading the inventory"))?;
+    let Some(r) = row else { return Ok(None) };
+    let text: String = r.try_get("value").map_err(q("reading the inventory"))?;
+    let mut inventory: BTreeMap<String, BTreeMap<String, String>> = serde_json::from_str(&text)
+        .map_err(|e| DbError::Corrupt {
+            what: "inventory",
+            detail: e.to_string(),
+        })?;
+    Ok(inventory.remove(id))
+}
+
+/// Creates device `id` with a fresh token inside `tx`; returns the token (shown once), or
+/// `None` when the id is taken (enrolled or revoked) and `replace` is false. With `replace`
+/// (an operator approved a re-enrollment) the device keeps its history and gets a new token,
+/// which ends the old one and lifts a revocation.
+pub(crate) async fn enroll_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    hostname: &str,
+    arch: &str,
+    agent_version: &str,
+    replace: bool,
+) -> Result<Option<String>, DbError> {
+    let token = tokens::generate(tokens::TokenKind::Device);
+    let on_conflict = if replace {
+        "ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, arch = excluded.arch, \
+         agent_version = excluded.agent_version, token_hash = excluded.token_hash, \
+         revoked_ms = NULL, enrolled_ms = excluded.enrolled_ms, acked_seq = 0"
+    } else {
+        "ON CONFLICT (id) DO NOTHING"
+    };
+    let r = sqlx::query(&format!(
+        "INSERT INTO devices (id, hostname, arch, agent_version, token_hash, enrolled_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
+    ))
+    .bind(id)
+    .bind(hostname)
+    .bind(arch)
+    .bind(agent_version)
+    .bind(tokens::hash(&token))
+    .bind(crate::db::now_ms())
+    .execute(&mut **tx)
+    .await
+    .map_err(q("enrolling a device"))?;
+    if r.rows_affected() == 0 {
+        return Ok(None);
+    }
+    // A device that joins after the newest release takes its labels from that release's
+    // devices.yaml now, not at the next release (or it would never be offered anything).
+    if let Some(labels) = inventory_labels(tx, id).await? {
+        sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()))
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("enrolling a device"))?;
+    }
+    Ok(Some(token))
+}
+
 impl Db {
-    /// Creates a device with a fresh token; returns the token (shown once). An existing
-    /// device of that id gets a new token (re-enrollment after a re-flash) and is un-revoked.
+    /// Creates a new device with a fresh token; returns the token (shown once), or `None` if
+    /// the id is enrolled or revoked already (never replaced here: see [`enroll_in`]).
     pub async fn enroll_device(
         &self,
         id: &str,
         hostname: &str,
         arch: &str,
         agent_version: &str,
-    ) -> Result<String, DbError> {
-        let token = tokens::generate(tokens::TokenKind::Device);
+    ) -> Result<Option<String>, DbError> {
         let _turn = self.write_turn().await;
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(q("starting an enrollment"))?;
-        sqlx::query(
-            "INSERT INTO devices (id, hostname, arch, agent_version, token_hash, enrolled_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, arch = excluded.arch, \
-             agent_version = excluded.agent_version, token_hash = excluded.token_hash, \
-             revoked_ms = NULL, enrolled_ms = excluded.enrolled_ms, acked_seq = 0",
-        )
-        .bind(id)
-        .bind(hostname)
-        .bind(arch)
-        .bind(agent_version)
-        .bind(tokens::hash(&token))
-        .bind(crate::db::now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(q("enrolling a device"))?;
-        // A device that joins after the newest release takes its labels from that release's
-        // devices.yaml now, not at the next release (or it would never be offered anything).
-        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
-            .bind(INVENTORY_KEY)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(q("reading the inventory"))?;
-        if let Some(r) = row {
-            let text: String = r.try_get("value").map_err(q("reading the inventory"))?;
-            let inventory: BTreeMap<String, BTreeMap<String, String>> = serde_json::from_str(&text)
-                .map_err(|e| DbError::Corrupt {
-                    what: "inventory",
-                    detail: e.to_string(),
-                })?;
-            if let Some(labels) = inventory.get(id) {
-                sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
-                    .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("enrolling a device"))?;
-            }
-        }
+        let token = enroll_in(&mut tx, id, hostname, arch, agent_version, false).await?;
         tx.commit().await.map_err(q("committing an enrollment"))?;
         Ok(token)
     }

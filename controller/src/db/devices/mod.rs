@@ -6,10 +6,11 @@
 mod checkin;
 mod desired;
 mod events;
-mod identity;
+pub(crate) mod identity;
 mod inventory;
 
 pub use checkin::{CheckinIdentity, LastReport};
+pub use identity::Existing;
 
 use std::collections::BTreeMap;
 
