@@ -628,6 +628,17 @@ fn exec(id: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The soft and hard limit on the line of `/proc/PID/limits` named `name`.
+fn limit_of(limits: &str, name: &str) -> (String, String) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {limits}"));
+    let mut fields = line[name.len()..].split_whitespace();
+    let mut next = || fields.next().unwrap_or_default().to_owned();
+    (next(), next())
+}
+
 /// Constructs real compose files use (issue 17), each applied to the container the way the
 /// compose file says: checked in the engine's view of the container and, where the container
 /// can show it, from inside.
@@ -735,8 +746,29 @@ async fn real_world_compose_constructs_are_applied_to_the_container() {
         (core["Soft"].as_i64(), core["Hard"].as_i64()),
         (Some(-1), Some(-1))
     );
-    assert_eq!(exec(&id, "ulimit -c"), "unlimited");
-    assert_eq!(exec(&id, "ulimit -n"), "1024");
+    // Read off the container's own process, not a `docker exec` shell: an exec'd process
+    // takes its limits from the engine's exec path, which differs between engines (one that
+    // runs in a container, as in CI, gave the exec shell the hard limit as its soft one).
+    let nofile = ulimits
+        .iter()
+        .find(|u| u["Name"] == "nofile")
+        .unwrap_or_else(|| panic!("no nofile in {ulimits:?}"));
+    assert_eq!(
+        (nofile["Soft"].as_i64(), nofile["Hard"].as_i64()),
+        (Some(1024), Some(2048))
+    );
+    let limits = exec(&id, "cat /proc/1/limits");
+    assert_eq!(
+        limit_of(&limits, "Max core file size"),
+        ("unlimited".to_owned(), "unlimited".to_owned()),
+        "{limits}"
+    );
+    assert_eq!(
+        limit_of(&limits, "Max open files"),
+        ("1024".to_owned(), "2048".to_owned()),
+        "{limits}\nan exec'd shell has: {}",
+        exec(&id, "cat /proc/self/limits")
+    );
 
     // env_file long form: the optional file that is missing is skipped.
     let env: Vec<String> = serde_json::from_value(c["Config"]["Env"].clone()).unwrap_or_default();
