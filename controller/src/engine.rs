@@ -10,7 +10,7 @@ use fleet_config::protocol::ReleaseId;
 use fleet_config::{FleetRepo, TreeDigest};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{now_ms, DbError, DeviceRow, EmergencyStop, RolloutRow};
+use crate::db::{now_ms, DbError, DeviceRow, EmergencyStop, RepoPin, RolloutRow};
 use crate::rollout::{
     desired_for, DeviceView, Effect, Fallback, OpError, Policy, Rollout, State, Target,
 };
@@ -38,11 +38,22 @@ pub enum EngineError {
     Op(#[from] OpError),
 }
 
-fn view(d: &DeviceRow, now: i64, offline_after_ms: i64) -> DeviceView {
+/// The engine's view of a device. `silence_window_ms`: a device that went silent within this
+/// long of being told a new release counts as failed for the fleet-wide gate.
+fn view(d: &DeviceRow, now: i64, offline_after_ms: i64, silence_window_ms: i64) -> DeviceView {
+    let online = d.online(now, offline_after_ms);
+    let silent_after_release = !online
+        && d.desired_release.is_some()
+        && match (d.desired_since_ms, d.last_seen_ms) {
+            // It checked in after being told (so it got the release) and fell silent soon.
+            (Some(told), Some(seen)) => seen >= told && seen - told <= silence_window_ms,
+            _ => false,
+        };
     DeviceView {
         id: d.id.clone(),
         labels: d.labels.clone(),
-        online: d.online(now, offline_after_ms),
+        online,
+        silent_after_release,
         pinned: d.pinned_release.is_some(),
         current: d.current.clone(),
         phase: d.phase,
@@ -53,12 +64,23 @@ fn view(d: &DeviceRow, now: i64, offline_after_ms: i64) -> DeviceView {
 }
 
 /// Devices rollouts are about: enrolled, not revoked, listed in devices.yaml.
-fn fleet_views(state: &AppState, devices: &[DeviceRow], now: i64) -> Vec<DeviceView> {
+fn fleet_views(
+    state: &AppState,
+    devices: &[DeviceRow],
+    now: i64,
+    silence_window_ms: i64,
+) -> Vec<DeviceView> {
     devices
         .iter()
         .filter(|d| d.in_inventory && d.revoked_ms.is_none())
-        .map(|d| view(d, now, state.offline_after_ms()))
+        .map(|d| view(d, now, state.offline_after_ms(), silence_window_ms))
         .collect()
+}
+
+/// How soon after being told a release a device's silence counts against the fleet-wide
+/// gate: the policy's `health_timeout`, plus the offline threshold it takes to be seen silent.
+fn silence_window(policy: &Policy) -> i64 {
+    i64::try_from(policy.health_timeout_ms).unwrap_or(i64::MAX)
 }
 
 fn parse(row: &RolloutRow) -> Result<Rollout, EngineError> {
@@ -90,6 +112,7 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
     for e in effects {
         let action = match e {
             Effect::WaveStarted { .. } => "rollout.wave_started",
+            Effect::WaveWaiting { .. } => "rollout.wave_waiting",
             Effect::DeviceFailed { .. } => "rollout.device_failed",
             Effect::WaveHealthy { .. } => "rollout.wave_healthy",
             Effect::Halted { .. } => "rollout.halted",
@@ -100,7 +123,9 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
             Effect::Halted { .. } | Effect::EmergencyStop { .. } => {
                 tracing::error!(rollout = %r.id, "{e}")
             }
-            Effect::DeviceFailed { .. } => tracing::warn!(rollout = %r.id, "{e}"),
+            Effect::DeviceFailed { .. } | Effect::WaveWaiting { .. } => {
+                tracing::warn!(rollout = %r.id, "{e}")
+            }
             _ => tracing::info!(rollout = %r.id, "{e}"),
         }
         let detail = serde_json::to_string(e).unwrap_or_default();
@@ -126,7 +151,45 @@ pub async fn new_release(
         .iter()
         .map(|d| (d.id.clone(), d.labels.clone()))
         .collect();
-    state.db.sync_inventory(&inventory).await?;
+    let pins = repo
+        .devices
+        .devices
+        .iter()
+        .filter_map(|d| {
+            d.pin.as_ref().map(|p| {
+                (
+                    d.id.clone(),
+                    RepoPin {
+                        release: p.release.clone(),
+                        reason: p.reason.clone(),
+                    },
+                )
+            })
+        })
+        .collect();
+    for (device, pin) in state.db.sync_inventory(&inventory, &pins).await? {
+        let (action, detail) = match &pin {
+            Some(r) => (
+                "device.pin",
+                format!("pinned to {r} by devices.yaml of {release}"),
+            ),
+            None => (
+                "device.unpin",
+                format!("pin lifted: not in devices.yaml of {release}"),
+            ),
+        };
+        tracing::info!(%device, "{detail}");
+        state
+            .db
+            .audit(
+                "devices.yaml",
+                action,
+                &device,
+                &detail,
+                pin.as_deref().unwrap_or(""),
+            )
+            .await?;
+    }
     match start_rollout(
         state,
         release,
@@ -169,7 +232,7 @@ pub async fn start_rollout(
     }
     let now = now_ms();
     let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now);
+    let views = fleet_views(state, &devices, now, silence_window(&policy));
     let (r, effects) = Rollout::start(&id, release, digest, &views, policy, now.max(0) as u64);
     save(state, &r).await?;
     state
@@ -250,7 +313,7 @@ pub async fn act(
     let mut r = parse(&row)?;
     let now = now_ms();
     let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now);
+    let views = fleet_views(state, &devices, now, silence_window(&r.policy));
     let now = now.max(0) as u64;
     let effects = match action {
         "pause" => r.pause(now).map(|_| Vec::new())?,
@@ -269,6 +332,39 @@ pub async fn act(
     Ok(r)
 }
 
+/// The fleet-wide gate: above `fleet_unhealthy_stop`, set the emergency stop (once). After an
+/// operator clears a stop the gate set, it is disarmed until the fleet is back under half the
+/// limit, so the operator can send a fix while the fleet is still unhealthy.
+async fn fleet_gate(
+    state: &AppState,
+    policy: &Policy,
+    views: &[DeviceView],
+    stop: Option<&EmergencyStop>,
+    now: i64,
+) -> Result<Option<Effect>, EngineError> {
+    let verdict = crate::rollout::machine::fleet_unhealthy(policy, views);
+    let disarmed = state.db.fleet_gate_disarmed().await?;
+    let recovered = crate::rollout::machine::fleet_recovered(policy, views);
+    match verdict {
+        Some(reason) if stop.is_none() && !disarmed => {
+            let stop = EmergencyStop {
+                actor: "controller".into(),
+                reason: reason.clone(),
+                at_ms: now,
+                rollback: false,
+            };
+            set_stop(state, &stop).await?;
+            Ok(Some(Effect::EmergencyStop { reason }))
+        }
+        None if disarmed && recovered => {
+            state.db.set_fleet_gate_disarmed(false).await?;
+            tracing::info!("the fleet is back under half its unhealthy limit; the fleet-wide gate is armed again");
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// One pass (leader only): step the current rollout, apply the fleet-wide gate, set desired
 /// releases.
 pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
@@ -276,8 +372,6 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
         return Ok(());
     }
     let now = now_ms();
-    let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now);
     let stop = state.db.emergency_stop().await?;
     let rows = state.db.rollouts(200).await?;
     let mut current: Option<Rollout> = None;
@@ -290,32 +384,30 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
             last_completed = Some((row.id.clone(), row.release.clone()));
         }
     }
+    let window = current.as_ref().map_or(0, |r| silence_window(&r.policy));
+    let devices = state.db.devices().await?;
+    let views = fleet_views(state, &devices, now, window);
     if let Some(r) = current.as_mut() {
-        if matches!(r.state, State::Running { .. }) {
-            let before = r.state.clone();
-            let records_before = r.devices.clone();
-            let mut effects = r.step(&views, stop.is_some(), now.max(0) as u64);
-            if stop.is_none() {
-                if let Some(reason) = crate::rollout::machine::fleet_unhealthy(&r.policy, &views) {
-                    effects.push(Effect::EmergencyStop {
-                        reason: reason.clone(),
-                    });
-                    let stop = EmergencyStop {
-                        actor: "controller".into(),
-                        reason,
-                        at_ms: now,
-                        rollback: false,
-                    };
-                    set_stop(state, &stop).await?;
-                }
-            }
-            if r.state != before || r.devices != records_before {
-                save(state, r).await?;
-            }
-            record(state, r, &effects).await?;
-            if matches!(r.state, State::Completed { .. }) {
-                last_completed = Some((r.id.clone(), r.release.clone()));
-            }
+        let mut effects = Vec::new();
+        let changed = if matches!(r.state, State::Running { .. }) {
+            let before = (r.state.clone(), r.devices.clone());
+            let stop_since = stop.as_ref().map(|s| u64::try_from(s.at_ms).unwrap_or(0));
+            effects = r.step(&views, stop_since, now.max(0) as u64);
+            before != (r.state.clone(), r.devices.clone())
+        } else {
+            false
+        };
+        // The fleet-wide gate holds whatever the rollout is doing: a release that completed
+        // its rollout and then takes devices down trips it too.
+        if let Some(e) = fleet_gate(state, &r.policy, &views, stop.as_ref(), now).await? {
+            effects.push(e);
+        }
+        if changed {
+            save(state, r).await?;
+        }
+        record(state, r, &effects).await?;
+        if matches!(r.state, State::Completed { .. }) {
+            last_completed = Some((r.id.clone(), r.release.clone()));
         }
     }
     // Release digests and their order, for targets and late joiners.
@@ -340,7 +432,7 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
     let mut changes = Vec::new();
     for d in &devices {
         let target = if d.in_inventory && d.revoked_ms.is_none() {
-            let v = view(d, now, state.offline_after_ms());
+            let v = view(d, now, state.offline_after_ms(), window);
             desired_for(
                 &v,
                 d.pinned_release.as_ref().map(ReleaseId::as_str),

@@ -372,9 +372,16 @@ async fn the_emergency_stop_holds_every_checkin_until_resume() {
         .await
         .expect("release");
     let inventory = std::collections::BTreeMap::from([("dev-s".to_owned(), Default::default())]);
-    c.db().sync_inventory(&inventory).await.expect("inventory");
     c.db()
-        .pin_device("dev-s", Some(&sha.parse().expect("sha")))
+        .sync_inventory(&inventory, &std::collections::BTreeMap::new())
+        .await
+        .expect("inventory");
+    c.db()
+        .pin_device(
+            "dev-s",
+            Some((&sha.parse().expect("sha"), "test")),
+            fleet_controller::db::PIN_BY_OPERATOR,
+        )
         .await
         .expect("pin");
     for _ in 0..100 {

@@ -146,13 +146,19 @@ async fn exercise(store: Store) {
         "pi-1".to_owned(),
         BTreeMap::from([("ring".to_owned(), "canary".to_owned())]),
     );
-    db.sync_inventory(&inv).await.expect("inventory");
+    db.sync_inventory(&inv, &BTreeMap::new())
+        .await
+        .expect("inventory");
     db.set_desired(&[("pi-1".into(), Some((SHA.into(), "sha256:x".into())))])
         .await
         .expect("desired");
-    db.pin_device("pi-1", Some(&SHA.parse().expect("sha")))
-        .await
-        .expect("pin");
+    db.pin_device(
+        "pi-1",
+        Some((&SHA.parse().expect("sha"), "testing")),
+        fleet_controller::db::PIN_BY_OPERATOR,
+    )
+    .await
+    .expect("pin");
     assert!(db.request_safe_mode("pi-1", true).await.expect("safe"));
     let d = db.device("pi-1").await.expect("q").expect("row");
     assert!(d.in_inventory && d.safe_mode_requested);
@@ -166,7 +172,9 @@ async fn exercise(store: Store) {
         "pi-2".to_owned(),
         BTreeMap::from([("site".to_owned(), "north".to_owned())]),
     );
-    db.sync_inventory(&inv).await.expect("inventory");
+    db.sync_inventory(&inv, &BTreeMap::new())
+        .await
+        .expect("inventory");
     db.enroll_device("pi-2", "h2", "aarch64", "v1")
         .await
         .expect("late enrollment");

@@ -349,7 +349,10 @@ async fn bootstrap_tokens_expire_count_select_and_revoke(store: Store) {
             [("site".to_owned(), "south".to_owned())].into(),
         ),
     ]);
-    c.db().sync_inventory(&inventory).await.expect("inventory");
+    c.db()
+        .sync_inventory(&inventory, &std::collections::BTreeMap::new())
+        .await
+        .expect("inventory");
 
     let body = json!({"note": "north batch", "expires_in": "2h", "max_uses": 1, "selector": {"site": "north"}});
     let (s, msg) =

@@ -27,7 +27,21 @@ pub struct Device {
     pub labels: BTreeMap<String, String>,
     /// Free text for people.
     pub description: Option<String>,
+    /// Pinned to a release: left out of rollouts and kept on that release until the pin is
+    /// removed (`pin: SHA`, or `pin: { release: SHA, reason: … }`).
+    pub pin: Option<Pin>,
     /// Where the device is defined.
+    pub pos: Pos,
+}
+
+/// A device's pin in devices.yaml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The release: a full commit sha (40 hex digits, lower case).
+    pub release: String,
+    /// Why, for people (shown with the pin).
+    pub reason: String,
+    /// Where the pin is.
     pub pos: Pos,
 }
 
@@ -65,7 +79,8 @@ impl DevicesSpec {
 }
 
 const TOP_KEYS: &[&str] = &["devices", "stacks"];
-const DEVICE_KEYS: &[&str] = &["id", "labels", "description"];
+const DEVICE_KEYS: &[&str] = &["id", "labels", "description", "pin"];
+const PIN_KEYS: &[&str] = &["release", "reason"];
 const ASSIGN_KEYS: &[&str] = &["name", "select"];
 
 /// Decodes `devices.yaml`, reporting every problem.
@@ -130,17 +145,56 @@ fn decode_devices(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Device>> {
             None => Some(None),
             Some(n) => ctx.string(n, "`description`").map(Some),
         };
-        match (id, labels, description) {
-            (Some(id), Some(labels), Some(description)) => out.push(Device {
+        let pin = match f.get("pin") {
+            None => Some(None),
+            Some(n) => decode_pin(ctx, n, &what).map(Some),
+        };
+        match (id, labels, description, pin) {
+            (Some(id), Some(labels), Some(description), Some(pin)) => out.push(Device {
                 id,
                 labels,
                 description,
+                pin,
                 pos: item.pos,
             }),
             _ => ok = false,
         }
     }
     ok.then_some(out)
+}
+
+/// `pin: SHA` or `pin: { release: SHA, reason: … }`.
+fn decode_pin(ctx: &mut Ctx<'_>, node: &Node, what: &str) -> Option<Pin> {
+    let (release_node, reason) = if node.scalar().is_some() {
+        (node, String::new())
+    } else {
+        let f = ctx.map(node, &format!("the `pin` of {what}"), PIN_KEYS)?;
+        let release = f.required(ctx, "release", &format!("the `pin` of {what}"))?;
+        let reason = match f.get("reason") {
+            None => Some(String::new()),
+            Some(n) => ctx.string(n, "the `reason` of a pin"),
+        }?;
+        (release, reason)
+    };
+    let release = ctx.nonempty_string(release_node, &format!("the pinned release of {what}"))?;
+    if release.len() != 40
+        || !release
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        ctx.error(
+            release_node.pos,
+            format!(
+                "pinned release `{release}` of {what} is not a full commit sha (40 lower-case hex digits, e.g. from `git rev-parse`)"
+            ),
+        );
+        return None;
+    }
+    Some(Pin {
+        release,
+        reason,
+        pos: node.pos,
+    })
 }
 
 fn decode_assignments(ctx: &mut Ctx<'_>, node: &Node) -> Option<Vec<StackAssignment>> {

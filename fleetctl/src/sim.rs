@@ -77,6 +77,9 @@ pub struct SimDevice {
     pub last_answer: Option<CheckinResponse>,
     /// Check-ins an update takes.
     pub update_steps: u32,
+    /// The health it reports while idle on a release, when set (a release that runs but
+    /// is `degraded` or `unhealthy`); otherwise healthy.
+    pub health_override: Option<HealthState>,
 }
 
 fn url(base: &str, path: &str) -> String {
@@ -153,6 +156,7 @@ impl SimDevice {
             events: Vec::new(),
             last_answer: None,
             update_steps: 2,
+            health_override: None,
         };
         d.event(EventKind::AgentStarted {
             version: "sim".into(),
@@ -181,7 +185,9 @@ impl SimDevice {
 
     fn health(&self) -> HealthState {
         match self.phase {
-            UpdatePhase::Idle if self.current.is_some() => HealthState::Healthy,
+            UpdatePhase::Idle if self.current.is_some() => {
+                self.health_override.unwrap_or(HealthState::Healthy)
+            }
             UpdatePhase::SafeMode => HealthState::Unhealthy,
             _ => HealthState::Unknown,
         }

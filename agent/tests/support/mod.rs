@@ -8,13 +8,31 @@ pub mod lab;
 pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus};
 
 /// The `fleet-agent` binary Cargo built for this test run, or `FLEET_AGENT_BIN` (the
-/// benchmark measures the device build with it: `target/device/fleet-agent`).
+/// benchmark measures the device build with it: `target/device/fleet-agent`). A relative
+/// `FLEET_AGENT_BIN` is taken from the workspace root, where the command is typed: Cargo runs
+/// tests and benchmarks in the package's directory.
 pub fn agent_bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        std::env::var("FLEET_AGENT_BIN")
+        let Some(given) = std::env::var("FLEET_AGENT_BIN")
             .ok()
             .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_fleet-agent").to_owned())
+        else {
+            return env!("CARGO_BIN_EXE_fleet-agent").to_owned();
+        };
+        let path = std::path::Path::new(&given);
+        let path = if path.is_relative() {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(path)
+        } else {
+            path.to_owned()
+        };
+        assert!(
+            path.is_file(),
+            "FLEET_AGENT_BIN={given}: no file at {}",
+            path.display()
+        );
+        path.display().to_string()
     })
 }

@@ -88,7 +88,10 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::NotSelected { .. } => ApiError::Forbidden(e.to_string()),
             ServiceError::NoBootstrapToken(_) => ApiError::NotFound(e.to_string()),
-            ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            ServiceError::Invalid(_) | ServiceError::AmbiguousRelease { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
+            ServiceError::NoRelease(_) => ApiError::NotFound(e.to_string()),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod body;
 pub mod bootstrap;
 pub mod error;
 pub mod ops;
+pub mod pins;
 pub mod rollouts;
 pub mod webhook;
 
@@ -32,6 +33,8 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code (`replace: true` to re-enroll an enrolled or revoked id)", ops::approve),
         Route::post("/api/v1/devices/{id}/revoke", "operator", "Revoke a device's token (effective on its next request)", ops::revoke),
         Route::post("/api/v1/devices/{id}/safe-mode", "operator", "Ask a device to enter or leave safe mode", ops::safe_mode),
+        Route::post("/api/v1/devices/{id}/pin", "operator", "Pin a device to a release (release: sha or unique prefix, reason required): left out of rollouts until unpinned", pins::pin),
+        Route::post("/api/v1/devices/{id}/unpin", "operator", "Lift a device's pin: rollouts take it again", pins::unpin),
         Route::get("/api/v1/bootstrap-tokens", "operator", "Bootstrap tokens with their expiry, uses, selector and status (never the secrets)", bootstrap::list),
         Route::post("/api/v1/bootstrap-tokens", "admin", "Create a bootstrap token (note, expires_in, max_uses, selector); the secret is shown once", bootstrap::create),
         Route::post("/api/v1/bootstrap-tokens/{id}/revoke", "operator", "Revoke a bootstrap token", bootstrap::revoke),

@@ -46,6 +46,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/ui/stop", "session (operator)", "Dashboard form: emergency stop (csrf, reason required, rollback)", stop),
         Route::post("/ui/resume", "session (operator)", "Dashboard form: clear the emergency stop (csrf, reason)", resume),
         Route::post("/ui/rollouts/{id}", "session (operator)", "Dashboard form: pause, resume, abort or promote a rollout (csrf, action, reason)", rollout_action),
+        Route::post("/ui/devices/{id}/pin", "session (operator)", "Dashboard form: pin a device to a release or unpin it (csrf, action pin|unpin, release, reason)", pin_action),
         Route::get("/ui/events", "session", "Dashboard live updates (text/event-stream): `summary` and `devices` events", live::events),
         Route::get("/assets/app.css", "none", "Dashboard stylesheet", css),
         Route::get("/assets/app.js", "none", "Dashboard script (live updates only; pages work without it)", js),
@@ -437,8 +438,10 @@ pub struct ActionForm {
     pub reason: String,
     /// Stop with rollback (`on`).
     pub rollback: Option<String>,
-    /// Rollout action.
+    /// Rollout action; `pin` or `unpin` for a device.
     pub action: Option<String>,
+    /// The release to pin a device to (sha or unique prefix).
+    pub release: Option<String>,
     /// Where to go back to.
     pub next: Option<String>,
 }
@@ -564,6 +567,37 @@ async fn rollout_action(
     {
         Ok(r) => format!("Rollout {}: {name} done; it is {}.", r.id, r.state.name()),
         Err(e) => format!("Rollout {id}: {name} refused: {e}"),
+    };
+    service::live::refresh(&state).await;
+    Ok(back_with(&s, f.next.as_deref(), &msg))
+}
+
+async fn pin_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let s = form_user(&state, &headers, &f, Role::Operator).await?;
+    let msg = match f.action.as_deref().unwrap_or("") {
+        "pin" => {
+            let release = f.release.as_deref().unwrap_or("").trim();
+            match service::devices::pin(&state, &s.user.name, &id, release, f.reason.trim()).await {
+                Ok(r) => format!(
+                    "Device {id} pinned to {}: left out of rollouts until unpinned.",
+                    r.short()
+                ),
+                Err(e) => format!("Device {id}: pin refused: {e}"),
+            }
+        }
+        "unpin" => {
+            match service::devices::unpin(&state, &s.user.name, &id, f.reason.trim()).await {
+                Ok(true) => format!("Device {id} unpinned: rollouts take it again."),
+                Ok(false) => format!("Device {id} was not pinned."),
+                Err(e) => format!("Device {id}: unpin refused: {e}"),
+            }
+        }
+        other => format!("Unknown action `{other}`: pin or unpin."),
     };
     service::live::refresh(&state).await;
     Ok(back_with(&s, f.next.as_deref(), &msg))

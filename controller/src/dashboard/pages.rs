@@ -331,6 +331,28 @@ pub fn device(
                 dt { "Agent" } dd.mono { (d.agent_version) }
                 dt { "Enrolled" } dd { (utc(d.enrolled_ms)) }
                 @if d.safe_mode_requested { dt { "Safe mode" } dd { strong { "requested by an operator" } } }
+                dt { "Pinned" } dd #pin {
+                    @match &d.pinned_release {
+                        Some(r) => {
+                            strong { "to " span.mono title=(r.as_str()) { (r.short()) } }
+                            " by " (d.pin_source)
+                            @if !d.pin_reason.is_empty() { ": " (d.pin_reason) }
+                            span.muted { " (left out of rollouts)" }
+                        }
+                        None => span.muted { "no" },
+                    }
+                }
+            }
+            @if c.session.user.role >= Role::Operator {
+                form.filters method="post" action=(format!("/ui/devices/{}/pin", d.id)) #pin-actions {
+                    (csrf(c)) (back(c))
+                    input type="text" name="release" placeholder="release sha" aria-label="Release";
+                    input type="text" name="reason" placeholder="reason (audit log)" aria-label="Reason";
+                    button type="submit" name="action" value="pin" { "pin" }
+                    @if d.pinned_release.is_some() {
+                        button type="submit" name="action" value="unpin" { "unpin" }
+                    }
+                }
             }
         }
         h2 { "Telemetry (last 24 h)" }

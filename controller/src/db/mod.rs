@@ -22,7 +22,10 @@ use sqlx::{AnyPool, Executor};
 pub use audit::AuditEntry;
 pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
 pub(crate) use devices::wire_name;
-pub use devices::{CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport};
+pub use devices::{
+    CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport, PinChange, RepoPin,
+    PIN_BY_OPERATOR, PIN_BY_REPOSITORY,
+};
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
 pub use releases::ReleaseRow;
 pub use rollouts::RolloutRow;

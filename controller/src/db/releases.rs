@@ -91,4 +91,24 @@ impl Db {
         .map(release_from)
         .collect()
     }
+
+    /// Valid releases whose sha starts with `prefix` (lower-case hex), at most `limit`.
+    pub async fn valid_releases_starting(
+        &self,
+        prefix: &str,
+        limit: i64,
+    ) -> Result<Vec<ReleaseRow>, DbError> {
+        sqlx::query(
+            "SELECT sha, digest, seen_ms, status, errors, source FROM releases \
+             WHERE status = 'valid' AND substr(sha, 1, length($1)) = $1 ORDER BY sha LIMIT $2",
+        )
+        .bind(prefix)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("finding a release"))?
+        .iter()
+        .map(release_from)
+        .collect()
+    }
 }

@@ -1,4 +1,4 @@
-//! Fleet-wide settings: the emergency stop.
+//! Fleet-wide settings: the emergency stop, and whether the fleet-wide gate is disarmed.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -6,6 +6,7 @@ use sqlx::Row;
 use super::{q, Db, DbError};
 
 pub(crate) const STOP_KEY: &str = "emergency_stop";
+const GATE_DISARMED_KEY: &str = "fleet_gate_disarmed";
 
 /// The emergency stop, while it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,5 +74,31 @@ impl Db {
             .await
             .map_err(q("clearing the emergency stop"))?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether the fleet-wide gate is disarmed: an operator cleared the stop it set, and the
+    /// fleet has not been back under its limit since.
+    pub async fn fleet_gate_disarmed(&self) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(GATE_DISARMED_KEY)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading the fleet-wide gate"))?;
+        Ok(row.is_some())
+    }
+
+    /// Disarms (or arms again) the fleet-wide gate.
+    pub async fn set_fleet_gate_disarmed(&self, disarmed: bool) -> Result<(), DbError> {
+        let query = if disarmed {
+            "INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING"
+        } else {
+            "DELETE FROM settings WHERE key = $1"
+        };
+        sqlx::query(query)
+            .bind(GATE_DISARMED_KEY)
+            .execute(&self.pool)
+            .await
+            .map_err(q("setting the fleet-wide gate"))?;
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! resume, abort and promote. Everything is a function of the stored state, the devices' last
 //! reports and the time passed in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use fleet_config::protocol::{HealthState, ReleaseId, UpdatePhase, UpdateResult};
@@ -23,6 +23,14 @@ pub enum State {
         started_ms: u64,
         /// When all its counted devices were done and within the gate: baking since.
         healthy_since_ms: Option<u64>,
+        /// Held by the emergency stop since then: no clock runs while it holds (the wave's
+        /// start and bake move on by the time held once it clears).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held_since_ms: Option<u64>,
+        /// Why the wave cannot pass: it has no counted device (none online, or none matches
+        /// a canary selector). It waits; it never passes empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting: Option<String>,
     },
     /// Paused by an operator: no progress; devices already told keep their target.
     Paused {
@@ -109,6 +117,10 @@ pub struct DeviceRecord {
     pub from: Option<String>,
     /// Counted by its wave's gate (online at wave start).
     pub counted: bool,
+    /// A device of an earlier wave that failed while wave N ran: its failure counts against
+    /// wave N's gate (bake watches every device the rollout has touched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_against: Option<usize>,
     /// How it is doing.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -135,6 +147,10 @@ pub struct DeviceView {
     pub last_result: Option<UpdateResult>,
     /// Releases it marked bad.
     pub bad_releases: Vec<ReleaseId>,
+    /// Offline, and it went silent soon after it was told a new release (within
+    /// `health_timeout`): the fleet-wide gate counts it as failed. A device offline for
+    /// reasons no release touched (a site's power cut) is not.
+    pub silent_after_release: bool,
 }
 
 /// Something the controller should record (audit log, events) or do.
@@ -157,6 +173,15 @@ pub enum Effect {
         /// Device.
         device: String,
         /// Why.
+        reason: String,
+    },
+    /// A wave has no counted device: it waits, and says why.
+    WaveWaiting {
+        /// Index.
+        wave: usize,
+        /// Name.
+        name: String,
+        /// Why, and what would let it go on.
         reason: String,
     },
     /// A wave is healthy and starts baking.
@@ -195,6 +220,9 @@ impl fmt::Display for Effect {
                 wave + 1
             ),
             Effect::DeviceFailed { device, reason } => write!(f, "device {device} failed: {reason}"),
+            Effect::WaveWaiting { wave, name, reason } => {
+                write!(f, "wave {} ({name}) waits: {reason}", wave + 1)
+            }
             Effect::WaveHealthy { wave, name } => write!(f, "wave {} ({name}) healthy; baking", wave + 1),
             Effect::Halted { wave, name, failed, counted } => write!(
                 f,
@@ -236,6 +264,9 @@ pub struct Rollout {
     pub waves: Vec<WavePlan>,
     /// Every device of the plan.
     pub devices: BTreeMap<String, DeviceRecord>,
+    /// Waves that halted and were promoted past: their devices stay where they went back to.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sent_back: BTreeSet<usize>,
     /// Where it is.
     pub state: State,
 }
@@ -255,10 +286,31 @@ fn failure_of(release: &str, v: &DeviceView) -> Option<String> {
     }
 }
 
+/// Running the release, idle and healthy. `degraded` is not healthy: the agent itself treats
+/// it as a failed health window.
 fn healthy_on(release: &str, v: &DeviceView) -> bool {
     v.current.as_ref().is_some_and(|c| c.as_str() == release)
         && v.phase == UpdatePhase::Idle
-        && matches!(v.health, HealthState::Healthy | HealthState::Degraded)
+        && v.health == HealthState::Healthy
+}
+
+/// Why a device that was healthy on the release no longer counts as healthy, if it does not.
+fn lapse_of(release: &str, v: Option<&&DeviceView>) -> Option<String> {
+    let Some(v) = v else {
+        return Some("left the fleet after taking the release".into());
+    };
+    if !v.online {
+        return Some("went silent after taking the release".into());
+    }
+    if v.current.as_ref().is_none_or(|c| c.as_str() != release) {
+        return Some("no longer runs the release".into());
+    }
+    match v.health {
+        HealthState::Unhealthy => Some("turned unhealthy after taking the release".into()),
+        HealthState::Degraded => Some("turned degraded after taking the release".into()),
+        _ if v.phase == UpdatePhase::SafeMode => Some("entered safe mode".into()),
+        _ => None,
+    }
 }
 
 impl Rollout {
@@ -286,6 +338,7 @@ impl Rollout {
                         wave: i,
                         from: None,
                         counted: false,
+                        counts_against: None,
                         outcome: Outcome::Waiting,
                     },
                 );
@@ -299,6 +352,7 @@ impl Rollout {
             policy,
             waves,
             devices: records,
+            sent_back: BTreeSet::new(),
             state: State::Completed { at_ms: now_ms },
         };
         let effects = if r.waves.is_empty() {
@@ -311,6 +365,9 @@ impl Rollout {
         (r, effects)
     }
 
+    /// Starts `wave`: its devices online now are counted and told; the others are deferred.
+    /// A device's `from` is where it was when first told, and is never overwritten: a wave
+    /// started again (resume after a halt) sends it back to the same place.
     fn start_wave(
         &mut self,
         wave: usize,
@@ -318,42 +375,52 @@ impl Rollout {
         now_ms: u64,
     ) -> Effect {
         let mut counted = 0;
-        let names = self
-            .waves
-            .get(wave)
-            .map(|w| w.devices.clone())
-            .unwrap_or_default();
+        let names = self.wave_devices(wave);
         for d in &names {
             let view = by_id.get(d.as_str());
             if let Some(rec) = self.devices.get_mut(d) {
-                rec.from = view
-                    .and_then(|v| v.current.as_ref())
-                    .map(|c| c.as_str().to_owned());
                 let online = view.is_some_and(|v| v.online);
-                rec.counted = online;
-                rec.outcome = if online {
-                    Outcome::Pending
+                if rec.outcome == Outcome::Waiting {
+                    rec.from = view
+                        .and_then(|v| v.current.as_ref())
+                        .map(|c| c.as_str().to_owned());
+                    rec.counted = online;
+                }
+                if rec.counted {
+                    rec.outcome = Outcome::Pending;
+                    counted += 1;
                 } else {
-                    Outcome::Deferred
-                };
-                counted += usize::from(online);
+                    rec.outcome = Outcome::Deferred;
+                }
             }
         }
         self.state = State::Running {
             wave,
             started_ms: now_ms,
             healthy_since_ms: None,
+            held_since_ms: None,
+            waiting: None,
         };
         Effect::WaveStarted {
             wave,
-            name: self
-                .waves
-                .get(wave)
-                .map(|w| w.name.clone())
-                .unwrap_or_default(),
+            name: self.wave_name(wave),
             devices: names.len(),
             counted,
         }
+    }
+
+    fn wave_devices(&self, wave: usize) -> Vec<String> {
+        self.waves
+            .get(wave)
+            .map(|w| w.devices.clone())
+            .unwrap_or_default()
+    }
+
+    fn wave_name(&self, wave: usize) -> String {
+        self.waves
+            .get(wave)
+            .map(|w| w.name.clone())
+            .unwrap_or_default()
     }
 
     /// Counts of a wave: (pending, healthy, failed, deferred).
@@ -370,32 +437,107 @@ impl Rollout {
         c
     }
 
-    /// Moves the rollout on. Nothing progresses while `emergency_stop` holds.
+    /// Moves the rollout on. `stop_since` is when the emergency stop was set, while it holds:
+    /// then nothing progresses and no clock runs (failures the devices report still count).
     pub fn step(
         &mut self,
         devices: &[DeviceView],
-        emergency_stop: bool,
+        stop_since: Option<u64>,
         now_ms: u64,
     ) -> Vec<Effect> {
         let State::Running {
             wave,
             started_ms,
             healthy_since_ms,
+            held_since_ms,
+            waiting,
         } = self.state.clone()
         else {
             return Vec::new();
         };
+        // The stop holds every clock: once it clears, the wave's start and bake move on by
+        // the time it held.
+        let (started_ms, healthy_since_ms, held_since_ms) = match (stop_since, held_since_ms) {
+            (Some(_), Some(held)) => (started_ms, healthy_since_ms, Some(held)),
+            (Some(since), None) => (
+                started_ms,
+                healthy_since_ms,
+                Some(since.clamp(started_ms, now_ms.max(started_ms))),
+            ),
+            (None, Some(held)) => {
+                let shift = now_ms.saturating_sub(held);
+                (
+                    started_ms + shift,
+                    healthy_since_ms.map(|t| t + shift),
+                    None,
+                )
+            }
+            (None, None) => (started_ms, healthy_since_ms, None),
+        };
+        let held = held_since_ms.is_some();
+        self.state = State::Running {
+            wave,
+            started_ms,
+            healthy_since_ms,
+            held_since_ms,
+            waiting: waiting.clone(),
+        };
         let by_id: HashMap<&str, &DeviceView> =
             devices.iter().map(|d| (d.id.as_str(), d)).collect();
         let mut effects = Vec::new();
+        let name = self.wave_name(wave);
+        self.watch_earlier_waves(wave, &by_id, &mut effects);
+        let names = self.wave_devices(wave);
+        // A wave nobody is counted in cannot pass: let in its devices that came online since
+        // it started (the wave starts for them now), or wait and say why.
+        if !names
+            .iter()
+            .any(|d| self.devices.get(d).is_some_and(|r| r.counted))
+        {
+            let joined = self.join_returning(&names, &by_id);
+            if joined == 0 {
+                let reason = if names.is_empty() {
+                    "no device matches it: enroll one, or promote the rollout past it".to_owned()
+                } else {
+                    format!(
+                        "none of its {} devices is online: it goes on when one checks in, or when the rollout is promoted",
+                        names.len()
+                    )
+                };
+                if waiting.as_deref() != Some(reason.as_str()) {
+                    effects.push(Effect::WaveWaiting {
+                        wave,
+                        name,
+                        reason: reason.clone(),
+                    });
+                }
+                self.state = State::Running {
+                    wave,
+                    started_ms,
+                    healthy_since_ms: None,
+                    held_since_ms,
+                    waiting: Some(reason),
+                };
+                return effects;
+            }
+            effects.push(Effect::WaveStarted {
+                wave,
+                name: name.clone(),
+                devices: names.len(),
+                counted: joined,
+            });
+            self.state = State::Running {
+                wave,
+                started_ms: now_ms,
+                healthy_since_ms: None,
+                held_since_ms,
+                waiting: None,
+            };
+            return effects;
+        }
         // Observe the wave's counted devices.
-        let timed_out = now_ms.saturating_sub(started_ms) > self.policy.health_timeout_ms;
-        let names = self
-            .waves
-            .get(wave)
-            .map(|w| w.devices.clone())
-            .unwrap_or_default();
-        let (mut counted, mut failed, mut done) = (0usize, 0usize, 0usize);
+        let timed_out = !held && now_ms.saturating_sub(started_ms) > self.policy.health_timeout_ms;
+        let mut done = 0usize;
         for d in &names {
             let Some(rec) = self.devices.get_mut(d) else {
                 continue;
@@ -403,10 +545,13 @@ impl Rollout {
             if !rec.counted {
                 continue;
             }
-            counted += 1;
             let view = by_id.get(d.as_str());
             if matches!(rec.outcome, Outcome::Pending | Outcome::Healthy) {
-                let failure = view.and_then(|v| failure_of(&self.release, v));
+                let failure = view.and_then(|v| failure_of(&self.release, v)).or_else(|| {
+                    (rec.outcome == Outcome::Healthy)
+                        .then(|| lapse_of(&self.release, view))
+                        .flatten()
+                });
                 if let Some(reason) = failure {
                     effects.push(Effect::DeviceFailed {
                         device: d.clone(),
@@ -430,24 +575,14 @@ impl Rollout {
                     };
                 }
             }
-            match rec.outcome {
-                Outcome::Failed { .. } => {
-                    failed += 1;
-                    done += 1;
-                }
-                Outcome::Healthy => done += 1,
-                _ => {}
+            if matches!(rec.outcome, Outcome::Failed { .. } | Outcome::Healthy) {
+                done += 1;
             }
         }
-        let name = self
-            .waves
-            .get(wave)
-            .map(|w| w.name.clone())
-            .unwrap_or_default();
-        // The failure gate: failed / counted above the threshold halts (10,000 basis points).
-        if counted > 0
-            && (failed as u64) * 10_000 > (counted as u64) * u64::from(self.policy.max_failure_bp)
-        {
+        // The failure gate: the wave's failures and those of earlier waves' devices while it
+        // ran, against its counted devices and those (10,000 basis points).
+        let (counted, failed) = self.gate(wave);
+        if (failed as u64) * 10_000 > (counted as u64) * u64::from(self.policy.max_failure_bp) {
             effects.push(Effect::Halted {
                 wave,
                 name: name.clone(),
@@ -463,17 +598,27 @@ impl Rollout {
             };
             return effects;
         }
-        if emergency_stop || done < counted {
+        let all_done = done
+            == names
+                .iter()
+                .filter(|d| self.devices.get(*d).is_some_and(|r| r.counted))
+                .count();
+        if held || !all_done {
             return effects;
         }
         let since = match healthy_since_ms {
             Some(t) => t,
             None => {
-                effects.push(Effect::WaveHealthy { wave, name });
+                effects.push(Effect::WaveHealthy {
+                    wave,
+                    name: name.clone(),
+                });
                 self.state = State::Running {
                     wave,
                     started_ms,
                     healthy_since_ms: Some(now_ms),
+                    held_since_ms: None,
+                    waiting: None,
                 };
                 now_ms
             }
@@ -482,6 +627,82 @@ impl Rollout {
             effects.extend(self.advance(wave, &by_id, now_ms));
         }
         effects
+    }
+
+    /// Lets into `wave`'s gate its deferred devices that are online now; how many.
+    fn join_returning(&mut self, names: &[String], by_id: &HashMap<&str, &DeviceView>) -> usize {
+        let mut joined = 0;
+        for d in names {
+            let Some(view) = by_id.get(d.as_str()).filter(|v| v.online) else {
+                continue;
+            };
+            if let Some(rec) = self.devices.get_mut(d) {
+                if rec.outcome == Outcome::Deferred {
+                    if rec.from.is_none() {
+                        rec.from = view.current.as_ref().map(|c| c.as_str().to_owned());
+                    }
+                    rec.counted = true;
+                    rec.outcome = Outcome::Pending;
+                    joined += 1;
+                }
+            }
+        }
+        joined
+    }
+
+    /// Bake watches every device the rollout touched: a device of an earlier wave that
+    /// reports a failure, turns unhealthy or degraded, or goes silent while `wave` runs fails,
+    /// and counts against `wave`'s gate. Devices of waves sent back are not on the release.
+    fn watch_earlier_waves(
+        &mut self,
+        wave: usize,
+        by_id: &HashMap<&str, &DeviceView>,
+        effects: &mut Vec<Effect>,
+    ) {
+        for (id, rec) in self.devices.iter_mut() {
+            if rec.wave >= wave || !rec.counted || self.sent_back.contains(&rec.wave) {
+                continue;
+            }
+            let view = by_id.get(id.as_str());
+            let failure = match rec.outcome {
+                Outcome::Healthy => view
+                    .and_then(|v| failure_of(&self.release, v))
+                    .or_else(|| lapse_of(&self.release, view)),
+                // Promoted past before it was done: it may still finish, or fail.
+                Outcome::Pending => match view {
+                    Some(v) if healthy_on(&self.release, v) => {
+                        rec.outcome = Outcome::Healthy;
+                        None
+                    }
+                    Some(v) => failure_of(&self.release, v),
+                    None => None,
+                },
+                _ => None,
+            };
+            if let Some(reason) = failure {
+                effects.push(Effect::DeviceFailed {
+                    device: id.clone(),
+                    reason: reason.clone(),
+                });
+                rec.outcome = Outcome::Failed { reason };
+                rec.counts_against = Some(wave);
+            }
+        }
+    }
+
+    /// `wave`'s gate: (counted, failed), its own counted devices and earlier waves' devices
+    /// whose failure counts against it.
+    fn gate(&self, wave: usize) -> (usize, usize) {
+        let (mut counted, mut failed) = (0, 0);
+        for rec in self.devices.values() {
+            let own = rec.wave == wave && rec.counted;
+            let against = rec.wave < wave && rec.counts_against == Some(wave);
+            if own || against {
+                counted += 1;
+                failed += usize::from(matches!(rec.outcome, Outcome::Failed { .. }));
+            }
+        }
+        (counted, failed)
     }
 
     fn advance(
@@ -506,18 +727,22 @@ impl Rollout {
         }
     }
 
-    /// Stops progressing; devices keep what they were told.
+    /// Stops progressing; devices keep what they were told. A pause under the stop keeps
+    /// the time already held off the clocks.
     pub fn pause(&mut self, now_ms: u64) -> Result<(), OpError> {
         match self.state.clone() {
             State::Running {
                 wave,
                 started_ms,
                 healthy_since_ms,
+                held_since_ms,
+                ..
             } => {
+                let shift = held_since_ms.map_or(0, |h| now_ms.saturating_sub(h));
                 self.state = State::Paused {
                     wave,
-                    started_ms,
-                    healthy_since_ms,
+                    started_ms: started_ms + shift,
+                    healthy_since_ms: healthy_since_ms.map(|t| t + shift),
                     paused_ms: now_ms,
                 };
                 Ok(())
@@ -527,7 +752,10 @@ impl Rollout {
     }
 
     /// Continues a paused rollout (the pause does not count against timeouts), or retries a
-    /// halted wave from the start.
+    /// halted wave: its devices start it again from the release they went back to (`from`
+    /// unchanged), its clock starts now, and earlier waves' devices that failed during it
+    /// stay back but no longer count against it. A device that marked the release bad fails
+    /// again at once.
     pub fn resume(&mut self, devices: &[DeviceView], now_ms: u64) -> Result<Vec<Effect>, OpError> {
         match self.state.clone() {
             State::Paused {
@@ -541,10 +769,17 @@ impl Rollout {
                     wave,
                     started_ms: started_ms + shift,
                     healthy_since_ms: healthy_since_ms.map(|t| t + shift),
+                    held_since_ms: None,
+                    waiting: None,
                 };
                 Ok(Vec::new())
             }
             State::Halted { wave, .. } => {
+                for rec in self.devices.values_mut() {
+                    if rec.counts_against == Some(wave) {
+                        rec.counts_against = None;
+                    }
+                }
                 let by_id: HashMap<&str, &DeviceView> =
                     devices.iter().map(|d| (d.id.as_str(), d)).collect();
                 Ok(vec![self.start_wave(wave, &by_id, now_ms)])
@@ -564,13 +799,16 @@ impl Rollout {
         Ok(())
     }
 
-    /// Skips the gates: the current wave counts as done and the next starts now (from a
-    /// halted rollout too: the halted wave stays where it went back to).
+    /// Skips the gates: the current wave counts as done and the next starts now. From a
+    /// halted rollout, the halted wave stays where it went back to (it is never sent forward
+    /// again); the rollout goes on with the next wave.
     pub fn promote(&mut self, devices: &[DeviceView], now_ms: u64) -> Result<Vec<Effect>, OpError> {
         let wave = match &self.state {
-            State::Running { wave, .. }
-            | State::Paused { wave, .. }
-            | State::Halted { wave, .. } => *wave,
+            State::Running { wave, .. } | State::Paused { wave, .. } => *wave,
+            State::Halted { wave, .. } => {
+                self.sent_back.insert(*wave);
+                *wave
+            }
             _ => return Err(self.op_error("promote")),
         };
         let by_id: HashMap<&str, &DeviceView> =
@@ -596,6 +834,7 @@ impl Rollout {
             (State::Superseded { .. }, _) => None,
             (State::Aborted { .. }, _) => back,
             (_, Outcome::Failed { .. }) => back,
+            _ if self.sent_back.contains(&rec.wave) => back,
             (State::Halted { wave, .. }, _) if rec.wave == *wave => back,
             (State::Completed { .. }, _) => None,
             _ => Some(Some(self.release.as_str())),
@@ -603,24 +842,62 @@ impl Rollout {
     }
 }
 
-/// The fleet-wide gate: the share of online devices that are unhealthy, against the policy.
+/// Whether a device counts as failed for the fleet-wide gate: unhealthy, degraded or in safe
+/// mode while online, or silent soon after taking a release.
+fn fleet_bad(d: &DeviceView) -> bool {
+    if d.online {
+        matches!(d.health, HealthState::Unhealthy | HealthState::Degraded)
+            || d.phase == UpdatePhase::SafeMode
+    } else {
+        d.silent_after_release
+    }
+}
+
+/// The fleet-wide gate's count: (bad, considered). Considered are the devices online and
+/// those that went silent soon after taking a release; bad are those unhealthy, degraded or
+/// in safe mode among them, and the silent ones. Devices offline for other reasons count
+/// neither way.
+pub fn fleet_health(devices: &[DeviceView]) -> (usize, usize) {
+    let considered = devices
+        .iter()
+        .filter(|d| d.online || d.silent_after_release);
+    let (mut bad, mut all) = (0, 0);
+    for d in considered {
+        all += 1;
+        bad += usize::from(fleet_bad(d));
+    }
+    (bad, all)
+}
+
+/// Whether the fleet is back under half its limit: the gate, once disarmed by an operator's
+/// resume, arms again only then (not on the first pass a few devices are mid-update).
+pub fn fleet_recovered(policy: &Policy, devices: &[DeviceView]) -> bool {
+    let (bad, all) = fleet_health(devices);
+    (bad as u64) * 10_000 * 2 <= (all as u64) * u64::from(policy.fleet_unhealthy_stop_bp)
+}
+
+/// The fleet-wide gate: the share of [`fleet_health`]'s bad devices above the policy's limit
+/// trips it; the reason says how many.
 pub fn fleet_unhealthy(policy: &Policy, devices: &[DeviceView]) -> Option<String> {
-    let online: Vec<&DeviceView> = devices.iter().filter(|d| d.online).collect();
-    if online.is_empty() {
+    let (bad, all) = fleet_health(devices);
+    if all == 0 {
         return None;
     }
-    let bad = online
+    let silent = devices
         .iter()
-        .filter(|d| d.health == HealthState::Unhealthy || d.phase == UpdatePhase::SafeMode)
+        .filter(|d| !d.online && d.silent_after_release)
         .count();
-    ((bad as u64) * 10_000 > (online.len() as u64) * u64::from(policy.fleet_unhealthy_stop_bp))
-        .then(|| {
-            format!(
-                "{bad} of {} online devices are unhealthy, above the fleet-wide limit of {}%",
-                online.len(),
-                f64::from(policy.fleet_unhealthy_stop_bp) / 100.0
-            )
-        })
+    ((bad as u64) * 10_000 > (all as u64) * u64::from(policy.fleet_unhealthy_stop_bp)).then(|| {
+        let silent = if silent > 0 {
+            format!(" ({silent} went silent soon after taking a release)")
+        } else {
+            String::new()
+        };
+        format!(
+            "{bad} of {all} devices are unhealthy, degraded or in safe mode{silent}, above the fleet-wide limit of {}%",
+            f64::from(policy.fleet_unhealthy_stop_bp) / 100.0
+        )
+    })
 }
 
 #[cfg(test)]
@@ -648,6 +925,7 @@ mod tests {
                 health: HealthState::Healthy,
                 last_result: None,
                 bad_releases: vec![],
+                silent_after_release: false,
             })
             .collect()
     }
@@ -706,7 +984,7 @@ mod tests {
             assert!(t < 100_000, "never completed: {:?}", r.state);
             simulate(&r, &mut devs, &|_| false);
             t += 100;
-            for e in r.step(&devs, false, t) {
+            for e in r.step(&devs, None, t) {
                 if let Effect::WaveStarted { wave, .. } = e {
                     // Bake: the previous wave was healthy for at least `bake_ms` first.
                     started.push(wave);
@@ -736,7 +1014,7 @@ mod tests {
         let mut halted = None;
         for t in (100..5_000).step_by(100) {
             simulate(&r, &mut devs, &|id| id.ends_with("00000"));
-            for e in r.step(&devs, false, t) {
+            for e in r.step(&devs, None, t) {
                 if let Effect::Halted {
                     failed, counted, ..
                 } = e
@@ -772,7 +1050,7 @@ mod tests {
         while !matches!(r.state, State::Completed { .. } | State::Halted { .. }) && t < 100_000 {
             simulate(&r, &mut devs, &|id| id.ends_with("00000"));
             t += 100;
-            r.step(&devs, false, t);
+            r.step(&devs, None, t);
         }
         assert!(matches!(r.state, State::Completed { .. }), "{:?}", r.state);
         assert_eq!(
@@ -784,7 +1062,7 @@ mod tests {
 
     #[test]
     fn silence_times_out_and_offline_devices_are_deferred() {
-        let mut devs = views(10, 0);
+        let mut devs = views(10, 1);
         devs[3].online = false;
         let (mut r, fx) = Rollout::start("rX", &rid(NEW), "sha256:x", &devs, default_policy(), 0);
         // Wave 1 is one device; make sure the offline one is in it or a later one.
@@ -793,7 +1071,7 @@ mod tests {
         // The first device never becomes healthy (silent): it fails at the timeout.
         let mut fx = Vec::new();
         for t in (1_000..=11_000).step_by(1_000) {
-            fx.extend(r.step(&devs, false, t));
+            fx.extend(r.step(&devs, None, t));
         }
         if first == devs[3].id {
             assert_eq!(
@@ -815,6 +1093,8 @@ mod tests {
             wave: 0,
             started_ms: 0,
             healthy_since_ms: None,
+            held_since_ms: None,
+            waiting: None,
         };
         let by_id: HashMap<&str, &DeviceView> = devs.iter().map(|d| (d.id.as_str(), d)).collect();
         let w = r2.devices[&devs[3].id].wave;
@@ -831,7 +1111,7 @@ mod tests {
         assert!(r.pause(11).is_err());
         simulate(&r, &mut devs, &|_| false);
         for t in (100..5_000).step_by(100) {
-            assert!(r.step(&devs, false, t).is_empty(), "paused: no progress");
+            assert!(r.step(&devs, None, t).is_empty(), "paused: no progress");
         }
         r.resume(&devs, 5_000).expect("resume");
         let fx = r.promote(&devs, 5_000).expect("promote");
@@ -842,7 +1122,7 @@ mod tests {
         // The emergency stop freezes progress even with everything healthy.
         simulate(&r, &mut devs, &|_| false);
         for t in (5_100..20_000).step_by(100) {
-            for e in r.step(&devs, true, t) {
+            for e in r.step(&devs, Some(5_100), t) {
                 assert!(
                     !matches!(e, Effect::WaveStarted { .. } | Effect::Completed),
                     "{e:?}"

@@ -14,3 +14,6 @@ pub mod plan;
 pub use desired::{desired_for, Fallback, Target};
 pub use machine::{DeviceView, Effect, OpError, Outcome, Rollout, State};
 pub use plan::{plan_waves, Policy, WavePlan, WaveSpec};
+
+#[cfg(test)]
+mod decisions;

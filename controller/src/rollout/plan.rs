@@ -83,8 +83,9 @@ fn rank(rollout_id: &str, device: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Splits `eligible` (id, labels) into waves. Empty waves are left out; devices that no wave
-/// reaches (a policy not growing to 100%, which validation refuses) join the last wave.
+/// Splits `eligible` (id, labels) into waves. Empty percentage waves are left out, an empty
+/// canary wave is kept (unless the fleet is empty); devices that no wave reaches (a policy not
+/// growing to 100%, which validation refuses) join the last wave.
 pub fn plan_waves(
     rollout_id: &str,
     eligible: &[(String, BTreeMap<String, String>)],
@@ -122,7 +123,9 @@ pub fn plan_waves(
                 }
             }
         }
-        if !devices.is_empty() {
+        // A canary wave that matches no device stays in the plan (its gate waits and says
+        // so): dropping it would send the release to a percentage of the fleet untested.
+        if !devices.is_empty() || (spec.select.is_some() && total > 0) {
             waves.push(WavePlan {
                 name: spec.name.clone(),
                 devices: devices.into_iter().map(str::to_owned).collect(),
@@ -206,12 +209,13 @@ pub(crate) mod tests {
         // (devices, canaries, sizes): cumulative 5% / 25% / 100% rounded up, each wave >= 1.
         let cases: &[(usize, usize, &[usize])] = &[
             (0, 0, &[]),
-            (1, 0, &[1]),
+            (1, 0, &[0, 1]),
             (1, 1, &[1]),
-            (2, 0, &[1, 1]),
+            (2, 0, &[0, 1, 1]),
             (3, 1, &[1, 1, 1]),
             (10, 2, &[2, 1, 1, 6]),
-            (10, 0, &[1, 2, 7]),
+            // No canary enrolled: the canary wave is kept, empty, and waits (machine.rs).
+            (10, 0, &[0, 1, 2, 7]),
             (20, 2, &[2, 1, 2, 15]),
             (100, 2, &[2, 3, 20, 75]),
             (1000, 10, &[10, 40, 200, 750]),
@@ -257,8 +261,8 @@ pub(crate) mod tests {
             let f = fleet(n, canaries);
             let waves = plan_waves(&id, &f, &policy);
             let mut seen = BTreeSet::new();
-            for w in &waves {
-                prop_assert!(!w.devices.is_empty());
+            for (i, w) in waves.iter().enumerate() {
+                prop_assert!(!w.devices.is_empty() || (i == 0 && canaries == 0), "wave {} empty", i);
                 for d in &w.devices {
                     prop_assert!(seen.insert(d.clone()), "{} twice", d);
                 }
@@ -266,7 +270,7 @@ pub(crate) mod tests {
             prop_assert_eq!(seen.len(), n);
             // Cumulative: after the wave for `bp`, at least ceil(n * bp) devices are in.
             let mut cum = 0usize;
-            let offset = usize::from(canaries > 0);
+            let offset = usize::from(n > 0);
             if canaries > 0 {
                 prop_assert_eq!(waves[0].devices.len(), canaries);
             }

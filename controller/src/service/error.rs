@@ -88,6 +88,17 @@ pub enum ServiceError {
     /// No such rollout.
     #[error("no rollout `{0}`")]
     NoRollout(String),
+    /// A pin names no valid release the controller has seen.
+    #[error("no valid release `{0}`: pin a release the controller has seen and accepted (`fleetctl releases` lists them)")]
+    NoRelease(String),
+    /// A pin names a prefix of several releases.
+    #[error("`{prefix}` is the start of several releases ({}); give more of the sha", .matches.join(", "))]
+    AmbiguousRelease {
+        /// What was given.
+        prefix: String,
+        /// What it matches.
+        matches: Vec<String>,
+    },
     /// The rollout action does not apply in the rollout's state.
     #[error("{0}")]
     Refused(#[from] OpError),

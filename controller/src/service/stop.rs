@@ -27,7 +27,17 @@ pub async fn stop(
 }
 
 /// Clears the emergency stop as `actor` (audited only if it was set); true if it was set.
+/// Clearing a stop the fleet-wide gate set disarms that gate until the fleet is back under its
+/// limit: otherwise it would trip again at once and no fix could reach the fleet.
 pub async fn resume(state: &AppState, actor: &str, reason: &str) -> Result<bool, ServiceError> {
+    let automatic = state
+        .db
+        .emergency_stop()
+        .await?
+        .is_some_and(|s| s.actor == "controller");
+    if automatic {
+        state.db.set_fleet_gate_disarmed(true).await?;
+    }
     let was = state.db.clear_emergency_stop().await?;
     if was {
         state

@@ -46,6 +46,11 @@ impl FleetRepo {
 
     /// Commits a release running image tag `tag` and pushes it; returns the sha.
     pub fn release(&self, tag: &str) -> String {
+        self.release_with_pins(tag, &[])
+    }
+
+    /// As [`FleetRepo::release`], with devices.yaml pinning devices: (id, release, reason).
+    pub fn release_with_pins(&self, tag: &str, pins: &[(&str, &str, &str)]) -> String {
         let fleet = format!(
             "name: test-fleet\nrelease_branch: main\nrollout:\n  waves:\n    - {{ name: canary, select: {{ ring: canary }} }}\n    - {{ name: five-percent, percent: 5 }}\n    - {{ name: quarter, percent: 25 }}\n    - {{ name: all, percent: 100 }}\n  bake: {}\n  health_timeout: 60s\n  max_failure_rate: 5%\n  fleet_unhealthy_stop: 50%\n",
             self.bake
@@ -54,6 +59,11 @@ impl FleetRepo {
         for (i, id) in device_ids(self.devices).iter().enumerate() {
             let ring = if i < self.canaries { "canary" } else { "main" };
             devices.push_str(&format!("  - id: {id}\n    labels: {{ ring: {ring} }}\n"));
+            if let Some((_, release, reason)) = pins.iter().find(|p| p.0 == id) {
+                devices.push_str(&format!(
+                    "    pin: {{ release: {release}, reason: \"{reason}\" }}\n"
+                ));
+            }
         }
         devices.push_str("stacks:\n  - name: app\n    select: {}\n");
         let compose = format!(

@@ -139,6 +139,25 @@ enum DevicesCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Pin a device to a release: it is left out of rollouts and kept on that release until
+    /// unpinned (audited).
+    Pin {
+        /// Device id.
+        id: String,
+        /// The release: its commit sha, or a unique prefix of at least 7 hex digits.
+        release: String,
+        /// Why (required; shown with the pin).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a device's pin: rollouts take it again (audited).
+    Unpin {
+        /// Device id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,11 +335,20 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                             cell(&d["desired_release"]),
                             cell(&d["health"]),
                             ago(&d["last_seen_ms"], now),
+                            cell(&d["pinned_release"]),
                         ]
                     })
                     .collect();
                 Ok(table(
-                    &["ID", "STATE", "CURRENT", "DESIRED", "HEALTH", "LAST SEEN"],
+                    &[
+                        "ID",
+                        "STATE",
+                        "CURRENT",
+                        "DESIRED",
+                        "HEALTH",
+                        "LAST SEEN",
+                        "PINNED",
+                    ],
                     &rows,
                 ))
             }
@@ -339,6 +367,38 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                     pretty(&r)
                 } else {
                     format!("approved device {}\n", cell(&r["approved"]))
+                })
+            }
+            DevicesCommand::Pin {
+                id,
+                release,
+                reason: why,
+            } => {
+                let r = api
+                    .post(
+                        &format!("/api/v1/devices/{id}/pin"),
+                        json!({"release": release, "reason": why}),
+                    )
+                    .await?;
+                Ok(if json_out {
+                    pretty(&r)
+                } else {
+                    format!(
+                        "device {id} pinned to {}: left out of rollouts until `fleetctl devices unpin {id}`\n",
+                        cell(&r["pinned"])
+                    )
+                })
+            }
+            DevicesCommand::Unpin { id, reason: why } => {
+                let r = api
+                    .post(&format!("/api/v1/devices/{id}/unpin"), reason(&why))
+                    .await?;
+                Ok(if json_out {
+                    pretty(&r)
+                } else if r["changed"].as_bool() == Some(true) {
+                    format!("device {id} unpinned: rollouts take it again\n")
+                } else {
+                    format!("device {id} was not pinned\n")
                 })
             }
             DevicesCommand::Revoke { id, reason: why } => {

@@ -3,17 +3,36 @@
 
 use fleet_config::protocol::ReleaseId;
 
-use crate::db::{q, Db, DbError};
+use crate::db::{now_ms, q, Db, DbError};
+
+/// A pin set by an operator (fleetctl, the dashboard).
+pub const PIN_BY_OPERATOR: &str = "operator";
+/// A pin from the newest release's devices.yaml.
+pub const PIN_BY_REPOSITORY: &str = "devices.yaml";
 
 impl Db {
-    /// Pins a device to a release (or unpins with `None`); false if there is no such device.
-    pub async fn pin_device(&self, id: &str, release: Option<&ReleaseId>) -> Result<bool, DbError> {
-        let r = sqlx::query("UPDATE devices SET pinned_release = $1 WHERE id = $2")
-            .bind(release.map(|r| r.as_str().to_owned()))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("pinning a device"))?;
+    /// Pins a device to a release with a reason, or unpins it with `None`; `source` says who
+    /// ([`PIN_BY_OPERATOR`] or [`PIN_BY_REPOSITORY`]). False if there is no such device.
+    pub async fn pin_device(
+        &self,
+        id: &str,
+        pin: Option<(&ReleaseId, &str)>,
+        source: &str,
+    ) -> Result<bool, DbError> {
+        let (release, reason, source) = match pin {
+            Some((r, why)) => (Some(r.as_str().to_owned()), why.to_owned(), source),
+            None => (None, String::new(), ""),
+        };
+        let r = sqlx::query(
+            "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
+        )
+        .bind(release)
+        .bind(reason)
+        .bind(source)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("pinning a device"))?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -29,6 +48,7 @@ impl Db {
     }
 
     /// Sets what devices should run: `(device, Some((release, digest)))`, or `None` to hold.
+    /// A new release is stamped with the time it was set (`desired_since_ms`).
     pub async fn set_desired(
         &self,
         changes: &[(String, Option<(String, String)>)],
@@ -42,17 +62,24 @@ impl Db {
             .begin()
             .await
             .map_err(q("starting a desired update"))?;
+        let now = now_ms();
         for (id, target) in changes {
             let (rel, dig) = match target {
                 Some((r, d)) => (Some(r.clone()), Some(d.clone())),
                 None => (None, None),
             };
+            // The stamp moves only when the release itself changes (not its digest alone).
             sqlx::query(
-                "UPDATE devices SET desired_release = $1, desired_digest = $2 WHERE id = $3",
+                "UPDATE devices SET desired_since_ms = CASE \
+                   WHEN $1 IS NULL THEN NULL \
+                   WHEN desired_release IS NOT NULL AND desired_release = $1 THEN desired_since_ms \
+                   ELSE $4 END, \
+                 desired_release = $1, desired_digest = $2 WHERE id = $3",
             )
             .bind(rel)
             .bind(dig)
             .bind(id)
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(q("setting desired releases"))?;

@@ -122,6 +122,9 @@ pub(crate) async fn enroll_in(
             .execute(&mut **tx)
             .await
             .map_err(q("enrolling a device"))?;
+        if let Some(pin) = super::inventory::inventory_pin(tx, id).await? {
+            super::inventory::set_repo_pin(tx, id, Some(&pin)).await?;
+        }
     }
     Ok(Some(token))
 }

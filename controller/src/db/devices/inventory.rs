@@ -3,11 +3,29 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::desired::PIN_BY_REPOSITORY;
 use super::{device_from, DeviceRow, DEVICE_COLUMNS};
 use crate::db::{q, Db, DbError};
 
 /// Settings key of the newest valid release's devices.yaml (id → labels), as JSON.
 pub(super) const INVENTORY_KEY: &str = "inventory";
+/// Settings key of its pins (id → pin), as JSON, for devices that enroll later.
+pub(super) const PINS_KEY: &str = "inventory_pins";
+
+/// A pin from devices.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoPin {
+    /// The release (full sha).
+    pub release: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A pin the sync set, changed or lifted: (device, the release it is pinned to now).
+pub type PinChange = (String, Option<String>);
 
 impl Db {
     /// One device.
@@ -35,10 +53,15 @@ impl Db {
 
     /// Copies labels from a release's devices.yaml; devices not in it are marked outside the
     /// inventory (and so left out of rollouts).
+    ///
+    /// Pins follow the file too: a device pinned in it is pinned (over an operator's pin), a
+    /// pin the file set and no longer has is lifted, an operator's pin is left alone. Returns
+    /// the pins it changed, for the audit log.
     pub async fn sync_inventory(
         &self,
         inventory: &BTreeMap<String, BTreeMap<String, String>>,
-    ) -> Result<(), DbError> {
+        pins: &BTreeMap<String, RepoPin>,
+    ) -> Result<Vec<PinChange>, DbError> {
         let _turn = self.write_turn().await;
         let mut tx = self
             .pool
@@ -73,9 +96,115 @@ impl Db {
                 .await
                 .map_err(q("syncing the inventory"))?;
         }
+        store_setting(&mut tx, PINS_KEY, &pins_text(pins)?).await?;
+        let changes = sync_pins(&mut tx, pins).await?;
         tx.commit()
             .await
             .map_err(q("committing an inventory sync"))?;
-        Ok(())
+        Ok(changes)
     }
+}
+
+fn pins_text(pins: &BTreeMap<String, RepoPin>) -> Result<String, DbError> {
+    serde_json::to_string(pins).map_err(|e| DbError::Corrupt {
+        what: "inventory pins",
+        detail: e.to_string(),
+    })
+}
+
+async fn store_setting(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+    value: &str,
+) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM settings WHERE key = $1")
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("storing the inventory"))?;
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("storing the inventory"))?;
+    Ok(())
+}
+
+/// Applies devices.yaml's pins to the enrolled devices; returns what changed.
+async fn sync_pins(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    pins: &BTreeMap<String, RepoPin>,
+) -> Result<Vec<PinChange>, DbError> {
+    let rows = sqlx::query("SELECT id, pinned_release, pin_reason, pin_source FROM devices")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(q("reading pins"))?;
+    let mut changes = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id").map_err(q("reading pins"))?;
+        let have: Option<String> = r.try_get("pinned_release").map_err(q("reading pins"))?;
+        let reason: String = r.try_get("pin_reason").map_err(q("reading pins"))?;
+        let source: String = r.try_get("pin_source").map_err(q("reading pins"))?;
+        let want = match pins.get(&id) {
+            Some(p) => Some(p),
+            None if source == PIN_BY_REPOSITORY => None,
+            None => continue,
+        };
+        let same = match want {
+            Some(p) => {
+                have.as_deref() == Some(p.release.as_str())
+                    && reason == p.reason
+                    && source == PIN_BY_REPOSITORY
+            }
+            None => have.is_none(),
+        };
+        if same {
+            continue;
+        }
+        set_repo_pin(tx, &id, want).await?;
+        changes.push((id, want.map(|p| p.release.clone())));
+    }
+    Ok(changes)
+}
+
+/// Sets (or lifts) a pin from devices.yaml on one device.
+pub(crate) async fn set_repo_pin(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    pin: Option<&RepoPin>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
+    )
+    .bind(pin.map(|p| p.release.clone()))
+    .bind(pin.map(|p| p.reason.clone()).unwrap_or_default())
+    .bind(if pin.is_some() { PIN_BY_REPOSITORY } else { "" })
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("pinning a device"))?;
+    Ok(())
+}
+
+/// The pin the newest release's devices.yaml gives `id`, for a device enrolling now.
+pub(crate) async fn inventory_pin(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+) -> Result<Option<RepoPin>, DbError> {
+    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+        .bind(PINS_KEY)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(q("reading the inventory pins"))?;
+    let Some(r) = row else { return Ok(None) };
+    let text: String = r
+        .try_get("value")
+        .map_err(q("reading the inventory pins"))?;
+    let mut pins: BTreeMap<String, RepoPin> =
+        serde_json::from_str(&text).map_err(|e| DbError::Corrupt {
+            what: "inventory pins",
+            detail: e.to_string(),
+        })?;
+    Ok(pins.remove(id))
 }

@@ -10,7 +10,9 @@ pub(crate) mod identity;
 mod inventory;
 
 pub use checkin::{CheckinIdentity, LastReport};
+pub use desired::{PIN_BY_OPERATOR, PIN_BY_REPOSITORY};
 pub use identity::Existing;
+pub use inventory::{PinChange, RepoPin};
 
 use std::collections::BTreeMap;
 
@@ -99,10 +101,16 @@ pub struct DeviceRow {
     pub in_inventory: bool,
     /// Pinned by an operator to this release: left out of rollouts.
     pub pinned_release: Option<ReleaseId>,
+    /// Why it is pinned (empty when not pinned).
+    pub pin_reason: String,
+    /// Who pinned it: `operator` or `devices.yaml` (empty when not pinned).
+    pub pin_source: String,
     /// What the controller wants it to run.
     pub desired_release: Option<ReleaseId>,
     /// That release's tree digest.
     pub desired_digest: Option<String>,
+    /// When it was last told a new release (None while told to hold).
+    pub desired_since_ms: Option<i64>,
     /// Safe mode requested by an operator.
     pub safe_mode_requested: bool,
 }
@@ -170,7 +178,8 @@ pub fn derive_state(
 
 const DEVICE_COLUMNS: &str = "id, hostname, arch, agent_version, revoked_ms, enrolled_ms, last_seen_ms, \
      current_release, previous_release, phase, health, last_result, bad_releases, telemetry, labels, \
-     in_inventory, pinned_release, desired_release, desired_digest, safe_mode_requested";
+     in_inventory, pinned_release, pin_reason, pin_source, desired_release, desired_digest, desired_since_ms, \
+     safe_mode_requested";
 
 fn json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T, DbError> {
     serde_json::from_str(s).map_err(|e| DbError::Corrupt {
@@ -233,12 +242,17 @@ fn device_from(r: &sqlx::any::AnyRow) -> Result<DeviceRow, DbError> {
             "pinned release",
             r.try_get("pinned_release").map_err(q("reading a device"))?,
         )?,
+        pin_reason: r.try_get("pin_reason").map_err(q("reading a device"))?,
+        pin_source: r.try_get("pin_source").map_err(q("reading a device"))?,
         desired_release: release(
             "desired release",
             r.try_get("desired_release")
                 .map_err(q("reading a device"))?,
         )?,
         desired_digest: r.try_get("desired_digest").map_err(q("reading a device"))?,
+        desired_since_ms: r
+            .try_get("desired_since_ms")
+            .map_err(q("reading a device"))?,
         safe_mode_requested: safe != 0,
     })
 }
