@@ -84,10 +84,45 @@ fn silence_window(policy: &Policy) -> i64 {
 }
 
 fn parse(row: &RolloutRow) -> Result<Rollout, EngineError> {
+    if let Some(reason) = &row.unreadable {
+        return Err(EngineError::Corrupt {
+            id: row.id.clone(),
+            reason: reason.clone(),
+        });
+    }
     serde_json::from_value(row.data.clone()).map_err(|e| EngineError::Corrupt {
         id: row.id.clone(),
         reason: e.to_string(),
     })
+}
+
+/// The rollout of `row`, or `None` after quarantining it when it cannot be read: one corrupt
+/// row must not freeze every pass (and so the whole fleet). Quarantined rows stay in the
+/// store with their text, show as `quarantined` in listings and `/metrics`, and are audited.
+async fn parse_or_quarantine(
+    state: &AppState,
+    row: &RolloutRow,
+) -> Result<Option<Rollout>, EngineError> {
+    match parse(row) {
+        Ok(r) => Ok(Some(r)),
+        Err(EngineError::Corrupt { id, reason }) => {
+            tracing::error!(rollout = %id, %reason, "stored rollout is unreadable: quarantined; the engine goes on without it");
+            if state.db.quarantine_rollout(&id).await? {
+                state
+                    .db
+                    .audit(
+                        "controller",
+                        "rollout.quarantined",
+                        &id,
+                        "its stored state is unreadable; the engine goes on without it",
+                        &reason,
+                    )
+                    .await?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn save(state: &AppState, r: &Rollout) -> Result<(), EngineError> {
@@ -138,13 +173,14 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
 }
 
 /// A new valid release: the inventory follows its devices.yaml, an active rollout is
-/// superseded, and a rollout of it starts from the canaries.
+/// superseded, and a rollout of it starts from the canaries. Every failure is returned (the
+/// watcher records the release only after this succeeded, and retries otherwise).
 pub async fn new_release(
     state: &AppState,
     release: &ReleaseId,
     digest: TreeDigest,
     repo: &FleetRepo,
-) -> Result<(), DbError> {
+) -> Result<(), EngineError> {
     let inventory = repo
         .devices
         .devices
@@ -190,21 +226,13 @@ pub async fn new_release(
             )
             .await?;
     }
-    match start_rollout(
+    start_rollout(
         state,
         release,
         &digest.to_string(),
         Policy::from(&repo.fleet.rollout),
     )
     .await
-    {
-        Ok(()) => Ok(()),
-        Err(EngineError::Db(e)) => Err(e),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the rollout");
-            Ok(())
-        }
-    }
 }
 
 /// Supersedes what is active and starts a rollout of `release`.
@@ -216,7 +244,14 @@ pub async fn start_rollout(
 ) -> Result<(), EngineError> {
     let id = format!("r-{}", release.short());
     for row in state.db.active_rollouts().await? {
-        let mut old = parse(&row)?;
+        // The same release again (its rollout was created, then the release's recording
+        // failed): it is replaced below, not superseded by itself.
+        if row.id == id {
+            continue;
+        }
+        let Some(mut old) = parse_or_quarantine(state, &row).await? else {
+            continue;
+        };
         old.supersede(&id);
         save(state, &old).await?;
         state
@@ -377,8 +412,8 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
     let mut current: Option<Rollout> = None;
     let mut last_completed: Option<(String, String)> = None;
     for row in &rows {
-        if current.is_none() && row.state != "superseded" {
-            current = Some(parse(row)?);
+        if current.is_none() && !matches!(row.state.as_str(), "superseded" | "quarantined") {
+            current = parse_or_quarantine(state, row).await?;
         }
         if last_completed.is_none() && row.state == "completed" {
             last_completed = Some((row.id.clone(), row.release.clone()));

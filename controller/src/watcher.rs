@@ -32,6 +32,10 @@ pub enum WatchError {
     /// The store failed.
     #[error("{0}")]
     Db(#[from] DbError),
+    /// The release's rollout could not be started (the release is not recorded, so the
+    /// next pass tries again).
+    #[error("cannot start the rollout of the new release: {0}")]
+    Engine(#[from] crate::engine::EngineError),
     /// The blocking Git task died.
     #[error("the Git task failed: {0}")]
     Task(String),
@@ -123,23 +127,30 @@ pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, W
             repo,
         } => {
             let digest_hex = digest.to_string();
-            if state
-                .db
-                .record_release(release.as_str(), Some(&digest_hex), None, source)
-                .await?
-            {
-                tracing::info!(release = %release.short(), %source, "new release");
-                state
-                    .db
-                    .audit(
-                        "controller",
-                        "release.new",
-                        release.as_str(),
-                        "",
-                        &format!("digest {digest_hex}, via {source}"),
-                    )
-                    .await?;
+            // The release row is written last, as the commit point: a crash (or an error)
+            // before it leaves the commit unrecorded, so the next pass does it all again
+            // (inventory, rollout) instead of losing the release's rollout for good.
+            if state.db.release(release.as_str()).await?.is_none() {
                 crate::engine::new_release(state, &release, digest, &repo).await?;
+                if state
+                    .db
+                    .record_release(release.as_str(), Some(&digest_hex), None, source)
+                    .await?
+                {
+                    tracing::info!(release = %release.short(), %source, "new release");
+                    state
+                        .db
+                        .audit(
+                            "controller",
+                            "release.new",
+                            release.as_str(),
+                            "",
+                            &format!("digest {digest_hex}, via {source}"),
+                        )
+                        .await?;
+                }
+                // Desired releases need the release's digest, recorded just now.
+                state.reconcile.notify_one();
             }
             Ok(Some(release))
         }

@@ -328,3 +328,68 @@ async fn the_fleet_gate_holds_after_a_rollout_on_sqlite() {
 async fn the_fleet_gate_holds_after_a_rollout_on_postgres() {
     fleet_gate_holds_after_a_rollout(Store::Postgres).await;
 }
+
+async fn a_corrupt_rollout_is_quarantined(store: Store) {
+    let test = format!("quarantine_{store:?}");
+    let Some(s) = Suite::new(store, &test).await else {
+        return;
+    };
+    let c = s.controller().await;
+    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
+        .await
+        .expect("enroll");
+    let v1 = s.repo.release("v1");
+    rounds_until(&mut fleet, "every device on v1", |f| {
+        on(f, &v1).len() == DEVICES
+    })
+    .await;
+    // v2 starts and is paused; then its stored row is damaged (a disk, a hand-edited table,
+    // a downgrade: anything outside the controller).
+    let v2 = s.repo.release("v2");
+    let id2 = format!("r-{}", &v2[..12]);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (st, _) = post(
+            &c,
+            &format!("/api/v1/rollouts/{id2}/pause"),
+            json!({"reason": "look first"}),
+        )
+        .await;
+        if st == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2's rollout never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::query("UPDATE rollouts SET data = $1 WHERE id = $2")
+        .bind("{\"state\": \"runn")
+        .bind(&id2)
+        .execute(c.db().pool())
+        .await
+        .expect("damage the row");
+    // The engine quarantines it (audited, listed) and goes on: v3 reaches every device.
+    let v3 = s.repo.release("v3");
+    rounds_until(&mut fleet, "v3 everywhere", |f| on(f, &v3).len() == DEVICES).await;
+    assert!(audit_has(&c, "controller", "rollout.quarantined", &id2).await);
+    let list = viewer_get(&c, "/api/v1/rollouts").await;
+    let row = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"] == id2.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["state"], "quarantined", "{list}");
+    assert!(row["unreadable"].is_string(), "{row}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_rollout_is_quarantined_on_sqlite() {
+    a_corrupt_rollout_is_quarantined(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_rollout_is_quarantined_on_postgres() {
+    a_corrupt_rollout_is_quarantined(Store::Postgres).await;
+}

@@ -16,8 +16,11 @@ pub struct RolloutRow {
     pub state: String,
     /// Still being driven (not completed, aborted or superseded).
     pub active: bool,
-    /// The engine's state.
+    /// The engine's state (`null` when the stored text is not JSON: see `unreadable`).
     pub data: serde_json::Value,
+    /// Why the stored state cannot be read, if it cannot: the row is listed, never used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// Created.
     pub created_ms: i64,
     /// Last changed.
@@ -28,15 +31,19 @@ fn rollout_from(r: &sqlx::any::AnyRow) -> Result<RolloutRow, DbError> {
     let e = || q("reading a rollout");
     let active: i64 = r.try_get("active").map_err(e())?;
     let data: String = r.try_get("data").map_err(e())?;
+    // A row whose state is not JSON is handed on as unreadable, not as an error: one bad row
+    // must not hide every other rollout (the engine quarantines it).
+    let (data, unreadable) = match serde_json::from_str(&data) {
+        Ok(v) => (v, None),
+        Err(err) => (serde_json::Value::Null, Some(err.to_string())),
+    };
     Ok(RolloutRow {
         id: r.try_get("id").map_err(e())?,
         release: r.try_get("release").map_err(e())?,
         state: r.try_get("state").map_err(e())?,
         active: active != 0,
-        data: serde_json::from_str(&data).map_err(|e| DbError::Corrupt {
-            what: "rollout state",
-            detail: e.to_string(),
-        })?,
+        data,
+        unreadable,
         created_ms: r.try_get("created_ms").map_err(e())?,
         updated_ms: r.try_get("updated_ms").map_err(e())?,
     })
@@ -111,5 +118,19 @@ impl Db {
         .iter()
         .map(rollout_from)
         .collect()
+    }
+
+    /// Takes an unreadable rollout out of the engine's way: state `quarantined`, inactive,
+    /// its stored text kept for a person to look at. True if it was there.
+    pub async fn quarantine_rollout(&self, id: &str) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "UPDATE rollouts SET state = 'quarantined', active = 0, updated_ms = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(q("quarantining a rollout"))?;
+        Ok(r.rows_affected() > 0)
     }
 }
