@@ -8,7 +8,7 @@ use super::{q, Db, DbError};
 pub(crate) const STOP_KEY: &str = "emergency_stop";
 
 /// The emergency stop, while it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EmergencyStop {
     /// Who pressed it (`controller` for the automatic fleet-wide gate).
     pub actor: String,
