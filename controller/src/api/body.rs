@@ -41,6 +41,41 @@ pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Deepest nesting of arrays and objects a body may have: the deepest API type nests about
+/// six levels (a check-in's event's result), so anything near this is not a client's mistake.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether `text` nests arrays and objects deeper than [`MAX_DEPTH`] (brackets inside
+/// strings do not count). serde_json stops at 128 levels of what it reads, but skips an
+/// unknown field's value to any depth: a 10,000-deep value under an unknown key was read to
+/// its end and accepted.
+pub fn too_deep(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses a body that axum collected under the size limit.
 pub fn json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = bytes(body)?;
@@ -48,6 +83,11 @@ pub fn json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<
         return Err(ApiError::BadRequest(
             "request body is empty; send JSON".into(),
         ));
+    }
+    if too_deep(&bytes) {
+        return Err(ApiError::BadRequest(format!(
+            "the JSON body nests arrays or objects deeper than {MAX_DEPTH} levels"
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -273,5 +313,23 @@ impl<T> DescribeArg for ApiPath<T> {
         let e = error_schema(op);
         op.respond(400, &[(JSON, e)]);
         op.error(404);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!too_deep(deep(MAX_DEPTH).as_bytes()));
+        assert!(too_deep(deep(MAX_DEPTH + 1).as_bytes()));
+        let in_string = format!("{{\"reason\": \"{}\"}}", "[".repeat(1000));
+        assert!(!too_deep(in_string.as_bytes()));
+        let escaped = format!("{{\"r\": \"\\\"{}\"}}", "{".repeat(1000));
+        assert!(!too_deep(escaped.as_bytes()), "{escaped}");
+        let under_unknown = format!("{{\"a\":{}1{}}}", "{\"a\":".repeat(100), "}".repeat(100));
+        assert!(too_deep(under_unknown.as_bytes()));
     }
 }
