@@ -9,7 +9,7 @@ help:
 	@echo "make test   - formatting, lints and the whole test suite, every test run (what CI runs; as root it installs the packages the tests need)"
 	@echo "make build  - release build of every binary"
 	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
-	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, and the crate dependency rules (scripts/check-deps)"
+	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, the crate dependency rules (scripts/check-deps) and cargo deny (licenses, duplicates, sources)"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
 
@@ -27,10 +27,16 @@ build:
 device:
 	$(CARGO) build --profile device -p fleet-agent
 
+# cargo deny (deny.toml): licenses, duplicate versions and sources. Not advisories: the
+# RustSec database is a Git repository on GitHub, which these machines cannot reach.
+CARGO_DENY_VERSION ?= 0.20.2
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	CARGO=$(CARGO) scripts/check-deps
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny --log-level error check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
