@@ -9,7 +9,7 @@ help:
 	@echo "make test   - formatting, lints and the whole test suite, every test run (what CI runs; as root it installs the packages the tests need)"
 	@echo "make build  - release build of every binary"
 	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
-	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, and the crate dependency rules (scripts/check-deps)"
+	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, the crate dependency rules (scripts/check-deps) and cargo deny (licenses, duplicates, sources)"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
 
@@ -27,10 +27,16 @@ build:
 device:
 	$(CARGO) build --profile device -p fleet-agent
 
+# cargo deny (deny.toml): licenses, duplicate versions and sources. Not advisories: the
+# RustSec database is a Git repository on GitHub, which these machines cannot reach.
+CARGO_DENY_VERSION ?= 0.20.2
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	CARGO=$(CARGO) scripts/check-deps
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny --log-level error check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
@@ -41,12 +47,15 @@ fmt:
 # so green means every test ran. FLEET_ALLOW_SKIPS=1 skips the install and lets such tests skip
 # loudly instead. PostgreSQL tests use FLEET_TEST_POSTGRES_URL, or a private cluster started here
 # (scripts/test-postgres).
+# The API fuzzer (schemathesis, from PyPI) gets its own venv outside the repository
+# (scripts/schemathesis-venv, ~/.cache/fleet/schemathesis-venv; made once, kept).
 test:
-	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then scripts/packages install test; fi
+	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then scripts/packages install test && scripts/schemathesis-venv install; fi
 	$(MAKE) --no-print-directory lint
 	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then \
 		export FLEET_REQUIRE_GIT=1 FLEET_REQUIRE_DOCKER=1 FLEET_REQUIRE_PROMETHEUS=1 \
-			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1 FLEET_REQUIRE_SYSTEMD=1; \
+			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1 FLEET_REQUIRE_SYSTEMD=1 \
+			FLEET_REQUIRE_SCHEMATHESIS=1; \
 		if [ "$$(id -u)" = 0 ]; then export FLEET_REQUIRE_TMPFS=1; fi; \
 	fi; \
 	FLEET_TEST_POSTGRES_URL="$${FLEET_TEST_POSTGRES_URL:-$$(scripts/test-postgres start 2>/dev/null || true)}" \

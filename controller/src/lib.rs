@@ -9,6 +9,7 @@ pub mod engine;
 pub mod leader;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod rollout;
 pub mod route;

@@ -72,6 +72,21 @@ impl serde::Serialize for TreeDigest {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for TreeDigest {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TreeDigest".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A release's tree digest: `sha256:` and 64 lowercase hex digits.",
+            "pattern": "^sha256:[0-9a-f]{64}$",
+        })
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for TreeDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -66,6 +66,21 @@ impl Serialize for ReleaseId {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ReleaseId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ReleaseId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A full commit sha: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.",
+            "pattern": "^([0-9a-f]{40}|[0-9a-f]{64})$",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for ReleaseId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -76,6 +91,7 @@ impl<'de> Deserialize<'de> for ReleaseId {
 /// Where a device is in the update transaction (DESIGN.md steps 1–7). Each phase knows its
 /// successor on success and on failure, and how long it may take before it counts as stuck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UpdatePhase {
     /// Running `current`, nothing in progress.
@@ -151,6 +167,7 @@ impl UpdatePhase {
 
 /// A device's (or service's) health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Every service running, healthy and not restarting.
@@ -165,6 +182,7 @@ pub enum HealthState {
 
 /// The outcome of the last update attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum UpdateResult {
     /// The release is running and passed its health window.
@@ -196,6 +214,7 @@ pub enum UpdateResult {
 /// Something that happened on a device, numbered so the controller stores each once and in
 /// order even when the agent replays its buffer after being offline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeviceEvent {
     /// Per-device sequence number, starting at 1, never reused.
     pub seq: u64,
@@ -208,6 +227,7 @@ pub struct DeviceEvent {
 
 /// The kinds of device events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     /// An update transaction started.
@@ -269,6 +289,7 @@ pub enum EventKind {
 
 /// A summary of the device's resources at check-in.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Telemetry {
     /// CPU use, 0–100 % of all cores.
     pub cpu_percent: Option<f64>,
@@ -288,6 +309,7 @@ pub struct Telemetry {
 
 /// What a device sends at every check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckinRequest {
     /// The device's id (must match its token).
     pub device_id: String,
@@ -316,6 +338,7 @@ pub struct CheckinRequest {
 
 /// What the controller wants the device to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Desired {
     /// Stay as you are: start no update.
@@ -331,6 +354,7 @@ pub enum Desired {
 
 /// The controller's answer to a check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckinResponse {
     /// What to run.
     pub desired: Desired,
@@ -358,6 +382,7 @@ pub mod paths {
 /// An agent asking to join the fleet. Without a token it gets a pairing code that an operator
 /// approves; with the bootstrap token (`Authorization: Bearer …`) it is enrolled at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollRequest {
     /// The id the device wants (its entry in devices.yaml).
     pub device_id: String,
@@ -371,6 +396,7 @@ pub struct EnrollRequest {
 
 /// The controller's answer to an enrollment request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum EnrollResponse {
     /// Waiting for an operator: show `pairing_code` to them, then claim with `claim_secret`.
@@ -393,6 +419,7 @@ pub enum EnrollResponse {
 
 /// An agent asking whether its pairing code was approved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClaimRequest {
     /// The secret from [`EnrollResponse::Pending`].
     pub claim_secret: String,
@@ -400,6 +427,7 @@ pub struct ClaimRequest {
 
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ClaimResponse {
     /// Not approved yet: ask again later.
@@ -415,6 +443,7 @@ pub enum ClaimResponse {
 
 /// The body of every error answer from the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiError {
     /// What went wrong, for people.
     pub error: String,

@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -16,7 +14,7 @@ use fleet_config::protocol::{
 };
 
 use super::auth::bearer;
-use super::body;
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::AppState;
 use crate::db::{now_ms, ClaimOutcome};
@@ -34,7 +32,7 @@ pub async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: JsonBody<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let now = now_ms();
     // Unauthenticated requests (pairing codes, bad bootstrap tokens) are limited per address;
@@ -45,7 +43,7 @@ pub async fn enroll(
             .check(&peer.ip().to_string(), now)
             .map_err(|s| limited("enrollment requests from this address", s))
     };
-    let req: EnrollRequest = body::json(raw)?;
+    let req = body.parse()?;
     check_name(&req.device_id).map_err(|e| ApiError::BadRequest(format!("`device_id` {e}")))?;
     for (k, v) in [
         ("hostname", &req.hostname),
@@ -104,14 +102,14 @@ pub async fn enroll(
 pub async fn claim(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    raw: Result<Bytes, BytesRejection>,
+    body: JsonBody<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
     let now = now_ms();
     state
         .claim_limit
         .check(&peer.ip().to_string(), now)
         .map_err(|s| limited("claims from this address", s))?;
-    let req: ClaimRequest = body::json(raw)?;
+    let req = body.parse()?;
     match state.db.claim_pairing(&req.claim_secret, now).await? {
         ClaimOutcome::Pending => Ok(Json(ClaimResponse::Pending)),
         ClaimOutcome::Enrolled { device_id, token } => {
@@ -137,10 +135,10 @@ pub async fn claim(
 pub async fn checkin(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: JsonBody<CheckinRequest>,
 ) -> Result<Json<CheckinResponse>, ApiError> {
     let started = Instant::now();
-    let result = checkin_inner(&state, &headers, raw).await;
+    let result = checkin_inner(&state, &headers, body).await;
     match &result {
         Ok(_) => state
             .metrics
@@ -153,7 +151,7 @@ pub async fn checkin(
 async fn checkin_inner(
     state: &AppState,
     headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: JsonBody<CheckinRequest>,
 ) -> Result<CheckinResponse, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized("missing `Authorization: Bearer TOKEN` header".into())
@@ -168,7 +166,7 @@ async fn checkin_inner(
             "this device's token was revoked".into(),
         ));
     }
-    let req: CheckinRequest = body::json(raw)?;
+    let req = body.parse()?;
     if req.device_id != who.id {
         return Err(ApiError::Forbidden(format!(
             "this token belongs to device `{}`, not `{}`",

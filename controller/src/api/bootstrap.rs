@@ -3,28 +3,28 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::auth::require;
-use super::body;
+use super::body::{ApiPath, JsonBody, MaybeJsonBody};
 use super::error::ApiError;
-use super::ops::reason_of;
+use super::ops::ReasonBody;
 use super::AppState;
 use crate::db::{now_ms, BootstrapToken, NewBootstrapToken, Role};
 use crate::service;
 
 /// A bootstrap token in a listing, with whether it can enroll now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct TokenView {
     /// What is stored.
     #[serde(flatten)]
     pub token: BootstrapToken,
     /// `live`, `revoked`, `expired` or `used_up`.
+    #[schemars(regex(pattern = r"^(live|revoked|expired|used_up)$"))]
     pub status: &'static str,
 }
 
@@ -57,7 +57,7 @@ pub async fn list(
 }
 
 /// Body of create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// What the token is for (shown in listings).
@@ -73,7 +73,7 @@ pub struct CreateBody {
 }
 
 /// The answer to create: the secret, shown this once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Created {
     /// The token to put on devices.
     pub token: String,
@@ -86,10 +86,10 @@ pub struct Created {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: JsonBody<CreateBody>,
 ) -> Result<Json<Created>, ApiError> {
     let user = require(&state, &headers, Role::Admin).await?;
-    let b: CreateBody = body::json(raw)?;
+    let b = body.parse()?;
     let ttl_ms = match &b.expires_in {
         None => service::bootstrap::DEFAULT_TTL_MS,
         Some(text) => fleet_config::units::parse_duration(text)
@@ -109,7 +109,7 @@ pub async fn create(
 }
 
 /// The answer to revoke.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Revoked {
     /// The token's id.
     pub revoked: String,
@@ -121,11 +121,11 @@ pub struct Revoked {
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: MaybeJsonBody<ReasonBody>,
 ) -> Result<Json<Revoked>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let r = reason_of(raw)?;
+    let r = body.parse()?;
     let was_live =
         service::bootstrap::revoke_in(&state.db, &user.name, &id, &r.reason, now_ms()).await?;
     Ok(Json(Revoked {

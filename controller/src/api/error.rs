@@ -7,6 +7,7 @@ use axum::Json;
 use fleet_config::protocol::ApiError as Body;
 
 use crate::db::DbError;
+use crate::openapi::{DescribeAnswer, Operation, JSON, TEXT};
 use crate::service::ServiceError;
 
 /// An API failure.
@@ -33,6 +34,9 @@ pub enum ApiError {
     /// Body too large.
     #[error("{0}")]
     TooLarge(String),
+    /// A body of a type the route does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The request took too long (a slow body, or a handler past `limits.request_timeout`).
     #[error("{0}")]
     Timeout(String),
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,5 +135,56 @@ pub async fn time_limit(
             limit.as_secs()
         ))
         .into_response(),
+    }
+}
+
+/// Plain text with its own `Content-Type` (`/metrics`).
+#[derive(Debug)]
+pub struct PlainText {
+    /// `text/plain; …`.
+    pub content_type: &'static str,
+    /// The text.
+    pub text: String,
+}
+
+impl IntoResponse for PlainText {
+    fn into_response(self) -> Response {
+        (
+            [(axum::http::header::CONTENT_TYPE, self.content_type)],
+            self.text,
+        )
+            .into_response()
+    }
+}
+
+/// The API's errors: `{"error": …}`, and 503 when the store fails.
+fn api_errors(op: &mut Operation<'_>) {
+    let e = super::body::error_schema(op);
+    op.error_content.insert(JSON, e);
+    op.error(503);
+}
+
+/// A JSON answer of `T`, or an [`ApiError`].
+impl<T: schemars::JsonSchema> DescribeAnswer for Result<Json<T>, ApiError> {
+    fn describe(op: &mut Operation<'_>) {
+        let schema = op.schemas.output::<T>();
+        op.respond(200, &[(JSON, schema)]);
+        api_errors(op);
+    }
+}
+
+/// Plain text, or an [`ApiError`].
+impl DescribeAnswer for Result<PlainText, ApiError> {
+    fn describe(op: &mut Operation<'_>) {
+        op.respond(200, &[(TEXT, crate::openapi::text())]);
+        api_errors(op);
+    }
+}
+
+/// A fixed text (`ok`), or an [`ApiError`].
+impl DescribeAnswer for Result<&'static str, ApiError> {
+    fn describe(op: &mut Operation<'_>) {
+        op.respond(200, &[(TEXT, crate::openapi::text())]);
+        api_errors(op);
     }
 }

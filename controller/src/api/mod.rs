@@ -13,8 +13,6 @@ pub mod rollouts;
 pub mod webhook;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 
 use crate::db::{now_ms, DeviceState};
 use crate::route::Route;
@@ -24,13 +22,13 @@ use crate::service::AppState;
 #[rustfmt::skip]
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::post("/api/v1/enroll", "none (pairing code) or bootstrap token", "Ask to join: a pairing code to approve, or a device token at once with the bootstrap token", agent::enroll),
-        Route::post("/api/v1/enroll/claim", "claim secret in body", "Claim the device token once the pairing code is approved", agent::claim),
+        Route::post("/api/v1/enroll", "none (pairing code) or bootstrap token", "Ask to join: a pairing code to approve, or a device token at once with the bootstrap token", agent::enroll).errors(&[401, 403, 409, 429]),
+        Route::post("/api/v1/enroll/claim", "claim secret in body", "Claim the device token once the pairing code is approved", agent::claim).errors(&[404, 409, 410, 429]),
         Route::post("/api/v1/checkin", "device", "Report state and events; get the desired release, the emergency-stop flag and the next interval", agent::checkin),
         Route::get("/api/v1/status", "viewer", "Fleet health, devices by state, versions, active rollouts, emergency stop", ops::status),
         Route::get("/api/v1/devices", "viewer", "Devices with their derived state (filter: ?state=)", ops::devices),
         Route::get("/api/v1/devices/{id}", "viewer", "One device with its recent events", ops::device),
-        Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code (`replace: true` to re-enroll an enrolled or revoked id)", ops::approve),
+        Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code (`replace: true` to re-enroll an enrolled or revoked id)", ops::approve).errors(&[404, 409, 410, 429]),
         Route::post("/api/v1/devices/{id}/revoke", "operator", "Revoke a device's token (effective on its next request)", ops::revoke),
         Route::post("/api/v1/devices/{id}/safe-mode", "operator", "Ask a device to enter or leave safe mode", ops::safe_mode),
         Route::post("/api/v1/devices/{id}/pin", "operator", "Pin a device to a release (release: sha or unique prefix, reason required): left out of rollouts until unpinned", pins::pin),
@@ -39,14 +37,14 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/bootstrap-tokens", "admin", "Create a bootstrap token (note, expires_in, max_uses, selector); the secret is shown once", bootstrap::create),
         Route::post("/api/v1/bootstrap-tokens/{id}/revoke", "operator", "Revoke a bootstrap token", bootstrap::revoke),
         Route::get("/api/v1/rollouts", "viewer", "Rollouts, newest first", rollouts::list),
-        Route::get("/api/v1/rollouts/{id}", "viewer", "One rollout with its waves and device counts", rollouts::show),
-        Route::post("/api/v1/rollouts/{id}/{action}", "operator", "pause, resume, abort or promote a rollout", rollouts::act),
+        Route::get("/api/v1/rollouts/{id}", "viewer", "One rollout with its waves and device counts", rollouts::show).errors(&[409]),
+        Route::post("/api/v1/rollouts/{id}/{action}", "operator", "pause, resume, abort or promote a rollout", rollouts::act).errors(&[409]),
         Route::post("/api/v1/stop", "operator", "Emergency stop (reason required; rollback: true sends the active rollout back)", ops::stop),
         Route::post("/api/v1/resume", "operator", "Clear the emergency stop", ops::resume),
         Route::get("/api/v1/audit", "viewer", "The audit log, newest first", ops::audit),
         Route::get("/api/v1/releases", "viewer", "Commits seen: valid releases and rejected ones with their errors", ops::releases),
-        Route::post("/api/v1/webhook", "hmac", "Push webhook (GitHub X-Hub-Signature-256 or Gitea X-Gitea-Signature)", webhook::receive),
-        Route::get("/metrics", "metrics token (if configured)", "Prometheus metrics", metrics),
+        Route::post("/api/v1/webhook", "hmac", "Push webhook (GitHub X-Hub-Signature-256 or Gitea X-Gitea-Signature)", webhook::receive).errors(&[401, 404]),
+        Route::get("/metrics", "metrics token (if configured)", "Prometheus metrics", metrics).errors(&[401]),
         Route::get("/healthz", "none", "Liveness: the process answers and the database is reachable", healthz),
     ]
 }
@@ -64,7 +62,7 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, error::A
 async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-) -> Result<impl IntoResponse, error::ApiError> {
+) -> Result<error::PlainText, error::ApiError> {
     if let Some(want) = &state.metrics_token {
         let given = auth::bearer(&headers).unwrap_or("");
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -93,5 +91,8 @@ async fn metrics(
     let text = state
         .metrics
         .render(&by_state, &rollouts, stop, state.is_leader());
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+    Ok(error::PlainText {
+        content_type: "text/plain; version=0.0.4",
+        text,
+    })
 }

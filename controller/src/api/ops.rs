@@ -3,23 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
+use fleet_config::protocol::DeviceEvent;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::auth::require;
-use super::body;
+use super::body::{ApiPath, ApiQuery, JsonBody, MaybeJsonBody};
 use super::error::ApiError;
 use super::AppState;
-use crate::db::{now_ms, DeviceRow, DeviceState, Role};
+use crate::db::{
+    now_ms, AuditEntry, DeviceRow, DeviceState, EmergencyStop, Pairing, ReleaseRow, Role,
+};
 use crate::service;
 
 /// A device with its derived state, as listings show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct DeviceView {
     /// The stored row.
     #[serde(flatten)]
@@ -33,41 +34,77 @@ fn view(state: &AppState, row: DeviceRow, now: i64) -> DeviceView {
     DeviceView { row, state: s }
 }
 
+/// A rollout still being driven, as the status lists it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ActiveRollout {
+    /// Its id.
+    pub id: String,
+    /// The release it rolls out.
+    pub release: String,
+    /// `running`, `paused` or `halted`.
+    pub state: String,
+}
+
+/// The fleet at a glance (`GET /api/v1/status`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusView {
+    /// Devices enrolled.
+    pub devices: u64,
+    /// Devices by state (every state, zero included).
+    pub by_state: BTreeMap<String, u64>,
+    /// Share of the devices (revoked ones left out) that are online and healthy, 0–100.
+    pub healthy_percent: f64,
+    /// Devices by the release they run (`none` for none yet).
+    pub versions: BTreeMap<String, u64>,
+    /// The emergency stop, while it holds.
+    pub emergency_stop: Option<EmergencyStop>,
+    /// Rollouts still being driven.
+    pub active_rollouts: Vec<ActiveRollout>,
+    /// Pairing codes waiting for an operator.
+    pub pending_pairings: Vec<Pairing>,
+    /// This replica leads (watches Git and drives rollouts).
+    pub leader: bool,
+}
+
 /// `GET /api/v1/status`.
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusView>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
     let devices = state.db.devices().await?;
     let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());
-    let by_state: BTreeMap<&str, u64> = DeviceState::ALL
+    let by_state: BTreeMap<String, u64> = DeviceState::ALL
         .iter()
-        .map(|s| (s.as_str(), summary.count(*s)))
+        .map(|s| (s.as_str().to_owned(), summary.count(*s)))
         .collect();
     let versions: BTreeMap<String, u64> = summary.versions.into_iter().collect();
-    let active: Vec<Value> = state
+    let active_rollouts = state
         .db
         .active_rollouts()
         .await?
         .into_iter()
-        .map(|r| json!({"id": r.id, "release": r.release, "state": r.state}))
+        .map(|r| ActiveRollout {
+            id: r.id,
+            release: r.release,
+            state: r.state,
+        })
         .collect();
-    Ok(Json(json!({
-        "devices": summary.total,
-        "by_state": by_state,
-        "healthy_percent": summary.healthy_percent,
-        "versions": versions,
-        "emergency_stop": state.db.emergency_stop().await?,
-        "active_rollouts": active,
-        "pending_pairings": state.db.pending_pairings(now).await?,
-        "leader": state.is_leader(),
-    })))
+    Ok(Json(StatusView {
+        devices: summary.total,
+        by_state,
+        healthy_percent: summary.healthy_percent,
+        versions,
+        emergency_stop: state.db.emergency_stop().await?,
+        active_rollouts,
+        pending_pairings: state.db.pending_pairings(now).await?,
+        leader: state.is_leader(),
+    }))
 }
 
 /// Filters of the device list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct DeviceQuery {
     /// Only devices in this state.
     pub state: Option<String>,
@@ -77,7 +114,7 @@ pub struct DeviceQuery {
 pub async fn devices(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<DeviceQuery>,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
@@ -92,26 +129,48 @@ pub async fn devices(
     Ok(Json(list))
 }
 
+/// One device with its newest events (`GET /api/v1/devices/{id}`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeviceDetail {
+    /// The device.
+    pub device: DeviceView,
+    /// Its newest events (at most 50), newest first.
+    pub events: Vec<DeviceEvent>,
+}
+
 /// `GET /api/v1/devices/{id}`.
 pub async fn device(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let row = state
         .db
         .device(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device `{id}`")))?;
-    let events = state.db.device_events(&id, 50).await?;
-    Ok(Json(
-        json!({"device": view(&state, row, now_ms()), "events": events}),
-    ))
+    let events = state
+        .db
+        .device_events(&id, 50)
+        .await?
+        .into_iter()
+        .filter_map(|e| match serde_json::from_value::<DeviceEvent>(e) {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::warn!(device = %id, error = %err, "a stored event does not read; left out");
+                None
+            }
+        })
+        .collect();
+    Ok(Json(DeviceDetail {
+        device: view(&state, row, now_ms()),
+        events,
+    }))
 }
 
 /// Body of approve.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ApproveBody {
     /// The pairing code the device shows.
     pub code: String,
@@ -121,12 +180,19 @@ pub struct ApproveBody {
     pub replace: bool,
 }
 
+/// The answer to approve.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Approved {
+    /// The device the code was for: it gets its token at its next claim.
+    pub approved: String,
+}
+
 /// `POST /api/v1/devices/approve`.
 pub async fn approve(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: JsonBody<ApproveBody>,
+) -> Result<Json<Approved>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let now = now_ms();
     state
@@ -136,41 +202,43 @@ pub async fn approve(
             message: format!("too many approval attempts by `{}`; wait {s} s", user.name),
             retry_after: s,
         })?;
-    let b: ApproveBody = body::json(raw)?;
+    let b = body.parse()?;
     let device_id = service::devices::approve(&state, &user.name, &b.code, b.replace, now).await?;
-    Ok(Json(json!({"approved": device_id})))
+    Ok(Json(Approved {
+        approved: device_id,
+    }))
 }
 
-/// Body of the actions that take a reason.
-#[derive(Debug, Default, Deserialize)]
+/// Body of the actions that take a reason (the body may be left out).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct ReasonBody {
     /// Why (goes to the audit log).
     #[serde(default)]
     pub reason: String,
 }
 
-pub(super) fn reason_of(raw: Result<Bytes, BytesRejection>) -> Result<ReasonBody, ApiError> {
-    match &raw {
-        Ok(b) if b.is_empty() => Ok(ReasonBody::default()),
-        _ => body::json(raw),
-    }
+/// The answer to revoke.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeviceRevoked {
+    /// The device whose token no longer works.
+    pub revoked: String,
 }
 
 /// `POST /api/v1/devices/{id}/revoke`.
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+    body: MaybeJsonBody<ReasonBody>,
+) -> Result<Json<DeviceRevoked>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let r = reason_of(raw)?;
+    let r = body.parse()?;
     service::devices::revoke(&state, &user.name, &id, &r.reason).await?;
-    Ok(Json(json!({"revoked": id})))
+    Ok(Json(DeviceRevoked { revoked: id }))
 }
 
 /// Body of safe-mode.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct SafeModeBody {
     /// On or off.
     pub on: bool,
@@ -179,21 +247,33 @@ pub struct SafeModeBody {
     pub reason: String,
 }
 
+/// The answer to safe-mode.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SafeModeSet {
+    /// The device.
+    pub device: String,
+    /// What it is asked now: enter (true) or leave (false) safe mode.
+    pub safe_mode: bool,
+}
+
 /// `POST /api/v1/devices/{id}/safe-mode`.
 pub async fn safe_mode(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+    body: JsonBody<SafeModeBody>,
+) -> Result<Json<SafeModeSet>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let b: SafeModeBody = body::json(raw)?;
+    let b = body.parse()?;
     service::devices::safe_mode(&state, &user.name, &id, b.on, &b.reason).await?;
-    Ok(Json(json!({"device": id, "safe_mode": b.on})))
+    Ok(Json(SafeModeSet {
+        device: id,
+        safe_mode: b.on,
+    }))
 }
 
 /// Body of stop.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct StopBody {
     /// Why (required: on-call reads it at 3 a.m.).
     pub reason: String,
@@ -202,34 +282,56 @@ pub struct StopBody {
     pub rollback: bool,
 }
 
+/// The answer to stop.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Stopped {
+    /// The stop that holds now.
+    pub emergency_stop: Option<EmergencyStop>,
+    /// False if it was set already (the first reason stands).
+    pub newly_set: bool,
+}
+
 /// `POST /api/v1/stop`.
 pub async fn stop(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: JsonBody<StopBody>,
+) -> Result<Json<Stopped>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let b: StopBody = body::json(raw)?;
+    let b = body.parse()?;
     let new = service::stop::stop(&state, &user.name, &b.reason, b.rollback).await?;
-    Ok(Json(
-        json!({"emergency_stop": state.db.emergency_stop().await?, "newly_set": new}),
-    ))
+    Ok(Json(Stopped {
+        emergency_stop: state.db.emergency_stop().await?,
+        newly_set: new,
+    }))
+}
+
+/// The answer to resume.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Resumed {
+    /// Always null: no stop holds any more.
+    pub emergency_stop: (),
+    /// False if there was no stop to clear.
+    pub was_set: bool,
 }
 
 /// `POST /api/v1/resume`.
 pub async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: MaybeJsonBody<ReasonBody>,
+) -> Result<Json<Resumed>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let r = reason_of(raw)?;
+    let r = body.parse()?;
     let was = service::stop::resume(&state, &user.name, &r.reason).await?;
-    Ok(Json(json!({"emergency_stop": null, "was_set": was})))
+    Ok(Json(Resumed {
+        emergency_stop: (),
+        was_set: was,
+    }))
 }
 
 /// Paging of the audit log.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct LimitQuery {
     /// At most this many (default 100, at most 10,000).
     pub limit: Option<i64>,
@@ -239,20 +341,20 @@ pub struct LimitQuery {
 pub async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<LimitQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(json!(state.db.audit_log(limit).await?)))
+    Ok(Json(state.db.audit_log(limit).await?))
 }
 
 /// `GET /api/v1/releases`.
 pub async fn releases(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<LimitQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<Json<Vec<ReleaseRow>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(json!(state.db.releases(limit).await?)))
+    Ok(Json(state.db.releases(limit).await?))
 }

@@ -1,23 +1,22 @@
 //! Pinning a device to a release (an operator's override: left out of rollouts until
 //! unpinned). The act and its audit entry are the service's ([`crate::service::devices`]).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::auth::require;
-use super::body;
+use super::body::{ApiPath, JsonBody, MaybeJsonBody};
 use super::error::ApiError;
-use super::ops::reason_of;
+use super::ops::ReasonBody;
 use super::AppState;
 use crate::db::Role;
 use crate::service;
 
 /// Body of pin.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinBody {
     /// The release: its commit sha, or a unique prefix of at least 7 hex digits.
@@ -27,7 +26,7 @@ pub struct PinBody {
 }
 
 /// Answer of pin and unpin.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct PinAnswer {
     /// The device.
     pub device: String,
@@ -41,11 +40,11 @@ pub struct PinAnswer {
 pub async fn pin(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: JsonBody<PinBody>,
 ) -> Result<Json<PinAnswer>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let b: PinBody = body::json(raw)?;
+    let b = body.parse()?;
     let release = service::devices::pin(&state, &user.name, &id, &b.release, &b.reason).await?;
     Ok(Json(PinAnswer {
         device: id,
@@ -58,11 +57,11 @@ pub async fn pin(
 pub async fn unpin(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    raw: Result<Bytes, BytesRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: MaybeJsonBody<ReasonBody>,
 ) -> Result<Json<PinAnswer>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
-    let r = reason_of(raw)?;
+    let r = body.parse()?;
     let changed = service::devices::unpin(&state, &user.name, &id, &r.reason).await?;
     Ok(Json(PinAnswer {
         device: id,

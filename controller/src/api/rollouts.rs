@@ -1,55 +1,162 @@
 //! Rollout routes: list and show; actions go through the service ([`crate::service::rollouts`]).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use std::collections::BTreeMap;
+
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use super::auth::require;
+use super::body::{ApiPath, ApiQuery, MaybeJsonBody};
 use super::error::ApiError;
-use super::ops::LimitQuery;
+use super::ops::{LimitQuery, ReasonBody};
 use super::AppState;
-use crate::db::Role;
-use crate::rollout::Rollout;
+use crate::db::{Role, RolloutRow};
+use crate::rollout::{DeviceRecord, Policy, Rollout, State as RolloutState};
 use crate::service::{self, rollouts::RolloutAction};
+
+/// A rollout in the list: the stored row with the engine's state.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RolloutEntry {
+    /// Id.
+    pub id: String,
+    /// Release it rolls out.
+    pub release: String,
+    /// Short state name.
+    pub state: String,
+    /// Still being driven (not completed, aborted or superseded).
+    pub active: bool,
+    /// The engine's state; null if the stored state does not read (the controller's log
+    /// says why).
+    pub data: Option<Rollout>,
+    /// Created, ms since the epoch.
+    pub created_ms: i64,
+    /// Last changed, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+impl From<RolloutRow> for RolloutEntry {
+    fn from(row: RolloutRow) -> Self {
+        let data = match serde_json::from_value::<Rollout>(row.data) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(rollout = %row.id, error = %e, "stored rollout does not read");
+                None
+            }
+        };
+        RolloutEntry {
+            id: row.id,
+            release: row.release,
+            state: row.state,
+            active: row.active,
+            data,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+        }
+    }
+}
 
 /// `GET /api/v1/rollouts`.
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<LimitQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<Json<Vec<RolloutEntry>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(json!(state.db.rollouts(limit).await?)))
+    let rows = state.db.rollouts(limit).await?;
+    Ok(Json(rows.into_iter().map(RolloutEntry::from).collect()))
+}
+
+/// One wave of a rollout, counted.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WaveCounts {
+    /// Its place, from 0.
+    pub index: usize,
+    /// The policy's name for it.
+    pub name: String,
+    /// Devices in it.
+    pub devices: usize,
+    /// Not healthy on the release yet (or not started).
+    pub pending: usize,
+    /// Healthy on the release.
+    pub healthy: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Offline when it started: not counted.
+    pub deferred: usize,
 }
 
 /// A rollout with each wave's counts, as people read it.
-pub fn summary(r: &Rollout) -> Value {
-    let waves: Vec<Value> = r
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RolloutSummary {
+    /// Id.
+    pub id: String,
+    /// The release (commit sha).
+    pub release: String,
+    /// Its tree digest.
+    pub digest: String,
+    /// Created, ms since the epoch.
+    pub created_ms: u64,
+    /// Short state name.
+    pub state: String,
+    /// The state with its details.
+    pub detail: RolloutState,
+    /// The rules it runs by.
+    pub policy: Policy,
+    /// Its waves.
+    pub waves: Vec<WaveCounts>,
+}
+
+/// A rollout with its devices (`GET /api/v1/rollouts/{id}`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RolloutDetail {
+    /// The rollout.
+    #[serde(flatten)]
+    pub summary: RolloutSummary,
+    /// Every device of its plan, by id.
+    pub devices: BTreeMap<String, DeviceRecord>,
+}
+
+/// A rollout with each wave's counts, as people read it.
+pub fn summary(r: &Rollout) -> RolloutSummary {
+    let waves = r
         .waves
         .iter()
         .enumerate()
         .map(|(i, w)| {
             let (pending, healthy, failed, deferred) = r.wave_counts(i);
-            json!({"index": i, "name": w.name, "devices": w.devices.len(),
-                   "pending": pending, "healthy": healthy, "failed": failed, "deferred": deferred})
+            WaveCounts {
+                index: i,
+                name: w.name.clone(),
+                devices: w.devices.len(),
+                pending,
+                healthy,
+                failed,
+                deferred,
+            }
         })
         .collect();
-    json!({
-        "id": r.id, "release": r.release, "digest": r.digest, "created_ms": r.created_ms,
-        "state": r.state.name(), "detail": r.state, "policy": r.policy, "waves": waves,
-    })
+    RolloutSummary {
+        id: r.id.clone(),
+        release: r.release.clone(),
+        digest: r.digest.clone(),
+        created_ms: r.created_ms,
+        state: r.state.name().to_owned(),
+        detail: r.state.clone(),
+        policy: r.policy.clone(),
+        waves,
+    }
 }
 
 /// `GET /api/v1/rollouts/{id}` (`active` for the current one).
 pub async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<RolloutDetail>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let row = if id == "active" {
         state.db.active_rollouts().await?.pop()
@@ -59,25 +166,26 @@ pub async fn show(
     let row = row.ok_or_else(|| ApiError::NotFound(format!("no rollout `{id}`")))?;
     let r: Rollout = serde_json::from_value(row.data)
         .map_err(|e| ApiError::Conflict(format!("stored rollout `{id}` is unreadable: {e}")))?;
-    let mut out = summary(&r);
-    out["devices"] = json!(r.devices);
-    Ok(Json(out))
+    Ok(Json(RolloutDetail {
+        summary: summary(&r),
+        devices: r.devices,
+    }))
 }
 
 /// `POST /api/v1/rollouts/{id}/{action}`: pause, resume, abort, promote.
 pub async fn act(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath((id, action)): ApiPath<(String, String)>,
+    body: MaybeJsonBody<ReasonBody>,
+) -> Result<Json<RolloutSummary>, ApiError> {
     let user = require(&state, &headers, Role::Operator).await?;
     let Some(action) = RolloutAction::parse(&action) else {
         return Err(ApiError::NotFound(format!(
             "unknown action `{action}`: pause, resume, abort or promote"
         )));
     };
-    let reason = super::ops::reason_of(raw)?.reason;
+    let reason = body.parse()?.reason;
     let r = service::rollouts::act(&state, &id, action, &user.name, &reason).await?;
     Ok(Json(summary(&r)))
 }

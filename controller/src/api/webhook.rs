@@ -3,17 +3,43 @@
 //! release branch wakes the watcher, which fetches and checks the commit itself: the webhook's
 //! body is never trusted for what to roll out.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::body::RawBody;
 use super::error::ApiError;
 use super::AppState;
+
+/// What the webhook reads of a push event (GitHub's and Gitea's payloads are much larger; the
+/// rest is ignored, and so is a payload that is not JSON: the watcher fetches and checks the
+/// commit itself).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct PushEvent {
+    /// The ref pushed (`refs/heads/main`): a push to another branch is ignored.
+    #[serde(rename = "ref", default)]
+    pub git_ref: Option<String>,
+}
+
+/// The answer to a push with a good signature.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WebhookAnswer {
+    /// A push to the release branch (or one that names no ref): the watcher fetches now.
+    Accepted {
+        /// Always true.
+        accepted: bool,
+    },
+    /// A push to another branch.
+    Ignored {
+        /// Why.
+        ignored: String,
+    },
+}
 
 /// Whether `signature_hex` is the HMAC-SHA256 of `body` under `secret` (constant time).
 pub fn signature_valid(secret: &[u8], body: &[u8], signature_hex: &str) -> bool {
@@ -45,14 +71,14 @@ fn signature(headers: &HeaderMap) -> Option<String> {
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+    raw: RawBody<PushEvent>,
+) -> Result<Json<WebhookAnswer>, ApiError> {
     let Some(secret) = state.webhook_secret.clone() else {
         return Err(ApiError::NotFound(
             "the webhook is not enabled (set `webhook_secret_file`)".into(),
         ));
     };
-    let body = super::body::bytes(raw)?;
+    let body = raw.bytes()?;
     let Some(sig) = signature(&headers) else {
         state.metrics.webhook_rejected();
         return Err(ApiError::Unauthorized(
@@ -64,21 +90,21 @@ pub async fn receive(
         tracing::warn!("webhook with a bad signature refused");
         return Err(ApiError::Unauthorized("bad webhook signature".into()));
     }
-    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let payload: PushEvent = serde_json::from_slice(&body).unwrap_or_default();
     let branch = state
         .cfg
         .git
         .as_ref()
         .map(|g| g.branch.clone())
         .unwrap_or_default();
-    let pushed = payload["ref"].as_str().unwrap_or("");
+    let pushed = payload.git_ref.unwrap_or_default();
     if !pushed.is_empty() && pushed != format!("refs/heads/{branch}") {
-        return Ok(Json(
-            json!({"ignored": format!("push to {pushed}, not refs/heads/{branch}")}),
-        ));
+        return Ok(Json(WebhookAnswer::Ignored {
+            ignored: format!("push to {pushed}, not refs/heads/{branch}"),
+        }));
     }
     state.watch.notify_one();
-    Ok(Json(json!({"accepted": true})))
+    Ok(Json(WebhookAnswer::Accepted { accepted: true }))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use maud::Markup;
 use serde::Deserialize;
 
 use crate::db::{now_ms, DbError, EmergencyStop, Role, SESSION_TTL_MS};
+use crate::openapi::{self, DescribeAnswer, Operation};
 use crate::rollout::Rollout;
 use crate::route::Route;
 use crate::service::rollouts::RolloutAction;
@@ -41,15 +42,15 @@ pub fn routes() -> Vec<Route> {
         Route::get("/rollouts/{id}", "session", "Dashboard (HTML): one rollout's waves and devices, with its actions for operators", rollout),
         Route::get("/audit", "session", "Dashboard (HTML): the audit log", audit),
         Route::get("/login", "none", "Dashboard (HTML): the login form", login_page),
-        Route::post("/login", "none", "Dashboard: log in (form: name, password, next); sets the session cookie", login),
-        Route::post("/logout", "session", "Dashboard: log out", logout),
+        Route::post("/login", "none", "Dashboard: log in (form: name, password, next); sets the session cookie", login).errors(&[401, 403, 429]),
+        Route::post("/logout", "session", "Dashboard: log out", logout).errors(&[403]),
         Route::post("/ui/stop", "session (operator)", "Dashboard form: emergency stop (csrf, reason required, rollback)", stop),
         Route::post("/ui/resume", "session (operator)", "Dashboard form: clear the emergency stop (csrf, reason)", resume),
         Route::post("/ui/rollouts/{id}", "session (operator)", "Dashboard form: pause, resume, abort or promote a rollout (csrf, action, reason)", rollout_action),
         Route::post("/ui/devices/{id}/pin", "session (operator)", "Dashboard form: pin a device to a release or unpin it (csrf, action pin|unpin, release, reason)", pin_action),
-        Route::get("/ui/events", "session", "Dashboard live updates (text/event-stream): `summary` and `devices` events", live::events),
-        Route::get("/assets/app.css", "none", "Dashboard stylesheet", css),
-        Route::get("/assets/app.js", "none", "Dashboard script (live updates only; pages work without it)", js),
+        Route::get("/ui/events", "session", "Dashboard live updates (text/event-stream): `summary` and `devices` events", live::events).produces("text/event-stream").errors(&[401, 503]),
+        Route::get("/assets/app.css", "none", "Dashboard stylesheet", css).produces("text/css"),
+        Route::get("/assets/app.js", "none", "Dashboard script (live updates only; pages work without it)", js).produces("text/javascript"),
     ]
 }
 
@@ -97,6 +98,20 @@ impl IntoResponse for PageError {
     }
 }
 
+/// A page or a form's answer: HTML (GET), a redirect (a form done, or to the login page
+/// without a session); refusals as HTML or plain text, and 503 when the store fails.
+impl DescribeAnswer for Result<Response, PageError> {
+    fn describe(op: &mut Operation<'_>) {
+        if op.method == "GET" {
+            op.respond(200, &[(openapi::HTML, openapi::text())]);
+        }
+        op.respond(303, &[]);
+        op.error_content.insert(openapi::HTML, openapi::text());
+        op.error_content.insert(openapi::TEXT, openapi::text());
+        op.error(503);
+    }
+}
+
 /// Pages load only the controller's own script and styles (inline `style` attributes draw the
 /// wave bars), and no other site may frame them: a framed stop button could be clicked blind.
 const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
@@ -123,7 +138,7 @@ fn path_of(uri: &Uri) -> String {
 
 /// The message a form left (`?msg=…&sig=…`). Shown only with this session's signature of
 /// it, so a crafted link cannot put words on an operator's page.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct Flash {
     /// Shown at the top of the page.
     pub msg: Option<String>,
@@ -307,7 +322,7 @@ async fn audit(
 }
 
 /// `?next=` of the login page.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct NextQuery {
     /// Where to go after logging in.
     pub next: Option<String>,
@@ -350,7 +365,7 @@ async fn login_page(
 }
 
 /// The login form.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct LoginForm {
     /// User name.
     #[serde(default)]
@@ -428,7 +443,7 @@ async fn login(
 }
 
 /// The fields a dashboard form may carry.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct ActionForm {
     /// The session's CSRF token.
     #[serde(default)]

@@ -111,7 +111,7 @@ pub fn short(sha: &str) -> &str {
 }
 
 /// The device list's query string.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ListQuery {
     /// Substring of id or hostname.
     pub q: Option<String>,

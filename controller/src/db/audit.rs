@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::{now_ms, q, Db, DbError};
 
 /// One entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Increasing id.
     pub id: i64,

@@ -15,7 +15,7 @@ use super::{q, Db, DbError};
 use crate::tokens::{self, TokenKind};
 
 /// A bootstrap token as operators see it (never the secret itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BootstrapToken {
     /// Public id: the first 12 hex digits of the token's hash.
     pub id: String,

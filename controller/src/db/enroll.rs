@@ -9,7 +9,7 @@ use super::{now_ms, q, Db, DbError};
 use crate::tokens::{self, TokenKind};
 
 /// A pairing waiting for (or past) approval, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Pairing {
     /// The code.
     pub code: String,

@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::{now_ms, q, Db, DbError};
 
 /// A commit the controller looked at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ReleaseRow {
     /// Commit sha.
     pub sha: String,

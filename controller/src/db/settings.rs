@@ -9,7 +9,7 @@ pub(crate) const STOP_KEY: &str = "emergency_stop";
 const GATE_DISARMED_KEY: &str = "fleet_gate_disarmed";
 
 /// The emergency stop, while it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EmergencyStop {
     /// Who pressed it (`controller` for the automatic fleet-wide gate).
     pub actor: String,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::{plan_waves, Policy, WavePlan};
 
 /// Where a rollout is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// Wave `wave` is being installed (or bakes, once healthy).
@@ -90,7 +90,7 @@ impl State {
 }
 
 /// How one device is doing in this rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Its wave has not started.
@@ -109,7 +109,7 @@ pub enum Outcome {
 }
 
 /// A device in a rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceRecord {
     /// Its wave.
     pub wave: usize,
@@ -248,7 +248,7 @@ pub struct OpError {
 }
 
 /// A rollout: the release, the plan, each device's record and the state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rollout {
     /// Id.
     pub id: String,

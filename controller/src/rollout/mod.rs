@@ -12,7 +12,7 @@ pub mod machine;
 pub mod plan;
 
 pub use desired::{desired_for, Fallback, Target};
-pub use machine::{DeviceView, Effect, OpError, Outcome, Rollout, State};
+pub use machine::{DeviceRecord, DeviceView, Effect, OpError, Outcome, Rollout, State};
 pub use plan::{plan_waves, Policy, WavePlan, WaveSpec};
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A wave as the policy describes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WaveSpec {
     /// Its name (`canary`, `five-percent`, …).
     pub name: String,
@@ -24,7 +24,7 @@ pub struct WaveSpec {
 
 /// The rollout policy of the release being rolled out, kept with the rollout so a later
 /// commit cannot change the rules of a rollout in progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Policy {
     /// Waves in order.
     pub waves: Vec<WaveSpec>,
@@ -66,7 +66,7 @@ impl From<&RolloutPolicy> for Policy {
 }
 
 /// One wave of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WavePlan {
     /// The policy's name for it.
     pub name: String,

@@ -35,6 +35,12 @@ pub fn config_yaml(cfg: &ControllerConfig) -> String {
     if let Some(url) = &cfg.database_url {
         y.push_str(&format!("database_url: \"{url}\"\n"));
     }
+    if let Some(token) = &cfg.metrics_token_file {
+        y.push_str(&format!("metrics_token_file: \"{}\"\n", token.display()));
+    }
+    if let Some(secret) = &cfg.webhook_secret_file {
+        y.push_str(&format!("webhook_secret_file: \"{}\"\n", secret.display()));
+    }
     if let Some(g) = &cfg.git {
         y.push_str("git:\n  endpoints:\n");
         for e in &g.endpoints {
@@ -58,6 +64,8 @@ pub struct ControllerProcess {
     pub admin: String,
     pub operator: String,
     pub viewer: String,
+    /// The operator's password (dashboard logins).
+    pub operator_password: String,
     /// Made with `fleet-controller bootstrap-token create`.
     pub bootstrap: String,
     config: PathBuf,
@@ -82,12 +90,16 @@ pub fn run_cli(config: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn token_of(stdout: &str) -> String {
+fn value_of(stdout: &str, key: &str) -> String {
     stdout
         .lines()
-        .find_map(|l| l.strip_prefix("token="))
-        .unwrap_or_else(|| panic!("no token= line in {stdout:?}"))
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} line in {stdout:?}"))
         .to_owned()
+}
+
+fn token_of(stdout: &str) -> String {
+    value_of(stdout, "token=")
 }
 
 impl ControllerProcess {
@@ -101,7 +113,9 @@ impl ControllerProcess {
             token_of(&run_cli(&config, &["users", "add", name, "--role", role]))
         };
         let admin = token("admin", "admin");
-        let operator = token("operator", "operator");
+        let added = run_cli(&config, &["users", "add", "operator", "--role", "operator"]);
+        let operator = token_of(&added);
+        let operator_password = value_of(&added, "password=");
         let viewer = token("viewer", "viewer");
         let bootstrap = run_cli(&config, &["bootstrap-token", "create"])
             .trim()
@@ -113,6 +127,7 @@ impl ControllerProcess {
             admin,
             operator,
             viewer,
+            operator_password,
             bootstrap,
             config,
             log,

@@ -23,7 +23,9 @@ use sqlx::Row;
 use super::{q, DbError};
 
 /// A device's state as on-call sees it, derived from its last check-in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
     /// Checking in, idle, healthy.
@@ -65,7 +67,7 @@ impl DeviceState {
 }
 
 /// A device as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DeviceRow {
     /// Id (as in devices.yaml).
     pub id: String,
