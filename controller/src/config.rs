@@ -50,6 +50,26 @@ pub struct TlsFiles {
 }
 
 /// Bounds on what one client may hold: connections, and how long each part of a request may
+/// Long-poll check-ins: a device may ask the controller to hold its check-in until its desired
+/// release, the stop or its safe-mode request changes, so a new release reaches it at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LongPoll {
+    /// The longest a check-in is held (`0s`: never; kept below `limits.request_timeout`).
+    pub max: Duration,
+    /// At most this many check-ins held at once; beyond it devices are answered at once and
+    /// check in at the usual interval (each held check-in keeps a connection open).
+    pub max_waiting: usize,
+}
+
+impl Default for LongPoll {
+    fn default() -> Self {
+        LongPoll {
+            max: Duration::from_secs(50),
+            max_waiting: 1024,
+        }
+    }
+}
+
 /// take. The defaults keep an agent's connection (and TLS session) alive between its 60 s
 /// check-ins while a client that sends nothing, or sends slowly, is cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +138,8 @@ pub struct ControllerConfig {
     pub metrics_token_file: Option<PathBuf>,
     /// Connection and timeout bounds.
     pub limits: Limits,
+    /// Long-poll check-ins.
+    pub long_poll: LongPoll,
 }
 
 impl Default for ControllerConfig {
@@ -136,6 +158,7 @@ impl Default for ControllerConfig {
             insecure_http: false,
             metrics_token_file: None,
             limits: Limits::default(),
+            long_poll: LongPoll::default(),
         }
     }
 }
@@ -154,7 +177,9 @@ const TOP_KEYS: &[&str] = &[
     "insecure_http",
     "metrics_token_file",
     "limits",
+    "long_poll",
 ];
+const LONG_POLL_KEYS: &[&str] = &["max", "max_waiting"];
 const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
 const LIMIT_KEYS: &[&str] = &[
     "max_connections",
@@ -333,6 +358,26 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
             None => ok = false,
         }
     }
+    if let Some(n) = f.get("long_poll") {
+        match decode_long_poll(ctx, n) {
+            Some(l)
+                if l.max + Duration::from_secs(5) > cfg.limits.request_timeout
+                    && !l.max.is_zero() =>
+            {
+                ctx.error(
+                    n.pos,
+                    format!(
+                        "`long_poll.max` ({}) must be at least 5s below `limits.request_timeout` ({}), or a held check-in is cut off as a slow request",
+                        fleet_config::units::format_duration(l.max),
+                        fleet_config::units::format_duration(cfg.limits.request_timeout)
+                    ),
+                );
+                ok = false;
+            }
+            Some(l) => cfg.long_poll = l,
+            None => ok = false,
+        }
+    }
     if ok {
         if let Err(e) = cfg.check_transport() {
             let pos = f.get("listen").map_or(root.pos, |n| n.pos);
@@ -392,6 +437,25 @@ fn decode_limits(ctx: &mut Ctx<'_>, n: &yaml::Node) -> Option<Limits> {
                 }
                 None => ok = false,
             }
+        }
+    }
+    ok.then_some(l)
+}
+
+fn decode_long_poll(ctx: &mut Ctx<'_>, n: &yaml::Node) -> Option<LongPoll> {
+    let f = ctx.map(n, "`long_poll`", LONG_POLL_KEYS)?;
+    let mut l = LongPoll::default();
+    let mut ok = true;
+    if let Some(v) = f.get("max") {
+        match ctx.duration(v, "`long_poll.max`") {
+            Some(d) => l.max = d,
+            None => ok = false,
+        }
+    }
+    if let Some(v) = f.get("max_waiting") {
+        match ctx.uint(v, "`long_poll.max_waiting`") {
+            Some(x) => l.max_waiting = usize::try_from(x).unwrap_or(usize::MAX),
+            None => ok = false,
         }
     }
     ok.then_some(l)

@@ -40,6 +40,7 @@ fn checkin_body(id: &str, events: Vec<DeviceEvent>) -> CheckinRequest {
         bad_releases: vec![],
         telemetry: Telemetry::default(),
         events,
+        long_poll_secs: 0,
     }
 }
 

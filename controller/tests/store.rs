@@ -129,6 +129,7 @@ async fn exercise(store: Store) {
             at_ms: 5,
             kind: EventKind::SafeModeExited,
         }],
+        long_poll_secs: 0,
     };
     assert_eq!(
         db.record_checkin(&who, &req, now).await.expect("checkin"),

@@ -36,6 +36,7 @@ fn checkin_body(id: &str) -> CheckinRequest {
         bad_releases: vec![],
         telemetry: Telemetry::default(),
         events: vec![],
+        long_poll_secs: 0,
     }
 }
 

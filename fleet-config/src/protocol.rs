@@ -334,6 +334,15 @@ pub struct CheckinRequest {
     /// Events not yet acknowledged, oldest first.
     #[serde(default)]
     pub events: Vec<DeviceEvent>,
+    /// Long poll: hold the answer up to this many seconds (bounded by the controller's
+    /// `long_poll.max`) while it would tell the device nothing new; answer as soon as its
+    /// desired release, the emergency stop or its safe-mode request changes. 0: answer now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub long_poll_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the controller wants the device to run.
@@ -365,7 +374,8 @@ pub struct CheckinResponse {
     pub safe_mode: bool,
     /// Highest event sequence number stored; the agent may drop events up to it.
     pub acked_seq: u64,
-    /// Seconds until the next check-in (the agent adds jitter).
+    /// Seconds until the next check-in (the agent adds jitter). 0 answers a long poll the
+    /// controller accepts: check in again at once, with the long poll (that is the wait).
     pub next_checkin_secs: u64,
 }
 

@@ -214,6 +214,7 @@ impl SimDevice {
                 uptime_secs: Some(3600),
             },
             events: self.events.clone(),
+            long_poll_secs: 0,
         }
     }
 

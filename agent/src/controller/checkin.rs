@@ -101,6 +101,7 @@ pub fn build_request(
             .collect(),
         telemetry,
         events,
+        long_poll_secs: 0,
     }
 }
 

@@ -184,6 +184,7 @@ mod tests {
             bad_releases: Vec::new(),
             telemetry: Telemetry::default(),
             events: Vec::new(),
+            long_poll_secs: 0,
         };
         let stored = LastReport {
             last_seen_ms: 1_000,
