@@ -63,6 +63,9 @@ pub struct ControllerProcess {
     config: PathBuf,
     log: PathBuf,
     child: Child,
+    /// Started alone: ready once it leads. A replica among others (false): ready once it
+    /// answers.
+    pub alone: bool,
 }
 
 /// Runs the binary with `--config FILE` and `args`; its stdout, or a panic with its stderr.
@@ -94,9 +97,14 @@ impl ControllerProcess {
     /// Writes the configuration next to the data directory, provisions users of every role and
     /// a bootstrap token through the CLI, and starts `serve`.
     pub async fn start(cfg: &ControllerConfig) -> ControllerProcess {
+        Self::start_yaml(cfg, &config_yaml(cfg)).await
+    }
+
+    /// As [`ControllerProcess::start`], with the configuration file's text given.
+    pub async fn start_yaml(cfg: &ControllerConfig, yaml: &str) -> ControllerProcess {
         std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
         let config = cfg.data_dir.join("controller.yaml");
-        std::fs::write(&config, config_yaml(cfg)).expect("write config");
+        std::fs::write(&config, yaml).expect("write config");
         let token = |name: &str, role: &str| {
             token_of(&run_cli(&config, &["users", "add", name, "--role", role]))
         };
@@ -117,9 +125,51 @@ impl ControllerProcess {
             config,
             log,
             child,
+            alone: true,
         };
         p.wait_ready().await;
         p
+    }
+
+    /// Another replica on the store of `first` (same users and tokens, provisioned there), with
+    /// its own configuration `cfg` (address, data directory, database URL); ready once it
+    /// answers, leader or not.
+    pub async fn start_replica(
+        cfg: &ControllerConfig,
+        first: &ControllerProcess,
+    ) -> ControllerProcess {
+        Self::start_replica_yaml(cfg, &config_yaml(cfg), first).await
+    }
+
+    /// As [`ControllerProcess::start_replica`], with the configuration file's text given.
+    pub async fn start_replica_yaml(
+        cfg: &ControllerConfig,
+        yaml: &str,
+        first: &ControllerProcess,
+    ) -> ControllerProcess {
+        std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
+        let config = cfg.data_dir.join("controller.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let log = cfg.data_dir.join("controller.log");
+        let child = spawn(&config, &log, 0);
+        let mut p = ControllerProcess {
+            base: format!("http://{}", cfg.listen),
+            admin: first.admin.clone(),
+            operator: first.operator.clone(),
+            viewer: first.viewer.clone(),
+            bootstrap: first.bootstrap.clone(),
+            config,
+            log,
+            child,
+            alone: false,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no shutdown handler runs, connections and locks die with the process.
@@ -155,7 +205,7 @@ impl ControllerProcess {
                     self.log()
                 );
             }
-            // Ready once it answers and leads (it is alone): /api/v1/status says so.
+            // Ready once it answers and, if it is alone, leads: /api/v1/status says so.
             if let Ok(r) = client
                 .get(self.url("/api/v1/status"))
                 .bearer_auth(&self.viewer)
@@ -164,7 +214,7 @@ impl ControllerProcess {
             {
                 if r.status().is_success() {
                     if let Ok(v) = r.json::<serde_json::Value>().await {
-                        if v["leader"] == true {
+                        if v["leader"] == true || !self.alone {
                             return;
                         }
                     }
