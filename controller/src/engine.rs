@@ -3,14 +3,23 @@
 //! it sees of a device (release, phase, health, back online): it steps the current rollout,
 //! writes it back, applies the fleet-wide gate and sets every device's desired release. Everything it needs is read from the store each time, so a restarted controller
 //! (or a new leader) goes on where the last one was.
+//!
+//! Every rollout write is conditional (issue 14): the leader writes back a rollout only if it
+//! is still at the version the pass read, in one transaction fenced by its lease epoch with the
+//! desired releases it decided from it; an operator's action, taken on any replica, is a
+//! compare-and-swap retried on a fresh read. So an abort sent to a follower is never undone by
+//! the leader's older copy, and a replica that lost the lease writes nothing.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use fleet_config::protocol::ReleaseId;
 use fleet_config::{FleetRepo, TreeDigest};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{now_ms, DbError, DeviceRow, EmergencyStop, RolloutRow};
+use crate::db::{
+    now_ms, DbError, DeviceRow, EmergencyStop, Fence, Fenced, RolloutRow, RolloutWrite,
+};
 use crate::rollout::{
     desired_for, DeviceView, Effect, Fallback, OpError, Policy, Rollout, State, Target,
 };
@@ -36,7 +45,32 @@ pub enum EngineError {
     /// The operation does not apply.
     #[error("{0}")]
     Op(#[from] OpError),
+    /// A rollout of that id exists already.
+    #[error("a rollout `{0}` exists already")]
+    Exists(String),
+    /// The rollout kept changing under an operator's action.
+    #[error("rollout `{id}` kept changing under this action ({attempts} attempts); try again")]
+    Contended {
+        /// Rollout.
+        id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
 }
+
+impl EngineError {
+    /// A write refused by the leader fence: this replica does not lead any more.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::Db(DbError::Fenced { .. }))
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, EngineError::Db(DbError::Conflict { .. }))
+    }
+}
+
+/// How often a write that found the rollout changed is tried again on a fresh read.
+const ATTEMPTS: u32 = 10;
 
 fn view(d: &DeviceRow, now: i64, offline_after_ms: i64) -> DeviceView {
     DeviceView {
@@ -68,34 +102,46 @@ fn parse(row: &RolloutRow) -> Result<Rollout, EngineError> {
     })
 }
 
-async fn save(state: &AppState, r: &Rollout) -> Result<(), EngineError> {
-    let data = serde_json::to_string(r).map_err(|e| EngineError::Corrupt {
+fn encode(r: &Rollout) -> Result<String, EngineError> {
+    serde_json::to_string(r).map_err(|e| EngineError::Corrupt {
         id: r.id.clone(),
         reason: e.to_string(),
-    })?;
-    state
-        .db
-        .save_rollout(
-            &r.id,
-            &r.release,
-            r.state.name(),
-            r.state.is_active(),
-            &data,
-        )
-        .await?;
-    Ok(())
+    })
 }
 
-async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+fn write_of<'a>(r: &'a Rollout, data: &'a str) -> RolloutWrite<'a> {
+    RolloutWrite {
+        id: &r.id,
+        release: &r.release,
+        state: r.state.name(),
+        active: r.state.is_active(),
+        data,
+    }
+}
+
+/// The leader writes `r`, read at `version`, back (compare-and-swap, in its fenced
+/// transaction); returns the new version.
+async fn save(tx: &mut Fenced, r: &Rollout, version: i64) -> Result<i64, EngineError> {
+    let data = encode(r)?;
+    Ok(tx.update_rollout(&write_of(r, &data), version).await?)
+}
+
+/// The audit log's words for an effect: (action, detail).
+fn entry(e: &Effect) -> (&'static str, String) {
+    let action = match e {
+        Effect::WaveStarted { .. } => "rollout.wave_started",
+        Effect::DeviceFailed { .. } => "rollout.device_failed",
+        Effect::WaveHealthy { .. } => "rollout.wave_healthy",
+        Effect::Halted { .. } => "rollout.halted",
+        Effect::Completed => "rollout.completed",
+        Effect::EmergencyStop { .. } => "rollout.fleet_unhealthy",
+    };
+    (action, serde_json::to_string(e).unwrap_or_default())
+}
+
+/// Logs effects that were stored.
+fn log_effects(r: &Rollout, effects: &[Effect]) {
     for e in effects {
-        let action = match e {
-            Effect::WaveStarted { .. } => "rollout.wave_started",
-            Effect::DeviceFailed { .. } => "rollout.device_failed",
-            Effect::WaveHealthy { .. } => "rollout.wave_healthy",
-            Effect::Halted { .. } => "rollout.halted",
-            Effect::Completed => "rollout.completed",
-            Effect::EmergencyStop { .. } => "rollout.fleet_unhealthy",
-        };
         match e {
             Effect::Halted { .. } | Effect::EmergencyStop { .. } => {
                 tracing::error!(rollout = %r.id, "{e}")
@@ -103,7 +149,14 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
             Effect::DeviceFailed { .. } => tracing::warn!(rollout = %r.id, "{e}"),
             _ => tracing::info!(rollout = %r.id, "{e}"),
         }
-        let detail = serde_json::to_string(e).unwrap_or_default();
+    }
+}
+
+/// Audits (and logs) the effects of an operator's action, once it is stored.
+async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+    log_effects(r, effects);
+    for e in effects {
+        let (action, detail) = entry(e);
         state
             .db
             .audit("controller", action, &r.id, &e.to_string(), &detail)
@@ -112,10 +165,21 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
     Ok(())
 }
 
-/// A new valid release: the inventory follows its devices.yaml, an active rollout is
-/// superseded, and a rollout of it starts from the canaries.
+/// Audits effects in the leader's transaction (logged once it commits).
+async fn record_in(tx: &mut Fenced, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+    for e in effects {
+        let (action, detail) = entry(e);
+        tx.audit("controller", action, &r.id, &e.to_string(), &detail)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A new valid release (the leader's watcher, under `fence`): the inventory follows its
+/// devices.yaml, an active rollout is superseded, and a rollout of it starts from the canaries.
 pub async fn new_release(
     state: &AppState,
+    fence: &Fence,
     release: &ReleaseId,
     digest: TreeDigest,
     repo: &FleetRepo,
@@ -126,9 +190,12 @@ pub async fn new_release(
         .iter()
         .map(|d| (d.id.clone(), d.labels.clone()))
         .collect();
-    state.db.sync_inventory(&inventory).await?;
+    let mut tx = state.db.fenced(fence).await?;
+    tx.sync_inventory(&inventory).await?;
+    tx.commit().await?;
     match start_rollout(
         state,
+        fence,
         release,
         &digest.to_string(),
         Policy::from(&repo.fleet.rollout),
@@ -144,46 +211,92 @@ pub async fn new_release(
     }
 }
 
-/// Supersedes what is active and starts a rollout of `release`.
+/// Supersedes what is active and starts a rollout of `release` (the leader, under `fence`),
+/// in one fenced transaction; tried again on a fresh read if an operator changed the active
+/// rollout meanwhile.
 pub async fn start_rollout(
     state: &AppState,
+    fence: &Fence,
     release: &ReleaseId,
     digest: &str,
     policy: Policy,
 ) -> Result<(), EngineError> {
     let id = format!("r-{}", release.short());
-    for row in state.db.active_rollouts().await? {
-        let mut old = parse(&row)?;
-        old.supersede(&id);
-        save(state, &old).await?;
-        state
-            .db
-            .audit(
-                "controller",
-                "rollout.superseded",
-                &old.id,
-                &format!("superseded by {id}"),
-                "",
-            )
-            .await?;
+    let mut attempt = 1;
+    loop {
+        match try_start(state, fence, &id, release, digest, &policy).await {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => attempt += 1,
+            Err(e) => {
+                if e.is_fenced() {
+                    state.leadership.fenced_out(fence);
+                }
+                return Err(e);
+            }
+            Ok((superseded, r, effects)) => {
+                for old in superseded {
+                    tracing::info!(rollout = %old, by = %id, "rollout superseded");
+                }
+                tracing::info!(rollout = %id, %release, waves = r.waves.len(), "rollout created");
+                log_effects(&r, &effects);
+                break;
+            }
+        }
     }
+    reconcile_once(state).await
+}
+
+async fn try_start(
+    state: &AppState,
+    fence: &Fence,
+    id: &str,
+    release: &ReleaseId,
+    digest: &str,
+    policy: &Policy,
+) -> Result<(Vec<String>, Rollout, Vec<Effect>), EngineError> {
+    let active = state.db.active_rollouts().await?;
     let now = now_ms();
     let devices = state.db.devices().await?;
     let views = fleet_views(state, &devices, now);
-    let (r, effects) = Rollout::start(&id, release, digest, &views, policy, now.max(0) as u64);
-    save(state, &r).await?;
-    state
-        .db
-        .audit(
+    let mut tx = state.db.fenced(fence).await?;
+    let mut superseded = Vec::new();
+    for row in &active {
+        let mut old = parse(row)?;
+        old.supersede(id);
+        save(&mut tx, &old, row.version).await?;
+        tx.audit(
             "controller",
-            "rollout.created",
-            &id,
+            "rollout.superseded",
+            &old.id,
+            &format!("superseded by {id}"),
             "",
-            &format!("release {release}, {} waves", r.waves.len()),
         )
         .await?;
-    record(state, &r, &effects).await?;
-    reconcile_once(state).await
+        superseded.push(old.id);
+    }
+    let (r, effects) = Rollout::start(
+        id,
+        release,
+        digest,
+        &views,
+        policy.clone(),
+        now.max(0) as u64,
+    );
+    let data = encode(&r)?;
+    match tx.insert_rollout(&write_of(&r, &data)).await {
+        Err(DbError::Conflict { .. }) => return Err(EngineError::Exists(id.to_owned())),
+        other => other?,
+    };
+    tx.audit(
+        "controller",
+        "rollout.created",
+        id,
+        "",
+        &format!("release {release}, {} waves", r.waves.len()),
+    )
+    .await?;
+    record_in(&mut tx, &r, &effects).await?;
+    tx.commit().await?;
+    Ok((superseded, r, effects))
 }
 
 /// Stores the stop (the first one's record stays) and audits it; returns whether it was new.
@@ -201,18 +314,18 @@ async fn set_stop(state: &AppState, stop: &EmergencyStop) -> Result<bool, DbErro
 }
 
 /// Sets the emergency stop; with `rollback`, the active rollout is aborted so its devices go
-/// back (the one kind of move a check-in allows while the stop holds).
+/// back (the one kind of move a check-in allows while the stop holds). Any replica.
 pub async fn emergency_stop(state: &AppState, stop: &EmergencyStop) -> Result<bool, DbError> {
     let new = set_stop(state, stop).await?;
     if stop.rollback {
+        let reason = format!("emergency stop with rollback: {}", stop.reason);
         for row in state.db.active_rollouts().await? {
-            if let Ok(mut r) = parse(&row) {
-                if r.abort(&format!("emergency stop with rollback: {}", stop.reason))
-                    .is_ok()
-                {
-                    if let Err(e) = save(state, &r).await {
-                        tracing::error!(error = %e, "cannot save the aborted rollout");
-                    }
+            match mutate(state, &row.id, |r, _, _| {
+                r.abort(&reason).map(|_| Vec::new())
+            })
+            .await
+            {
+                Ok((r, _)) => {
                     state
                         .db
                         .audit(
@@ -222,18 +335,71 @@ pub async fn emergency_stop(state: &AppState, stop: &EmergencyStop) -> Result<bo
                             &stop.reason,
                             "emergency stop",
                         )
-                        .await?;
+                        .await?
+                }
+                // Over meanwhile: nothing to send back.
+                Err(EngineError::Op(_)) => {}
+                Err(EngineError::Db(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(rollout = %row.id, error = %e, "cannot abort the rollout")
                 }
             }
         }
         if let Err(e) = reconcile_once(state).await {
             tracing::error!(error = %e, "cannot send the rollout's devices back");
         }
+        state.reconcile.notify_one();
     }
     Ok(new)
 }
 
-/// An operator's action on a rollout (`active` names the current one). Returns it after.
+/// Applies `f` to rollout `id` (`active` names the current one) as a compare-and-swap: read,
+/// apply, write if nobody wrote in between, else read again and apply again. Any replica.
+async fn mutate(
+    state: &AppState,
+    id: &str,
+    mut f: impl FnMut(&mut Rollout, &[DeviceView], u64) -> Result<Vec<Effect>, OpError>,
+) -> Result<(Rollout, Vec<Effect>), EngineError> {
+    for attempt in 0..ATTEMPTS {
+        let row = if id == "active" {
+            state.db.active_rollouts().await?.pop()
+        } else {
+            state.db.rollout(id).await?
+        };
+        let row = row.ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+        let mut r = parse(&row)?;
+        let now = now_ms();
+        let devices = state.db.devices().await?;
+        let views = fleet_views(state, &devices, now);
+        let effects = f(&mut r, &views, now.max(0) as u64)?;
+        let data = encode(&r)?;
+        match state
+            .db
+            .update_rollout(
+                &write_of(&r, &data),
+                row.version,
+                state.leadership.replica(),
+            )
+            .await
+        {
+            Ok(_) => return Ok((r, effects)),
+            Err(DbError::Conflict { .. }) => {
+                tracing::debug!(rollout = %r.id, attempt, "rollout changed meanwhile; reading it again");
+                tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(EngineError::Contended {
+        id: id.to_owned(),
+        attempts: ATTEMPTS,
+    })
+}
+
+/// An operator's action on a rollout (`active` names the current one), on any replica: a
+/// compare-and-swap on the stored rollout (never lost to the leader's concurrent pass, which
+/// reads it again). Returns it after; the leader applies it to devices at once if this
+/// replica leads, else at its next pass.
 pub async fn act(
     state: &AppState,
     id: &str,
@@ -241,78 +407,93 @@ pub async fn act(
     actor: &str,
     reason: &str,
 ) -> Result<Rollout, EngineError> {
-    let row = if id == "active" {
-        state.db.active_rollouts().await?.pop()
-    } else {
-        state.db.rollout(id).await?
-    };
-    let row = row.ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
-    let mut r = parse(&row)?;
-    let now = now_ms();
-    let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now);
-    let now = now.max(0) as u64;
-    let effects = match action {
-        "pause" => r.pause(now).map(|_| Vec::new())?,
-        "resume" => r.resume(&views, now)?,
-        "abort" => r.abort(reason).map(|_| Vec::new())?,
-        "promote" => r.promote(&views, now)?,
-        _ => return Err(EngineError::NotFound(format!("{id}/{action}"))),
-    };
-    save(state, &r).await?;
+    if !matches!(action, "pause" | "resume" | "abort" | "promote") {
+        return Err(EngineError::NotFound(format!("{id}/{action}")));
+    }
+    let (r, effects) = mutate(state, id, |r, views, now| match action {
+        "pause" => r.pause(now).map(|_| Vec::new()),
+        "resume" => r.resume(views, now),
+        "abort" => r.abort(reason).map(|_| Vec::new()),
+        _ => r.promote(views, now),
+    })
+    .await?;
     state
         .db
         .audit(actor, &format!("rollout.{action}"), &r.id, reason, "")
         .await?;
     record(state, &r, &effects).await?;
-    reconcile_once(state).await?;
+    // The action is stored; the devices follow at this pass (leader) or the leader's next.
+    if let Err(e) = reconcile_once(state).await {
+        tracing::warn!(rollout = %r.id, error = %e, "the leader's pass after the action failed; the next one applies it");
+    }
+    state.reconcile.notify_one();
     Ok(r)
 }
 
 /// One pass (leader only): step the current rollout, apply the fleet-wide gate, set desired
-/// releases.
+/// releases. A pass whose rollout changed under it (an operator's action on another replica)
+/// is dropped and run again on a fresh read; a pass fenced out steps this replica down.
 pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
-    if !state.is_leader() {
+    let Some(fence) = state.leadership.fence() else {
         return Ok(());
+    };
+    let mut attempt = 1;
+    loop {
+        match pass(state, &fence).await {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => attempt += 1,
+            Err(e) => {
+                if e.is_fenced() {
+                    state.leadership.fenced_out(&fence);
+                }
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
+        }
     }
+}
+
+async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
     let now = now_ms();
     let devices = state.db.devices().await?;
     let views = fleet_views(state, &devices, now);
     let stop = state.db.emergency_stop().await?;
     let rows = state.db.rollouts(200).await?;
     let mut current: Option<Rollout> = None;
+    // The version `current` was read at: what it is written back over, or checked against.
+    let mut version = 0;
     let mut last_completed: Option<(String, String)> = None;
     for row in &rows {
         if current.is_none() && row.state != "superseded" {
             current = Some(parse(row)?);
+            version = row.version;
         }
         if last_completed.is_none() && row.state == "completed" {
             last_completed = Some((row.id.clone(), row.release.clone()));
         }
     }
+    // What the pass writes, all in one fenced transaction at the end.
+    let mut effects = Vec::new();
+    let mut changed = false;
+    let mut new_stop: Option<EmergencyStop> = None;
     if let Some(r) = current.as_mut() {
         if matches!(r.state, State::Running { .. }) {
             let before = r.state.clone();
             let records_before = r.devices.clone();
-            let mut effects = r.step(&views, stop.is_some(), now.max(0) as u64);
+            effects = r.step(&views, stop.is_some(), now.max(0) as u64);
             if stop.is_none() {
                 if let Some(reason) = crate::rollout::machine::fleet_unhealthy(&r.policy, &views) {
                     effects.push(Effect::EmergencyStop {
                         reason: reason.clone(),
                     });
-                    let stop = EmergencyStop {
+                    new_stop = Some(EmergencyStop {
                         actor: "controller".into(),
                         reason,
                         at_ms: now,
                         rollback: false,
-                    };
-                    set_stop(state, &stop).await?;
+                    });
                 }
             }
-            if r.state != before || r.devices != records_before {
-                save(state, r).await?;
-            }
-            record(state, r, &effects).await?;
+            changed = r.state != before || r.devices != records_before;
             if matches!(r.state, State::Completed { .. }) {
                 last_completed = Some((r.id.clone(), r.release.clone()));
             }
@@ -364,7 +545,37 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
             changes.push((d.id.clone(), want));
         }
     }
-    state.db.set_desired(&changes).await?;
+    if !changed && effects.is_empty() && new_stop.is_none() && changes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = state.db.fenced(fence).await?;
+    match &current {
+        Some(r) if changed => {
+            save(&mut tx, r, version).await?;
+        }
+        // The desired releases follow this version of the rollout: still the stored one.
+        Some(r) => tx.rollout_unchanged(&r.id, version).await?,
+        None => {}
+    }
+    let mut stop_set = false;
+    if let Some(stop) = &new_stop {
+        stop_set = tx.set_emergency_stop(stop).await?;
+        if stop_set {
+            tx.audit(&stop.actor, "emergency_stop", "fleet", &stop.reason, "")
+                .await?;
+        }
+    }
+    if let Some(r) = &current {
+        record_in(&mut tx, r, &effects).await?;
+    }
+    tx.set_desired(&changes).await?;
+    tx.commit().await?;
+    if let Some(r) = &current {
+        log_effects(r, &effects);
+    }
+    if let (Some(stop), true) = (&new_stop, stop_set) {
+        tracing::error!(actor = %stop.actor, reason = %stop.reason, rollback = stop.rollback, "EMERGENCY STOP set: every check-in answers hold");
+    }
     Ok(())
 }
 

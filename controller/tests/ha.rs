@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use fleet_client::sim::{FailureRule, SimDevice};
 use fleet_config::protocol::{Desired, ReleaseId};
 use fleet_controller::config::{ControllerConfig, GitSource};
+use fleet_controller::db::Db;
 use serde_json::{json, Value};
 use support::fleet_repo::{device_ids, FleetRepo};
 use support::process::{config_yaml, free_addr, ControllerProcess};
@@ -162,6 +163,15 @@ struct Cluster {
 /// The configuration file of a replica.
 fn yaml(cfg: &ControllerConfig) -> String {
     config_yaml(cfg)
+}
+
+/// The replica id a replica reports (the lease's holder while it leads).
+async fn replica_id(c: &Cluster, i: usize) -> String {
+    let s = c.status(i).await.expect("the replica answers");
+    s["replica"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no replica id in {s:#}"))
+        .to_owned()
 }
 
 impl Cluster {
@@ -439,6 +449,7 @@ async fn ha(test: &str) {
             Some(git.clone()),
         );
         cfg.listen = free_addr();
+        cfg.leader_lease = LEASE;
         let proc = match replicas.first() {
             None => ControllerProcess::start_yaml(&cfg, &yaml(&cfg)).await,
             Some(first) => {
@@ -452,6 +463,8 @@ async fn ha(test: &str) {
         });
     }
     replicas[0].proc.alone = false;
+    // The test reads the store directly, not through any proxy.
+    let db = Db::open(&url).await.expect("open the store");
     let mut c = Cluster {
         replicas,
         http: support::client(),
@@ -474,11 +487,16 @@ async fn ha(test: &str) {
     })
     .await;
     let old = c.leader().await;
+    let before = db.lease().await.expect("lease");
+    assert_eq!(before.holder, replica_id(&c, old).await, "{before:?}");
     let t = Instant::now();
     c.replicas[old].proc.kill();
     c.replicas[old].killed = true;
     let (new, after_kill) = takeover(&c, &mut fleet, old, t, "SIGKILLing the leader").await;
     println!("failover after SIGKILL of the leader: replica {old} -> {new} in {after_kill:?}");
+    let l = db.lease().await.expect("lease");
+    assert_eq!(l.holder, replica_id(&c, new).await, "{l:?}");
+    assert!(l.epoch > before.epoch, "a new epoch: {before:?} then {l:?}");
     drive_until(
         &c,
         &mut fleet,
@@ -497,6 +515,9 @@ async fn ha(test: &str) {
     })
     .await;
     let old = c.leader().await;
+    let old_id = replica_id(&c, old).await;
+    let before = db.lease().await.expect("lease");
+    assert_eq!(before.holder, old_id, "{before:?}");
     let t = Instant::now();
     c.replicas[old].proxy.freeze();
     let (new, after_freeze) = takeover(
@@ -509,6 +530,12 @@ async fn ha(test: &str) {
     .await;
     println!(
         "failover after freezing the leader's database connection: replica {old} -> {new} in {after_freeze:?}"
+    );
+    let taken = db.lease().await.expect("lease");
+    assert_eq!(taken.holder, replica_id(&c, new).await, "{taken:?}");
+    assert!(
+        taken.epoch > before.epoch,
+        "a new epoch: {before:?} then {taken:?}"
     );
     drive_until(
         &c,
@@ -532,6 +559,35 @@ async fn ha(test: &str) {
     }
     let s = c.status(old).await.expect("the healed replica answers");
     assert_eq!(s["leader"], false, "{s:#}");
+    assert!(s["leader_epoch"].is_null(), "{s:#}");
+    // The lease is where the takeover put it (no flapping back), and nothing the old leader
+    // wrote after the takeover reached a rollout row: its late writes were fenced out.
+    let l = db.lease().await.expect("lease");
+    assert_eq!(
+        (l.holder.as_str(), l.epoch),
+        (taken.holder.as_str(), taken.epoch),
+        "{l:?}"
+    );
+    for r in db.rollouts(100).await.expect("rollouts") {
+        assert!(
+            r.updated_by != old_id || r.updated_ms < taken.acquired_ms,
+            "rollout {} written by the old leader {old_id} after the takeover at {}: {r:?}",
+            r.id,
+            taken.acquired_ms
+        );
+        if r.updated_ms >= taken.acquired_ms {
+            assert!(
+                r.epoch.is_none_or(|e| e >= taken.epoch),
+                "rollout {} written at an old epoch after the takeover: {r:?}",
+                r.id
+            );
+        }
+    }
+    let log = c.replicas[old].proc.log();
+    assert!(
+        log.contains("stepped down"),
+        "the old leader's log says it stepped down:\n{log}"
+    );
 
     // (4) Pauses, resumes and an abort sent to followers while the leader reconciles.
     repo.set_bake("3s");

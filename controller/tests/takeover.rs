@@ -349,7 +349,9 @@ async fn bootstrap_tokens_expire_count_select_and_revoke(store: Store) {
             [("site".to_owned(), "south".to_owned())].into(),
         ),
     ]);
-    c.db().sync_inventory(&inventory).await.expect("inventory");
+    let mut tx = c.as_leader().await;
+    tx.sync_inventory(&inventory).await.expect("inventory");
+    tx.commit().await.expect("commit");
 
     let body = json!({"note": "north batch", "expires_in": "2h", "max_uses": 1, "selector": {"site": "north"}});
     let (s, msg) =

@@ -63,7 +63,21 @@ pub async fn status(
         "active_rollouts": active,
         "pending_pairings": state.db.pending_pairings(now).await?,
         "leader": state.is_leader(),
+        "replica": state.leadership.replica(),
+        "leader_epoch": state.leadership.epoch(),
+        "lease": lease_json(&state).await?,
     })))
+}
+
+/// The leader lease as stored: who holds it, its epoch, and how long until it expires.
+async fn lease_json(state: &AppState) -> Result<Value, ApiError> {
+    let l = state.db.lease().await?;
+    Ok(json!({
+        "holder": l.holder,
+        "epoch": l.epoch,
+        "expires_in_ms": (l.expires_ms - l.now_ms).max(0),
+        "held_for_ms": if l.holder.is_empty() { 0 } else { (l.now_ms - l.acquired_ms).max(0) },
+    }))
 }
 
 /// Filters of the device list.

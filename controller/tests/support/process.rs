@@ -32,6 +32,12 @@ pub fn config_yaml(cfg: &ControllerConfig) -> String {
         format_duration(cfg.pairing_ttl),
         format_duration(cfg.reconcile_interval),
     );
+    if cfg.leader_lease != ControllerConfig::default().leader_lease {
+        y.push_str(&format!(
+            "leader_lease: {}\n",
+            format_duration(cfg.leader_lease)
+        ));
+    }
     if let Some(url) = &cfg.database_url {
         y.push_str(&format!("database_url: \"{url}\"\n"));
     }

@@ -3,7 +3,7 @@
 
 use fleet_config::protocol::ReleaseId;
 
-use crate::db::{q, Db, DbError};
+use crate::db::{q, Db, DbError, Fenced};
 
 impl Db {
     /// Pins a device to a release (or unpins with `None`); false if there is no such device.
@@ -27,21 +27,14 @@ impl Db {
             .map_err(q("requesting safe mode"))?;
         Ok(r.rows_affected() > 0)
     }
+}
 
+impl Fenced {
     /// Sets what devices should run: `(device, Some((release, digest)))`, or `None` to hold.
     pub async fn set_desired(
-        &self,
+        &mut self,
         changes: &[(String, Option<(String, String)>)],
     ) -> Result<(), DbError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("starting a desired update"))?;
         for (id, target) in changes {
             let (rel, dig) = match target {
                 Some((r, d)) => (Some(r.clone()), Some(d.clone())),
@@ -53,13 +46,10 @@ impl Db {
             .bind(rel)
             .bind(dig)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut *self.tx)
             .await
             .map_err(q("setting desired releases"))?;
         }
-        tx.commit()
-            .await
-            .map_err(q("committing desired releases"))?;
         Ok(())
     }
 }
