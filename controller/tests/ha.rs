@@ -9,7 +9,8 @@
 //! completes, and the old leader, once healed, neither leads nor writes. (3) Every answer each
 //! device got is recorded: no device is told two different releases for one wave (a device's
 //! target only ever moves forward, once per rollout). (4) Pauses, resumes and an abort sent to
-//! followers while the leader reconciles are never lost: the abort holds.
+//! followers while the leader reconciles are never lost: the abort holds. (5) A leader shut
+//! down cleanly hands the lease over at once.
 //!
 //! The failover times are printed: `cargo test -p fleet-controller --test ha -- --nocapture`
 //! with `FLEET_TEST_POSTGRES_URL` set (`scripts/test-postgres start`).
@@ -584,10 +585,11 @@ async fn ha(test: &str) {
         }
     }
     let log = c.replicas[old].proc.log();
-    assert!(
-        log.contains("stepped down"),
-        "the old leader's log says it stepped down:\n{log}"
-    );
+    let said = log
+        .lines()
+        .find(|l| l.contains("stepped down"))
+        .unwrap_or_else(|| panic!("the old leader's log says it stepped down:\n{log}"));
+    println!("the old leader's log: {said}");
 
     // (4) Pauses, resumes and an abort sent to followers while the leader reconciles.
     repo.set_bake("3s");
@@ -677,6 +679,19 @@ async fn ha(test: &str) {
             );
         }
     }
+    // (5) A clean shutdown hands the lease over at once, without waiting for it to expire.
+    let old = c.leader().await;
+    let t = Instant::now();
+    c.replicas[old].proc.terminate().await;
+    c.replicas[old].killed = true;
+    let (new, after_term) = takeover(&c, &mut fleet, old, t, "SIGTERM of the leader").await;
+    println!("failover after SIGTERM of the leader: replica {old} -> {new} in {after_term:?}");
+    assert!(
+        after_term < LEASE / 2,
+        "a released lease is taken at once, not at expiry: {after_term:?}"
+    );
+    assert!(c.replicas[old].proc.log().contains("leader lease released"));
+
     println!(
         "ha test: {} check-in rounds, {} answers, {:?} in all",
         fleet.rounds,

@@ -185,6 +185,33 @@ impl ControllerProcess {
         assert!(!status.success(), "killed, so not a clean exit: {status}");
     }
 
+    /// SIGTERM, and waits (up to 30 s) for the clean exit.
+    pub async fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "a clean exit on SIGTERM: {status}\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 30 s after SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A new process on the same configuration (same store, same address).
     pub async fn restart(&mut self, generation: u32) {
         self.child = spawn(&self.config, &self.log, generation);
