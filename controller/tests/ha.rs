@@ -10,7 +10,8 @@
 //! device got is recorded: no device is told two different releases for one wave (a device's
 //! target only ever moves forward, once per rollout). (4) Pauses, resumes and an abort sent to
 //! followers while the leader reconciles are never lost: the abort holds. (5) A leader shut
-//! down cleanly hands the lease over at once.
+//! down cleanly hands the lease over at once. Releases arrive by push webhooks sent to
+//! followers (the Git poll is an hour), which hand them to the leader through the store.
 //!
 //! The failover times are printed: `cargo test -p fleet-controller --test ha -- --nocapture`
 //! with `FLEET_TEST_POSTGRES_URL` set (`scripts/test-postgres start`).
@@ -161,9 +162,19 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-/// The configuration file of a replica.
+/// The push webhook's shared secret.
+const SECRET: &str = "ha-test-webhook-secret";
+
+/// The configuration file of a replica, with the push webhook enabled.
 fn yaml(cfg: &ControllerConfig) -> String {
-    config_yaml(cfg)
+    let secret = cfg.data_dir.join("webhook.secret");
+    std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
+    std::fs::write(&secret, SECRET).expect("write the webhook secret");
+    format!(
+        "{}webhook_secret_file: \"{}\"\n",
+        config_yaml(cfg),
+        secret.display()
+    )
 }
 
 /// The replica id a replica reports (the lease's holder while it leads).
@@ -250,6 +261,37 @@ impl Cluster {
             return Value::Null;
         }
         r.json().await.expect("rollout JSON")
+    }
+
+    /// A signed push webhook for the release branch, sent to a follower: only the leader
+    /// watches Git, and it hears of the push through the store.
+    async fn push_webhook(&self) {
+        use hmac::{Hmac, Mac};
+        let leaders = self.leaders().await;
+        let i = *self
+            .reachable()
+            .iter()
+            .find(|i| !leaders.contains(i))
+            .expect("a reachable follower");
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+        mac.update(body);
+        let sig = hex::encode(mac.finalize().into_bytes());
+        let r = self
+            .http
+            .post(self.replicas[i].proc.url("/api/v1/webhook"))
+            .header("x-hub-signature-256", format!("sha256={sig}"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("webhook");
+        let status = r.status();
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(
+            status.is_success() && answer["accepted"] == true,
+            "webhook via follower {i}: {status} {answer}"
+        );
     }
 
     /// An operator's action on rollout `sha` through replica `i`: the status and the answer.
@@ -430,7 +472,8 @@ async fn ha(test: &str) {
     let git = GitSource {
         endpoints: vec![repo.url()],
         branch: "main".into(),
-        poll_interval: Duration::from_millis(300),
+        // Long: releases arrive by webhook (sent to followers); a new leader looks at once.
+        poll_interval: Duration::from_secs(3600),
         failover_timeout: Duration::from_secs(5),
     };
     let (prefix, pg, suffix) = split_url(&url);
@@ -479,10 +522,12 @@ async fn ha(test: &str) {
 
     // A first release everywhere.
     let v1 = repo.release("v1");
+    c.push_webhook().await;
     drive_until(&c, &mut fleet, &v1, "v1 everywhere", completed_on(&v1)).await;
 
     // (1) SIGKILL the leader in the middle of a rollout.
     let v2 = repo.release("v2");
+    c.push_webhook().await;
     drive_until(&c, &mut fleet, &v2, "v2 past its canaries", |r, _| {
         past_canaries(r)
     })
@@ -511,6 +556,7 @@ async fn ha(test: &str) {
 
     // (2) Freeze the leader's database connection in the middle of a rollout.
     let v3 = repo.release("v3");
+    c.push_webhook().await;
     drive_until(&c, &mut fleet, &v3, "v3 past its canaries", |r, _| {
         past_canaries(r)
     })
@@ -594,6 +640,7 @@ async fn ha(test: &str) {
     // (4) Pauses, resumes and an abort sent to followers while the leader reconciles.
     repo.set_bake("3s");
     let v4 = repo.release("v4");
+    c.push_webhook().await;
     drive_until(&c, &mut fleet, &v4, "v4 past its canaries", |r, _| {
         past_canaries(r)
     })
