@@ -128,6 +128,10 @@ pub struct ControllerConfig {
     pub pairing_ttl: Duration,
     /// How often the rollout engine runs.
     pub reconcile_interval: Duration,
+    /// The leader lease: how long a leader that stops renewing (crashed, or cut off from the
+    /// database) keeps the lead before another replica takes over. Renewed every third of it;
+    /// a leader that cannot renew steps down by itself before it runs out.
+    pub leader_lease: Duration,
     /// HTTPS; `None`: plain HTTP, allowed only on a loopback address or with `insecure_http`.
     pub tls: Option<TlsFiles>,
     /// Allow plain HTTP on an address other than loopback (behind a TLS-terminating proxy on
@@ -154,6 +158,7 @@ impl Default for ControllerConfig {
             checkin_interval: Duration::from_secs(60),
             pairing_ttl: Duration::from_secs(15 * 60),
             reconcile_interval: Duration::from_secs(1),
+            leader_lease: Duration::from_secs(10),
             tls: None,
             insecure_http: false,
             metrics_token_file: None,
@@ -173,6 +178,7 @@ const TOP_KEYS: &[&str] = &[
     "checkin_interval",
     "pairing_ttl",
     "reconcile_interval",
+    "leader_lease",
     "tls",
     "insecure_http",
     "metrics_token_file",
@@ -327,6 +333,12 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
         "reconcile_interval",
         &mut cfg.reconcile_interval,
         Duration::from_millis(100),
+    );
+    dur(
+        ctx,
+        "leader_lease",
+        &mut cfg.leader_lease,
+        Duration::from_secs(1),
     );
     if let Some(n) = f.get("git") {
         match decode_git(ctx, n) {
@@ -526,7 +538,7 @@ mod tests {
         let c = ControllerConfig::parse(
             "listen: 127.0.0.1:9090\ndata_dir: /tmp/x\ndatabase_url: postgres://u:p@h/db\n\
              git:\n  endpoints: [git://a/fleet.git, git://b/fleet.git]\n  branch: release\n  poll_interval: 5s\n\
-             offline_after: 2m\n",
+             offline_after: 2m\nleader_lease: 3s\n",
             "c.yaml",
         )
         .expect("valid");
@@ -536,6 +548,17 @@ mod tests {
         assert_eq!(g.branch, "release");
         assert_eq!(g.poll_interval, Duration::from_secs(5));
         assert_eq!(c.offline_after, Duration::from_secs(120));
+        assert_eq!(c.leader_lease, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_lease_under_a_second_is_refused() {
+        let err = ControllerConfig::parse("leader_lease: 300ms\n", "c.yaml").expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("c.yaml:1:15") && text.contains("`leader_lease` must be at least 1s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,14 +3,23 @@
 //! it sees of a device (release, phase, health, back online): it steps the current rollout,
 //! writes it back, applies the fleet-wide gate and sets every device's desired release. Everything it needs is read from the store each time, so a restarted controller
 //! (or a new leader) goes on where the last one was.
+//!
+//! Every rollout write is conditional (issue 14): the leader writes back a rollout only if it
+//! is still at the version the pass read, in one transaction fenced by its lease epoch with the
+//! desired releases it decided from it; an operator's action, taken on any replica, is a
+//! compare-and-swap retried on a fresh read. So an abort sent to a follower is never undone by
+//! the leader's older copy, and a replica that lost the lease writes nothing.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use fleet_config::protocol::ReleaseId;
 use fleet_config::{FleetRepo, TreeDigest};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{now_ms, DbError, DeviceRow, EmergencyStop, RepoPin, RolloutRow};
+use crate::db::{
+    now_ms, DbError, DeviceRow, EmergencyStop, Fence, Fenced, RepoPin, RolloutRow, RolloutWrite,
+};
 use crate::rollout::{
     desired_for, DeviceView, Effect, Fallback, OpError, Policy, Rollout, State, Target,
 };
@@ -36,7 +45,32 @@ pub enum EngineError {
     /// The operation does not apply.
     #[error("{0}")]
     Op(#[from] OpError),
+    /// A rollout of that id exists already.
+    #[error("a rollout `{0}` exists already")]
+    Exists(String),
+    /// The rollout kept changing under an operator's action.
+    #[error("rollout `{id}` kept changing under this action ({attempts} attempts); try again")]
+    Contended {
+        /// Rollout.
+        id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
 }
+
+impl EngineError {
+    /// A write refused by the leader fence: this replica does not lead any more.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::Db(DbError::Fenced { .. }))
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, EngineError::Db(DbError::Conflict { .. }))
+    }
+}
+
+/// How often a write that found the rollout changed is tried again on a fresh read.
+const ATTEMPTS: u32 = 10;
 
 /// The engine's view of a device. `silence_window_ms`: a device that went silent within this
 /// long of being told a new release counts as failed for the fleet-wide gate.
@@ -78,7 +112,7 @@ fn fleet_views(
 }
 
 /// How soon after being told a release a device's silence counts against the fleet-wide
-/// gate: the policy's `health_timeout`, plus the offline threshold it takes to be seen silent.
+/// gate: the policy's `health_timeout`.
 fn silence_window(policy: &Policy) -> i64 {
     i64::try_from(policy.health_timeout_ms).unwrap_or(i64::MAX)
 }
@@ -125,35 +159,47 @@ async fn parse_or_quarantine(
     }
 }
 
-async fn save(state: &AppState, r: &Rollout) -> Result<(), EngineError> {
-    let data = serde_json::to_string(r).map_err(|e| EngineError::Corrupt {
+fn encode(r: &Rollout) -> Result<String, EngineError> {
+    serde_json::to_string(r).map_err(|e| EngineError::Corrupt {
         id: r.id.clone(),
         reason: e.to_string(),
-    })?;
-    state
-        .db
-        .save_rollout(
-            &r.id,
-            &r.release,
-            r.state.name(),
-            r.state.is_active(),
-            &data,
-        )
-        .await?;
-    Ok(())
+    })
 }
 
-async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+fn write_of<'a>(r: &'a Rollout, data: &'a str) -> RolloutWrite<'a> {
+    RolloutWrite {
+        id: &r.id,
+        release: &r.release,
+        state: r.state.name(),
+        active: r.state.is_active(),
+        data,
+    }
+}
+
+/// The leader writes `r`, read at `version`, back (compare-and-swap, in its fenced
+/// transaction); returns the new version.
+async fn save(tx: &mut Fenced, r: &Rollout, version: i64) -> Result<i64, EngineError> {
+    let data = encode(r)?;
+    Ok(tx.update_rollout(&write_of(r, &data), version).await?)
+}
+
+/// The audit log's words for an effect: (action, detail).
+fn entry(e: &Effect) -> (&'static str, String) {
+    let action = match e {
+        Effect::WaveStarted { .. } => "rollout.wave_started",
+        Effect::WaveWaiting { .. } => "rollout.wave_waiting",
+        Effect::DeviceFailed { .. } => "rollout.device_failed",
+        Effect::WaveHealthy { .. } => "rollout.wave_healthy",
+        Effect::Halted { .. } => "rollout.halted",
+        Effect::Completed => "rollout.completed",
+        Effect::EmergencyStop { .. } => "rollout.fleet_unhealthy",
+    };
+    (action, serde_json::to_string(e).unwrap_or_default())
+}
+
+/// Logs effects that were stored.
+fn log_effects(r: &Rollout, effects: &[Effect]) {
     for e in effects {
-        let action = match e {
-            Effect::WaveStarted { .. } => "rollout.wave_started",
-            Effect::WaveWaiting { .. } => "rollout.wave_waiting",
-            Effect::DeviceFailed { .. } => "rollout.device_failed",
-            Effect::WaveHealthy { .. } => "rollout.wave_healthy",
-            Effect::Halted { .. } => "rollout.halted",
-            Effect::Completed => "rollout.completed",
-            Effect::EmergencyStop { .. } => "rollout.fleet_unhealthy",
-        };
         match e {
             Effect::Halted { .. } | Effect::EmergencyStop { .. } => {
                 tracing::error!(rollout = %r.id, "{e}")
@@ -163,7 +209,14 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
             }
             _ => tracing::info!(rollout = %r.id, "{e}"),
         }
-        let detail = serde_json::to_string(e).unwrap_or_default();
+    }
+}
+
+/// Audits (and logs) the effects of an operator's action, once it is stored.
+async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+    log_effects(r, effects);
+    for e in effects {
+        let (action, detail) = entry(e);
         state
             .db
             .audit("controller", action, &r.id, &e.to_string(), &detail)
@@ -172,11 +225,23 @@ async fn record(state: &AppState, r: &Rollout, effects: &[Effect]) -> Result<(),
     Ok(())
 }
 
-/// A new valid release: the inventory follows its devices.yaml, an active rollout is
-/// superseded, and a rollout of it starts from the canaries. Every failure is returned (the
-/// watcher records the release only after this succeeded, and retries otherwise).
+/// Audits effects in the leader's transaction (logged once it commits).
+async fn record_in(tx: &mut Fenced, r: &Rollout, effects: &[Effect]) -> Result<(), EngineError> {
+    for e in effects {
+        let (action, detail) = entry(e);
+        tx.audit("controller", action, &r.id, &e.to_string(), &detail)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A new valid release (the leader's watcher, under `fence`): the inventory (labels, pins)
+/// follows its devices.yaml, an active rollout is superseded, and a rollout of it starts from
+/// the canaries. Every failure is returned: the watcher records the release only after this
+/// succeeded, and does it all again otherwise.
 pub async fn new_release(
     state: &AppState,
+    fence: &Fence,
     release: &ReleaseId,
     digest: TreeDigest,
     repo: &FleetRepo,
@@ -203,8 +268,10 @@ pub async fn new_release(
             })
         })
         .collect();
-    for (device, pin) in state.db.sync_inventory(&inventory, &pins).await? {
-        let (action, detail) = match &pin {
+    let mut tx = state.db.fenced(fence).await?;
+    let pin_changes = tx.sync_inventory(&inventory, &pins).await?;
+    for (device, pin) in &pin_changes {
+        let (action, detail) = match pin {
             Some(r) => (
                 "device.pin",
                 format!("pinned to {r} by devices.yaml of {release}"),
@@ -214,20 +281,22 @@ pub async fn new_release(
                 format!("pin lifted: not in devices.yaml of {release}"),
             ),
         };
-        tracing::info!(%device, "{detail}");
-        state
-            .db
-            .audit(
-                "devices.yaml",
-                action,
-                &device,
-                &detail,
-                pin.as_deref().unwrap_or(""),
-            )
-            .await?;
+        tx.audit(
+            "devices.yaml",
+            action,
+            device,
+            &detail,
+            pin.as_deref().unwrap_or(""),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    for (device, pin) in &pin_changes {
+        tracing::info!(%device, pinned = ?pin, "pin from devices.yaml");
     }
     start_rollout(
         state,
+        fence,
         release,
         &digest.to_string(),
         Policy::from(&repo.fleet.rollout),
@@ -235,53 +304,106 @@ pub async fn new_release(
     .await
 }
 
-/// Supersedes what is active and starts a rollout of `release`.
+/// Supersedes what is active and starts a rollout of `release` (the leader, under `fence`),
+/// in one fenced transaction; tried again on a fresh read if an operator changed the active
+/// rollout meanwhile.
 pub async fn start_rollout(
     state: &AppState,
+    fence: &Fence,
     release: &ReleaseId,
     digest: &str,
     policy: Policy,
 ) -> Result<(), EngineError> {
     let id = format!("r-{}", release.short());
-    for row in state.db.active_rollouts().await? {
-        // The same release again (its rollout was created, then the release's recording
-        // failed): it is replaced below, not superseded by itself.
-        if row.id == id {
-            continue;
+    let mut attempt = 1;
+    loop {
+        match try_start(state, fence, &id, release, digest, &policy).await {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => attempt += 1,
+            // Created by an earlier try whose release was not recorded (a crash, an error):
+            // it stands, and the release is recorded now.
+            Err(EngineError::Exists(_)) => {
+                tracing::info!(rollout = %id, "rollout exists already from an earlier try");
+                break;
+            }
+            Err(e) => {
+                if e.is_fenced() {
+                    state.leadership.fenced_out(fence);
+                }
+                return Err(e);
+            }
+            Ok((superseded, r, effects)) => {
+                for old in superseded {
+                    tracing::info!(rollout = %old, by = %id, "rollout superseded");
+                }
+                tracing::info!(rollout = %id, %release, waves = r.waves.len(), "rollout created");
+                log_effects(&r, &effects);
+                break;
+            }
         }
-        let Some(mut old) = parse_or_quarantine(state, &row).await? else {
-            continue;
-        };
-        old.supersede(&id);
-        save(state, &old).await?;
-        state
-            .db
-            .audit(
-                "controller",
-                "rollout.superseded",
-                &old.id,
-                &format!("superseded by {id}"),
-                "",
-            )
-            .await?;
     }
+    reconcile_once(state).await
+}
+
+async fn try_start(
+    state: &AppState,
+    fence: &Fence,
+    id: &str,
+    release: &ReleaseId,
+    digest: &str,
+    policy: &Policy,
+) -> Result<(Vec<String>, Rollout, Vec<Effect>), EngineError> {
+    let active = state.db.active_rollouts().await?;
     let now = now_ms();
     let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now, silence_window(&policy));
-    let (r, effects) = Rollout::start(&id, release, digest, &views, policy, now.max(0) as u64);
-    save(state, &r).await?;
-    state
-        .db
-        .audit(
+    let views = fleet_views(state, &devices, now, silence_window(policy));
+    let mut readable = Vec::new();
+    for row in &active {
+        if row.id == id {
+            return Err(EngineError::Exists(id.to_owned()));
+        }
+        if let Some(r) = parse_or_quarantine(state, row).await? {
+            readable.push((row, r));
+        }
+    }
+    let mut tx = state.db.fenced(fence).await?;
+    let mut superseded = Vec::new();
+    for (row, mut old) in readable {
+        old.supersede(id);
+        save(&mut tx, &old, row.version).await?;
+        tx.audit(
             "controller",
-            "rollout.created",
-            &id,
+            "rollout.superseded",
+            &old.id,
+            &format!("superseded by {id}"),
             "",
-            &format!("release {release}, {} waves", r.waves.len()),
         )
         .await?;
-    record(state, &r, &effects).await?;
-    reconcile_once(state).await
+        superseded.push(old.id);
+    }
+    let (r, effects) = Rollout::start(
+        id,
+        release,
+        digest,
+        &views,
+        policy.clone(),
+        now.max(0) as u64,
+    );
+    let data = encode(&r)?;
+    match tx.insert_rollout(&write_of(&r, &data)).await {
+        Err(DbError::Conflict { .. }) => return Err(EngineError::Exists(id.to_owned())),
+        other => other?,
+    };
+    tx.audit(
+        "controller",
+        "rollout.created",
+        id,
+        "",
+        &format!("release {release}, {} waves", r.waves.len()),
+    )
+    .await?;
+    record_in(&mut tx, &r, &effects).await?;
+    tx.commit().await?;
+    Ok((superseded, r, effects))
 }
 
 /// Stores the stop (the first one's record stays) and audits it; returns whether it was new.
@@ -299,18 +421,18 @@ async fn set_stop(state: &AppState, stop: &EmergencyStop) -> Result<bool, DbErro
 }
 
 /// Sets the emergency stop; with `rollback`, the active rollout is aborted so its devices go
-/// back (the one kind of move a check-in allows while the stop holds).
+/// back (the one kind of move a check-in allows while the stop holds). Any replica.
 pub async fn emergency_stop(state: &AppState, stop: &EmergencyStop) -> Result<bool, DbError> {
     let new = set_stop(state, stop).await?;
     if stop.rollback {
+        let reason = format!("emergency stop with rollback: {}", stop.reason);
         for row in state.db.active_rollouts().await? {
-            if let Ok(mut r) = parse(&row) {
-                if r.abort(&format!("emergency stop with rollback: {}", stop.reason))
-                    .is_ok()
-                {
-                    if let Err(e) = save(state, &r).await {
-                        tracing::error!(error = %e, "cannot save the aborted rollout");
-                    }
+            match mutate(state, &row.id, |r, _, _| {
+                r.abort(&reason).map(|_| Vec::new())
+            })
+            .await
+            {
+                Ok((r, _)) => {
                     state
                         .db
                         .audit(
@@ -320,18 +442,71 @@ pub async fn emergency_stop(state: &AppState, stop: &EmergencyStop) -> Result<bo
                             &stop.reason,
                             "emergency stop",
                         )
-                        .await?;
+                        .await?
+                }
+                // Over meanwhile: nothing to send back.
+                Err(EngineError::Op(_)) => {}
+                Err(EngineError::Db(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(rollout = %row.id, error = %e, "cannot abort the rollout")
                 }
             }
         }
         if let Err(e) = reconcile_once(state).await {
             tracing::error!(error = %e, "cannot send the rollout's devices back");
         }
+        state.reconcile.notify_one();
     }
     Ok(new)
 }
 
-/// An operator's action on a rollout (`active` names the current one). Returns it after.
+/// Applies `f` to rollout `id` (`active` names the current one) as a compare-and-swap: read,
+/// apply, write if nobody wrote in between, else read again and apply again. Any replica.
+async fn mutate(
+    state: &AppState,
+    id: &str,
+    mut f: impl FnMut(&mut Rollout, &[DeviceView], u64) -> Result<Vec<Effect>, OpError>,
+) -> Result<(Rollout, Vec<Effect>), EngineError> {
+    for attempt in 0..ATTEMPTS {
+        let row = if id == "active" {
+            state.db.active_rollouts().await?.pop()
+        } else {
+            state.db.rollout(id).await?
+        };
+        let row = row.ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+        let mut r = parse(&row)?;
+        let now = now_ms();
+        let devices = state.db.devices().await?;
+        let views = fleet_views(state, &devices, now, silence_window(&r.policy));
+        let effects = f(&mut r, &views, now.max(0) as u64)?;
+        let data = encode(&r)?;
+        match state
+            .db
+            .update_rollout(
+                &write_of(&r, &data),
+                row.version,
+                state.leadership.replica(),
+            )
+            .await
+        {
+            Ok(_) => return Ok((r, effects)),
+            Err(DbError::Conflict { .. }) => {
+                tracing::debug!(rollout = %r.id, attempt, "rollout changed meanwhile; reading it again");
+                tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(EngineError::Contended {
+        id: id.to_owned(),
+        attempts: ATTEMPTS,
+    })
+}
+
+/// An operator's action on a rollout (`active` names the current one), on any replica: a
+/// compare-and-swap on the stored rollout (never lost to the leader's concurrent pass, which
+/// reads it again). Returns it after; the leader applies it to devices at once if this
+/// replica leads, else at its next pass.
 pub async fn act(
     state: &AppState,
     id: &str,
@@ -339,58 +514,44 @@ pub async fn act(
     actor: &str,
     reason: &str,
 ) -> Result<Rollout, EngineError> {
-    let row = if id == "active" {
-        state.db.active_rollouts().await?.pop()
-    } else {
-        state.db.rollout(id).await?
-    };
-    let row = row.ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
-    let mut r = parse(&row)?;
-    let now = now_ms();
-    let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now, silence_window(&r.policy));
-    let now = now.max(0) as u64;
-    let effects = match action {
-        "pause" => r.pause(now).map(|_| Vec::new())?,
-        "resume" => r.resume(&views, now)?,
-        "abort" => r.abort(reason).map(|_| Vec::new())?,
-        "promote" => r.promote(&views, now)?,
-        _ => return Err(EngineError::NotFound(format!("{id}/{action}"))),
-    };
-    save(state, &r).await?;
+    if !matches!(action, "pause" | "resume" | "abort" | "promote") {
+        return Err(EngineError::NotFound(format!("{id}/{action}")));
+    }
+    let (r, effects) = mutate(state, id, |r, views, now| match action {
+        "pause" => r.pause(now).map(|_| Vec::new()),
+        "resume" => r.resume(views, now),
+        "abort" => r.abort(reason).map(|_| Vec::new()),
+        _ => r.promote(views, now),
+    })
+    .await?;
     state
         .db
         .audit(actor, &format!("rollout.{action}"), &r.id, reason, "")
         .await?;
     record(state, &r, &effects).await?;
-    reconcile_once(state).await?;
+    // The action is stored; the devices follow at this pass (leader) or the leader's next.
+    if let Err(e) = reconcile_once(state).await {
+        tracing::warn!(rollout = %r.id, error = %e, "the leader's pass after the action failed; the next one applies it");
+    }
+    state.reconcile.notify_one();
     Ok(r)
 }
 
-/// The fleet-wide gate: above `fleet_unhealthy_stop`, set the emergency stop (once). After an
-/// operator clears a stop the gate set, it is disarmed until the fleet is back under half the
-/// limit, so the operator can send a fix while the fleet is still unhealthy.
+/// The fleet-wide gate: the reason to set the emergency stop, if the fleet is above
+/// `fleet_unhealthy_stop` and the gate is armed. After an operator clears a stop the gate set,
+/// it is disarmed until the fleet is back under half the limit, so the operator can send a fix
+/// while the fleet is still unhealthy.
 async fn fleet_gate(
     state: &AppState,
     policy: &Policy,
     views: &[DeviceView],
     stop: Option<&EmergencyStop>,
-    now: i64,
-) -> Result<Option<Effect>, EngineError> {
+) -> Result<Option<String>, EngineError> {
     let verdict = crate::rollout::machine::fleet_unhealthy(policy, views);
     let disarmed = state.db.fleet_gate_disarmed().await?;
     let recovered = crate::rollout::machine::fleet_recovered(policy, views);
     match verdict {
-        Some(reason) if stop.is_none() && !disarmed => {
-            let stop = EmergencyStop {
-                actor: "controller".into(),
-                reason: reason.clone(),
-                at_ms: now,
-                rollback: false,
-            };
-            set_stop(state, &stop).await?;
-            Ok(Some(Effect::EmergencyStop { reason }))
-        }
+        Some(reason) if stop.is_none() && !disarmed => Ok(Some(reason)),
         None if disarmed && recovered => {
             state.db.set_fleet_gate_disarmed(false).await?;
             tracing::info!("the fleet is back under half its unhealthy limit; the fleet-wide gate is armed again");
@@ -401,19 +562,41 @@ async fn fleet_gate(
 }
 
 /// One pass (leader only): step the current rollout, apply the fleet-wide gate, set desired
-/// releases.
+/// releases. A pass whose rollout changed under it (an operator's action on another replica)
+/// is dropped and run again on a fresh read; a pass fenced out steps this replica down.
 pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
-    if !state.is_leader() {
+    let Some(fence) = state.leadership.fence() else {
         return Ok(());
+    };
+    let mut attempt = 1;
+    loop {
+        match pass(state, &fence).await {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => attempt += 1,
+            Err(e) => {
+                if e.is_fenced() {
+                    state.leadership.fenced_out(&fence);
+                }
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
+        }
     }
+}
+
+async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
     let now = now_ms();
     let stop = state.db.emergency_stop().await?;
     let rows = state.db.rollouts(200).await?;
     let mut current: Option<Rollout> = None;
+    // The version `current` was read at: what it is written back over, or checked against.
+    let mut version = 0;
     let mut last_completed: Option<(String, String)> = None;
     for row in &rows {
         if current.is_none() && !matches!(row.state.as_str(), "superseded" | "quarantined") {
-            current = parse_or_quarantine(state, row).await?;
+            if let Some(r) = parse_or_quarantine(state, row).await? {
+                current = Some(r);
+                version = row.version;
+            }
         }
         if last_completed.is_none() && row.state == "completed" {
             last_completed = Some((row.id.clone(), row.release.clone()));
@@ -422,27 +605,32 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
     let window = current.as_ref().map_or(0, |r| silence_window(&r.policy));
     let devices = state.db.devices().await?;
     let views = fleet_views(state, &devices, now, window);
+    // What the pass writes, all in one fenced transaction at the end.
+    let mut effects = Vec::new();
+    let mut changed = false;
+    let mut new_stop: Option<EmergencyStop> = None;
     if let Some(r) = current.as_mut() {
-        let mut effects = Vec::new();
-        let changed = if matches!(r.state, State::Running { .. }) {
+        if matches!(r.state, State::Running { .. }) {
             let before = (r.state.clone(), r.devices.clone());
             let stop_since = stop.as_ref().map(|s| u64::try_from(s.at_ms).unwrap_or(0));
             effects = r.step(&views, stop_since, now.max(0) as u64);
-            before != (r.state.clone(), r.devices.clone())
-        } else {
-            false
-        };
+            changed = before != (r.state.clone(), r.devices.clone());
+            if matches!(r.state, State::Completed { .. }) {
+                last_completed = Some((r.id.clone(), r.release.clone()));
+            }
+        }
         // The fleet-wide gate holds whatever the rollout is doing: a release that completed
         // its rollout and then takes devices down trips it too.
-        if let Some(e) = fleet_gate(state, &r.policy, &views, stop.as_ref(), now).await? {
-            effects.push(e);
-        }
-        if changed {
-            save(state, r).await?;
-        }
-        record(state, r, &effects).await?;
-        if matches!(r.state, State::Completed { .. }) {
-            last_completed = Some((r.id.clone(), r.release.clone()));
+        if let Some(reason) = fleet_gate(state, &r.policy, &views, stop.as_ref()).await? {
+            effects.push(Effect::EmergencyStop {
+                reason: reason.clone(),
+            });
+            new_stop = Some(EmergencyStop {
+                actor: "controller".into(),
+                reason,
+                at_ms: now,
+                rollback: false,
+            });
         }
     }
     // Release digests and their order, for targets and late joiners.
@@ -491,7 +679,37 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
             changes.push((d.id.clone(), want));
         }
     }
-    state.db.set_desired(&changes).await?;
+    if !changed && effects.is_empty() && new_stop.is_none() && changes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = state.db.fenced(fence).await?;
+    match &current {
+        Some(r) if changed => {
+            save(&mut tx, r, version).await?;
+        }
+        // The desired releases follow this version of the rollout: still the stored one.
+        Some(r) => tx.rollout_unchanged(&r.id, version).await?,
+        None => {}
+    }
+    let mut stop_set = false;
+    if let Some(stop) = &new_stop {
+        stop_set = tx.set_emergency_stop(stop).await?;
+        if stop_set {
+            tx.audit(&stop.actor, "emergency_stop", "fleet", &stop.reason, "")
+                .await?;
+        }
+    }
+    if let Some(r) = &current {
+        record_in(&mut tx, r, &effects).await?;
+    }
+    tx.set_desired(&changes).await?;
+    tx.commit().await?;
+    if let Some(r) = &current {
+        log_effects(r, &effects);
+    }
+    if let (Some(stop), true) = (&new_stop, stop_set) {
+        tracing::error!(actor = %stop.actor, reason = %stop.reason, rollback = stop.rollback, "EMERGENCY STOP set: every check-in answers hold");
+    }
     Ok(())
 }
 

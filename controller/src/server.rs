@@ -72,7 +72,11 @@ pub async fn prepare(cfg: ControllerConfig) -> Result<AppState, ServeError> {
         Some(files) => Some(std::sync::Arc::new(crate::tls::CertStore::open(files)?)),
         None => None,
     };
-    let db = Db::open(&cfg.database_url()).await?;
+    let db = Db::open_with(
+        &cfg.database_url(),
+        &crate::db::DbOptions::for_lease(cfg.leader_lease),
+    )
+    .await?;
     let mut state = AppState::new(db, cfg, secret);
     state.metrics_token = metrics_token.map(std::sync::Arc::new);
     state.tls = tls;

@@ -2,13 +2,13 @@
 //! the rate limits and the live snapshot hub (below the service layer and the engine, so both
 //! take it without importing each other).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 use crate::config::ControllerConfig;
 use crate::db::Db;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
 use crate::snapshot::Hub;
@@ -32,8 +32,8 @@ pub struct AppState {
     pub claim_limit: Arc<RateLimit>,
     /// Pairing-code approvals per user (guessing codes).
     pub approve_limit: Arc<RateLimit>,
-    /// This replica holds the leader lock.
-    pub leader: Arc<AtomicBool>,
+    /// This replica's leadership: the lease it holds, if any, and the fence of its writes.
+    pub leadership: Arc<Leadership>,
     /// The webhook secret, if the webhook is enabled.
     pub webhook_secret: Option<Arc<Vec<u8>>>,
     /// Dashboard logins per peer address and user name (guessing passwords).
@@ -49,6 +49,7 @@ pub struct AppState {
 impl AppState {
     /// State over a store and a configuration.
     pub fn new(db: Db, cfg: ControllerConfig, webhook_secret: Option<Vec<u8>>) -> AppState {
+        let lease = cfg.leader_lease;
         AppState {
             db,
             cfg: Arc::new(cfg),
@@ -58,7 +59,7 @@ impl AppState {
             enroll_limit: Arc::new(RateLimit::new(60, 60_000)),
             claim_limit: Arc::new(RateLimit::new(120, 60_000)),
             approve_limit: Arc::new(RateLimit::new(10, 60_000)),
-            leader: Arc::new(AtomicBool::new(false)),
+            leadership: Arc::new(Leadership::new(crate::leader::replica_id(), lease)),
             webhook_secret: webhook_secret.map(Arc::new),
             login_limit: Arc::new(RateLimit::new(10, 60_000)),
             live: Arc::new(Hub::default()),
@@ -77,8 +78,8 @@ impl AppState {
         self.cfg.tls.is_some()
     }
 
-    /// Whether this replica drives rollouts.
+    /// Whether this replica drives rollouts (holds the leader lease, by its own clock).
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        self.leadership.is_leader()
     }
 }

@@ -1,7 +1,9 @@
 //! The Git watcher: polls the fleet repository (primary, then mirrors) and wakes at once on a
 //! signed push webhook. A new head commit is checked out, validated and digested exactly as an
 //! agent will; a valid one becomes a release (and, by policy, a rollout), an invalid one is
-//! recorded as rejected with its errors and never rolled out.
+//! recorded as rejected with its errors and never rolled out. Only the leader watches, and
+//! what it records is fenced by its lease epoch; a webhook that reaches a follower is handed to
+//! the leader through the store ([`Db::request_watch`](crate::db::Db::request_watch)).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use fleet_git::{Endpoint, GitCache, GitError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GitSource;
-use crate::db::DbError;
+use crate::db::{DbError, Fence};
 use crate::state::AppState;
 
 /// Errors of one watcher pass.
@@ -111,8 +113,41 @@ pub fn check_commit(cache: &GitCache, release: &ReleaseId) -> Result<Checked, Wa
     })
 }
 
-/// One pass: look at the head; record and act on it if it is new. Returns the head.
+/// One pass (leader only): look at the head; record and act on it if it is new. Returns the
+/// head (`None` on a follower or without Git).
 pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, WatchError> {
+    let Some(fence) = state.leadership.fence() else {
+        return Ok(None);
+    };
+    let r = fenced_pass(state, &fence, source).await;
+    if matches!(r, Err(WatchError::Db(DbError::Fenced { .. }))) {
+        state.leadership.fenced_out(&fence);
+    }
+    r
+}
+
+/// Records `release` under `fence`; false if it was recorded before.
+async fn record(
+    state: &AppState,
+    fence: &Fence,
+    release: &ReleaseId,
+    digest: Option<&str>,
+    errors: Option<&str>,
+    source: &str,
+) -> Result<bool, DbError> {
+    let mut tx = state.db.fenced(fence).await?;
+    let new = tx
+        .record_release(release.as_str(), digest, errors, source)
+        .await?;
+    tx.commit().await?;
+    Ok(new)
+}
+
+async fn fenced_pass(
+    state: &AppState,
+    fence: &Fence,
+    source: &str,
+) -> Result<Option<ReleaseId>, WatchError> {
     let Some(git) = state.cfg.git.clone() else {
         return Ok(None);
     };
@@ -131,12 +166,8 @@ pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, W
             // before it leaves the commit unrecorded, so the next pass does it all again
             // (inventory, rollout) instead of losing the release's rollout for good.
             if state.db.release(release.as_str()).await?.is_none() {
-                crate::engine::new_release(state, &release, digest, &repo).await?;
-                if state
-                    .db
-                    .record_release(release.as_str(), Some(&digest_hex), None, source)
-                    .await?
-                {
+                crate::engine::new_release(state, fence, &release, digest, &repo).await?;
+                if record(state, fence, &release, Some(&digest_hex), None, source).await? {
                     tracing::info!(release = %release.short(), %source, "new release");
                     state
                         .db
@@ -155,11 +186,7 @@ pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, W
             Ok(Some(release))
         }
         Checked::Rejected { release, errors } => {
-            if state
-                .db
-                .record_release(release.as_str(), None, Some(&errors), source)
-                .await?
-            {
+            if record(state, fence, &release, None, Some(&errors), source).await? {
                 tracing::error!(release = %release.short(), %errors, "commit rejected: it does not validate; it will not be rolled out");
                 state
                     .db
@@ -177,30 +204,56 @@ pub async fn pass(state: &AppState, source: &str) -> Result<Option<ReleaseId>, W
     }
 }
 
-/// Runs passes every `poll_interval` and whenever the webhook wakes it, until `shutdown`.
+/// On the leader, runs passes every `poll_interval`, whenever the webhook wakes it and when a
+/// follower asks through the store; until `shutdown`. A replica that becomes leader looks at
+/// once.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let Some(git) = state.cfg.git.clone() else {
         tracing::info!("no Git source configured; the watcher is off");
         return;
     };
+    let poll = git.poll_interval.max(Duration::from_millis(200));
+    // How often the leader looks for a follower's request (a webhook it received).
+    let look = poll.min(Duration::from_secs(1));
     let mut failures = 0u32;
+    let mut next_poll = tokio::time::Instant::now();
+    let mut requested: Option<i64> = None;
+    let mut woken = true;
     loop {
-        match pass(&state, "poll").await {
-            Ok(_) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                // Every failure is logged, but not at error level each time on a long outage.
-                if failures == 1 || failures % 10 == 0 {
-                    tracing::error!(error = %e, failures, "Git watcher pass failed; releases stay as they are");
-                } else {
-                    tracing::warn!(error = %e, failures, "Git watcher pass failed");
+        if state.is_leader() {
+            let asked = match state.db.watch_requested().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read followers' requests for a Git look");
+                    None
+                }
+            };
+            let fresh_request = asked.is_some() && asked != requested;
+            requested = asked.or(requested);
+            if woken || fresh_request || tokio::time::Instant::now() >= next_poll {
+                next_poll = tokio::time::Instant::now() + poll;
+                match pass(&state, "poll").await {
+                    Ok(_) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        // Every failure is logged, but not at error level each time on a long outage.
+                        if failures == 1 || failures % 10 == 0 {
+                            tracing::error!(error = %e, failures, "Git watcher pass failed; releases stay as they are");
+                        } else {
+                            tracing::warn!(error = %e, failures, "Git watcher pass failed");
+                        }
+                    }
                 }
             }
+        } else {
+            // Look at once on becoming leader.
+            next_poll = tokio::time::Instant::now();
         }
+        woken = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = state.watch.notified() => {}
-            _ = tokio::time::sleep(git.poll_interval.max(Duration::from_millis(200))) => {}
+            _ = state.watch.notified() => woken = true,
+            _ = tokio::time::sleep(look) => {}
         }
     }
 }

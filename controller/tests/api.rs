@@ -368,15 +368,15 @@ async fn the_emergency_stop_holds_every_checkin_until_resume() {
     let sha = "0123456789abcdef0123456789abcdef01234567";
     let digest = format!("sha256:{}", "ab".repeat(32));
     // A known release, the device in the inventory and pinned to it: the reconciler names it.
-    c.db()
-        .record_release(sha, Some(&digest), None, "test")
+    let mut tx = c.as_leader().await;
+    tx.record_release(sha, Some(&digest), None, "test")
         .await
         .expect("release");
     let inventory = std::collections::BTreeMap::from([("dev-s".to_owned(), Default::default())]);
-    c.db()
-        .sync_inventory(&inventory, &std::collections::BTreeMap::new())
+    tx.sync_inventory(&inventory, &std::collections::BTreeMap::new())
         .await
         .expect("inventory");
+    tx.commit().await.expect("commit");
     c.db()
         .pin_device(
             "dev-s",

@@ -3,14 +3,50 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fleet_config::protocol::{
     CheckinRequest, DeviceEvent, EventKind, HealthState, UpdatePhase, UpdateResult,
 };
-use fleet_controller::db::{ApproveOutcome, ClaimOutcome, Db, EmergencyStop, Role};
+use fleet_controller::db::{
+    ApproveOutcome, ClaimOutcome, Db, DbError, EmergencyStop, Fence, Role, RolloutWrite, Tenure,
+};
 use support::{database_url, Store};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Takes the leader lease as `holder` for `lease_ms` (unless someone holds it: `None`) on a
+/// connection of its own, and its fence, live by this process's clock for `lease_ms`.
+async fn lead(
+    db: &Db,
+    holder: &str,
+    lease_ms: i64,
+    force: bool,
+) -> Option<(Fence, sqlx::AnyConnection, i64)> {
+    let mut c = db.pool().acquire().await.expect("connection").detach();
+    let session = db.session_id(&mut c).await.expect("session id");
+    let epoch = db
+        .take_lease(&mut c, holder, lease_ms, session, force)
+        .await
+        .expect("take the lease")?;
+    let tenure = Arc::new(Tenure::default());
+    tenure.hold(
+        epoch,
+        Instant::now() + Duration::from_millis(lease_ms as u64),
+    );
+    Some((Fence::new(holder.into(), epoch, tenure), c, session))
+}
+
+fn write<'a>(id: &'a str, state: &'a str, data: &'a str) -> RolloutWrite<'a> {
+    RolloutWrite {
+        id,
+        release: SHA,
+        state,
+        active: state == "running",
+        data,
+    }
+}
 
 async fn exercise(store: Store) {
     let dir = tempfile::tempdir().expect("dir");
@@ -147,12 +183,17 @@ async fn exercise(store: Store) {
         "pi-1".to_owned(),
         BTreeMap::from([("ring".to_owned(), "canary".to_owned())]),
     );
-    db.sync_inventory(&inv, &BTreeMap::new())
+    let (fence, _lease_conn, _) = lead(&db, "replica-a", 60_000, true)
+        .await
+        .expect("the lease");
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    tx.sync_inventory(&inv, &BTreeMap::new())
         .await
         .expect("inventory");
-    db.set_desired(&[("pi-1".into(), Some((SHA.into(), "sha256:x".into())))])
+    tx.set_desired(&[("pi-1".into(), Some((SHA.into(), "sha256:x".into())))])
         .await
         .expect("desired");
+    tx.commit().await.expect("commit");
     db.pin_device(
         "pi-1",
         Some((&SHA.parse().expect("sha"), "testing")),
@@ -173,9 +214,11 @@ async fn exercise(store: Store) {
         "pi-2".to_owned(),
         BTreeMap::from([("site".to_owned(), "north".to_owned())]),
     );
-    db.sync_inventory(&inv, &BTreeMap::new())
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    tx.sync_inventory(&inv, &BTreeMap::new())
         .await
         .expect("inventory");
+    tx.commit().await.expect("commit");
     db.enroll_device("pi-2", "h2", "aarch64", "v1")
         .await
         .expect("late enrollment");
@@ -206,25 +249,38 @@ async fn exercise(store: Store) {
     assert!(db.clear_emergency_stop().await.expect("clear"));
     assert!(db.emergency_stop().await.expect("q").is_none());
 
-    assert!(db
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    assert!(tx
         .record_release(SHA, Some("sha256:x"), None, "poll")
         .await
         .expect("release"));
-    assert!(!db
+    assert!(!tx
         .record_release(SHA, Some("sha256:x"), None, "poll")
         .await
         .expect("again"));
+    tx.commit().await.expect("commit");
     assert_eq!(
         db.release(SHA).await.expect("q").map(|r| r.status),
         Some("valid".into())
     );
 
-    db.save_rollout("r1", SHA, "running", true, "{\"a\":1}")
-        .await
-        .expect("save");
-    db.save_rollout("r1", SHA, "completed", false, "{\"a\":2}")
-        .await
-        .expect("update");
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    assert_eq!(
+        tx.insert_rollout(&write("r1", "running", "{\"a\":1}"))
+            .await
+            .expect("insert"),
+        1
+    );
+    tx.commit().await.expect("commit");
+    assert!(db.active_rollouts().await.expect("q")[0].active);
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    assert_eq!(
+        tx.update_rollout(&write("r1", "completed", "{\"a\":2}"), 1)
+            .await
+            .expect("update"),
+        2
+    );
+    tx.commit().await.expect("commit");
     assert!(db.active_rollouts().await.expect("q").is_empty());
     assert_eq!(
         db.rollout("r1")
@@ -239,6 +295,160 @@ async fn exercise(store: Store) {
     let log = db.audit_log(10).await.expect("log");
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].action, "x.z", "newest first");
+}
+
+/// The leader lease and fencing: a lease is taken only when free, renewed only by its holder
+/// before it expires, and once another replica takes it every write of the old epoch is
+/// refused, in the database, even while the old holder's own clock still says it leads.
+/// Rollout writes are compare-and-swaps on their version.
+async fn lease_and_fencing(store: Store) {
+    let dir = tempfile::tempdir().expect("dir");
+    let test = format!("lease_{store:?}");
+    let Some(url) = database_url(store, dir.path(), &test).await else {
+        return;
+    };
+    let db = Db::open(&url).await.expect("open");
+    let before = db.lease().await.expect("lease");
+    assert_eq!(
+        (before.holder.as_str(), before.epoch),
+        ("", 0),
+        "{before:?}"
+    );
+
+    // A takes it for 1.5 s; B cannot while it holds.
+    let (a, mut a_conn, a_session) = lead(&db, "replica-a", 1_500, false)
+        .await
+        .expect("a free lease is taken");
+    assert_eq!(a.epoch(), 1);
+    assert!(
+        lead(&db, "replica-b", 1_500, false).await.is_none(),
+        "A holds it"
+    );
+    assert!(db
+        .renew_lease(&mut a_conn, "replica-a", 1, 1_500, a_session)
+        .await
+        .expect("renew"));
+    assert!(
+        !db.renew_lease(&mut a_conn, "replica-b", 1, 1_500, a_session)
+            .await
+            .expect("renew"),
+        "only the holder renews"
+    );
+    let mut tx = db.fenced(&a).await.expect("A leads");
+    tx.insert_rollout(&write("r1", "running", "{}"))
+        .await
+        .expect("insert");
+    assert!(
+        matches!(
+            tx.insert_rollout(&write("r1", "running", "{}")).await,
+            Err(DbError::Conflict { .. })
+        ),
+        "an id is inserted once"
+    );
+    tx.commit().await.expect("commit");
+
+    // A stops renewing (its connection hangs): once the lease expires, B takes it.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let (b, b_conn, _) = lead(&db, "replica-b", 5_000, false)
+        .await
+        .expect("an expired lease is taken");
+    assert_eq!(b.epoch(), 2, "a new holder, a new epoch");
+    let l = db.lease().await.expect("lease");
+    assert_eq!((l.holder.as_str(), l.epoch), ("replica-b", 2));
+    assert!(
+        l.expires_ms > l.now_ms && l.acquired_ms <= l.now_ms,
+        "{l:?}"
+    );
+    // A, healed, can neither renew nor write, even with its own clock made to say it leads.
+    assert!(!db
+        .renew_lease(&mut a_conn, "replica-a", 1, 1_500, a_session)
+        .await
+        .expect("renew"));
+    let stale = Arc::new(Tenure::default());
+    stale.hold(1, Instant::now() + Duration::from_secs(60));
+    let a_stale = Fence::new("replica-a".into(), 1, stale);
+    match db.fenced(&a_stale).await {
+        Err(DbError::Fenced { holder, epoch }) => {
+            assert_eq!((holder.as_str(), epoch), ("replica-a", 1))
+        }
+        Err(e) => panic!("expected Fenced, got {e}"),
+        Ok(_) => panic!("a stale epoch must not write"),
+    }
+    // Nor does an expired fence by this process's own clock get as far as the database.
+    let expired = Arc::new(Tenure::default());
+    expired.hold(2, Instant::now());
+    assert!(matches!(
+        db.fenced(&Fence::new("replica-b".into(), 2, expired)).await,
+        Err(DbError::Fenced { .. })
+    ));
+
+    // Rollout writes are compare-and-swaps: an operator's change (any replica) at version 1
+    // wins once; the leader's write of the version it read before is refused.
+    assert_eq!(
+        db.update_rollout(&write("r1", "paused", "{}"), 1, "replica-c")
+            .await
+            .expect("operator"),
+        2
+    );
+    assert!(matches!(
+        db.update_rollout(&write("r1", "aborted", "{}"), 1, "replica-c")
+            .await,
+        Err(DbError::Conflict { version: 1, .. })
+    ));
+    let mut tx = db.fenced(&b).await.expect("B leads");
+    assert!(matches!(
+        tx.update_rollout(&write("r1", "running", "{}"), 1).await,
+        Err(DbError::Conflict { .. })
+    ));
+    drop(tx);
+    let mut tx = db.fenced(&b).await.expect("B leads");
+    assert!(matches!(
+        tx.rollout_unchanged("r1", 1).await,
+        Err(DbError::Conflict { .. })
+    ));
+    tx.rollout_unchanged("r1", 2).await.expect("at version 2");
+    assert_eq!(
+        tx.update_rollout(&write("r1", "running", "{}"), 2)
+            .await
+            .expect("leader"),
+        3
+    );
+    tx.commit().await.expect("commit");
+    let r = db.rollout("r1").await.expect("q").expect("row");
+    assert_eq!(
+        (r.version, r.updated_by.as_str(), r.epoch, r.state.as_str()),
+        (3, "replica-b", Some(2), "running")
+    );
+
+    if store == Store::Postgres {
+        // A holder whose session is gone (a crashed replica) is replaced at once, long before
+        // its lease expires.
+        drop(b_conn);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let c = loop {
+            if let Some(c) = lead(&db, "replica-c", 5_000, false).await {
+                break c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "B's session is gone, yet its lease holds"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(c.0.epoch(), 3);
+        assert!(db.lease().await.expect("lease").expires_ms > 0);
+        assert!(matches!(db.fenced(&b).await, Err(DbError::Fenced { .. })));
+    }
+}
+
+#[tokio::test]
+async fn the_lease_fences_a_replaced_leader_on_sqlite() {
+    lease_and_fencing(Store::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_lease_fences_a_replaced_leader_on_postgres() {
+    lease_and_fencing(Store::Postgres).await;
 }
 
 #[tokio::test]

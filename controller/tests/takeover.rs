@@ -350,10 +350,11 @@ async fn bootstrap_tokens_expire_count_select_and_revoke(store: Store) {
             [("site".to_owned(), "south".to_owned())].into(),
         ),
     ]);
-    c.db()
-        .sync_inventory(&inventory, &std::collections::BTreeMap::new())
+    let mut tx = c.as_leader().await;
+    tx.sync_inventory(&inventory, &std::collections::BTreeMap::new())
         .await
         .expect("inventory");
+    tx.commit().await.expect("commit");
 
     let body = json!({"note": "north batch", "expires_in": "2h", "max_uses": 1, "selector": {"site": "north"}});
     let (s, msg) =

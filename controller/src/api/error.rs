@@ -85,6 +85,7 @@ impl From<ServiceError> for ApiError {
                 ApiError::Gone(e.to_string())
             }
             ServiceError::Refused(_)
+            | ServiceError::Busy(_)
             | ServiceError::Corrupt { .. }
             | ServiceError::WouldReplace { .. }
             | ServiceError::DeviceExists { .. } => ApiError::Conflict(e.to_string()),

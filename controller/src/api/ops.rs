@@ -64,6 +64,12 @@ pub struct StatusView {
     pub pending_pairings: Vec<Pairing>,
     /// This replica leads (watches Git and drives rollouts).
     pub leader: bool,
+    /// This replica's id (as the lease names its holder).
+    pub replica: String,
+    /// The epoch of the lease this replica holds, while it leads.
+    pub leader_epoch: Option<i64>,
+    /// The leader lease as stored.
+    pub lease: LeaseView,
 }
 
 /// `GET /api/v1/status`.
@@ -100,7 +106,38 @@ pub async fn status(
         active_rollouts,
         pending_pairings: state.db.pending_pairings(now).await?,
         leader: state.is_leader(),
+        replica: state.leadership.replica().to_owned(),
+        leader_epoch: state.leadership.epoch(),
+        lease: lease_view(&state).await?,
     }))
+}
+
+/// The leader lease as stored.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LeaseView {
+    /// The replica holding (or last holding) it; empty before the first leader.
+    pub holder: String,
+    /// Changes of holder so far.
+    pub epoch: i64,
+    /// Milliseconds until it expires unless renewed (0: expired).
+    pub expires_in_ms: i64,
+    /// How long the holder has held it.
+    pub held_for_ms: i64,
+}
+
+/// The leader lease as stored: who holds it, its epoch, and how long until it expires.
+async fn lease_view(state: &AppState) -> Result<LeaseView, ApiError> {
+    let l = state.db.lease().await?;
+    Ok(LeaseView {
+        expires_in_ms: (l.expires_ms - l.now_ms).max(0),
+        held_for_ms: if l.holder.is_empty() {
+            0
+        } else {
+            (l.now_ms - l.acquired_ms).max(0)
+        },
+        holder: l.holder,
+        epoch: l.epoch,
+    })
 }
 
 /// Filters of the device list.

@@ -104,6 +104,10 @@ pub async fn receive(
         }));
     }
     state.watch.notify_one();
+    if !state.is_leader() {
+        // Only the leader watches Git: ask it through the store.
+        state.db.request_watch().await?;
+    }
     Ok(Json(WebhookAnswer::Accepted { accepted: true }))
 }
 

@@ -24,6 +24,32 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl super::Fenced {
+    /// Appends an entry in the leader's transaction.
+    pub async fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO audit (at_ms, actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(reason)
+        .bind(detail)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(q("writing the audit log"))?;
+        Ok(())
+    }
+}
+
 impl Db {
     /// Appends an entry.
     pub async fn audit(

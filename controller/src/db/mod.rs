@@ -6,6 +6,7 @@ mod audit;
 mod bootstrap;
 mod devices;
 mod enroll;
+pub mod lease;
 mod releases;
 mod rollouts;
 mod sessions;
@@ -27,8 +28,9 @@ pub use devices::{
     PIN_BY_OPERATOR, PIN_BY_REPOSITORY,
 };
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
+pub use lease::{Fence, Fenced, Lease, Tenure};
 pub use releases::ReleaseRow;
-pub use rollouts::RolloutRow;
+pub use rollouts::{RolloutRow, RolloutWrite};
 pub use sessions::SESSION_TTL_MS;
 pub use settings::EmergencyStop;
 pub use telemetry::TelemetrySample;
@@ -67,6 +69,49 @@ pub enum DbError {
         /// Why.
         detail: String,
     },
+    /// A write on behalf of leadership whose lease is no longer this replica's: another
+    /// replica leads, or the lease expired before it could be renewed.
+    #[error("fenced out: replica {holder} no longer holds the leader lease at epoch {epoch}")]
+    Fenced {
+        /// This replica.
+        holder: String,
+        /// The epoch it held.
+        epoch: i64,
+    },
+    /// A compare-and-swap found the row changed since it was read.
+    #[error("{what} `{id}` changed since it was read at version {version}")]
+    Conflict {
+        /// What kind of row.
+        what: &'static str,
+        /// Which.
+        id: String,
+        /// The version it was read at.
+        version: i64,
+    },
+}
+
+/// How the store's connections behave.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// PostgreSQL ends a session left idle inside a transaction this long (its locks with it),
+    /// so a replica whose connection hangs mid-transaction cannot hold the leader lease's row
+    /// (or a rollout's) past its lease. A quarter of the lease.
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions::for_lease(Duration::from_secs(10))
+    }
+}
+
+impl DbOptions {
+    /// The options for a leader lease of `lease`.
+    pub fn for_lease(lease: Duration) -> DbOptions {
+        DbOptions {
+            idle_in_transaction: (lease / 4).max(Duration::from_millis(500)),
+        }
+    }
 }
 
 /// Wraps a sqlx error with what was being done.
@@ -110,8 +155,13 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Db {
-    /// Opens (creating a SQLite file if needed) and migrates.
+    /// Opens (creating a SQLite file if needed) and migrates, with the default options.
     pub async fn open(url: &str) -> Result<Db, DbError> {
+        Self::open_with(url, &DbOptions::default()).await
+    }
+
+    /// Opens (creating a SQLite file if needed) and migrates.
+    pub async fn open_with(url: &str, opts: &DbOptions) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -125,6 +175,7 @@ impl Db {
             source,
         };
         let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        let idle_ms = opts.idle_in_transaction.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 4,
@@ -137,6 +188,11 @@ impl Db {
                         conn.execute(
                             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                              PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                        )
+                        .await?;
+                    } else {
+                        conn.execute(
+                            format!("SET idle_in_transaction_session_timeout = {idle_ms}").as_str(),
                         )
                         .await?;
                     }

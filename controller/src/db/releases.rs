@@ -1,10 +1,10 @@
-//! Releases the watcher has seen: valid ones (with their digest) and rejected ones (with the
+//! Releases the watcher (on the leader, fenced) has seen: valid ones (with their digest) and rejected ones (with the
 //! validation errors), so a bad commit is recorded once and never rolled out.
 
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, q, Db, DbError};
+use super::{now_ms, q, Db, DbError, Fenced};
 
 /// A commit the controller looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -36,34 +36,6 @@ fn release_from(r: &sqlx::any::AnyRow) -> Result<ReleaseRow, DbError> {
 }
 
 impl Db {
-    /// Records a commit; false if it was recorded before.
-    pub async fn record_release(
-        &self,
-        sha: &str,
-        digest: Option<&str>,
-        errors: Option<&str>,
-        source: &str,
-    ) -> Result<bool, DbError> {
-        let r = sqlx::query(
-            "INSERT INTO releases (sha, digest, seen_ms, status, errors, source) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha) DO NOTHING",
-        )
-        .bind(sha)
-        .bind(digest)
-        .bind(now_ms())
-        .bind(if errors.is_some() {
-            "rejected"
-        } else {
-            "valid"
-        })
-        .bind(errors.unwrap_or(""))
-        .bind(source)
-        .execute(&self.pool)
-        .await
-        .map_err(q("recording a release"))?;
-        Ok(r.rows_affected() == 1)
-    }
-
     /// One release.
     pub async fn release(&self, sha: &str) -> Result<Option<ReleaseRow>, DbError> {
         sqlx::query(
@@ -110,5 +82,35 @@ impl Db {
         .iter()
         .map(release_from)
         .collect()
+    }
+}
+
+impl Fenced {
+    /// Records a commit; false if it was recorded before.
+    pub async fn record_release(
+        &mut self,
+        sha: &str,
+        digest: Option<&str>,
+        errors: Option<&str>,
+        source: &str,
+    ) -> Result<bool, DbError> {
+        let r = sqlx::query(
+            "INSERT INTO releases (sha, digest, seen_ms, status, errors, source) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha) DO NOTHING",
+        )
+        .bind(sha)
+        .bind(digest)
+        .bind(now_ms())
+        .bind(if errors.is_some() {
+            "rejected"
+        } else {
+            "valid"
+        })
+        .bind(errors.unwrap_or(""))
+        .bind(source)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(q("recording a release"))?;
+        Ok(r.rows_affected() == 1)
     }
 }

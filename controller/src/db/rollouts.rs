@@ -1,9 +1,13 @@
-//! Rollouts as stored: the engine's state as JSON plus a few columns to find them.
+//! Rollouts as stored: the engine's state as JSON plus a few columns to find them. Every write
+//! is conditional: a new rollout is inserted only if its id is free, and a change is a
+//! compare-and-swap on `version`, so no replica overwrites a change it has not read (an abort
+//! taken by a follower is never undone by the leader's older copy). The leader's writes are
+//! also fenced (in a [`Fenced`] transaction).
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use super::{now_ms, q, Db, DbError};
+use super::{now_ms, q, Backend, Db, DbError, Fenced};
 
 /// A stored rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +29,12 @@ pub struct RolloutRow {
     pub created_ms: i64,
     /// Last changed.
     pub updated_ms: i64,
+    /// Changes so far (1 when created); a write names the version it read.
+    pub version: i64,
+    /// The replica that wrote it last.
+    pub updated_by: String,
+    /// That replica's leader epoch, for the leader's writes (`None`: an operator's action).
+    pub epoch: Option<i64>,
 }
 
 fn rollout_from(r: &sqlx::any::AnyRow) -> Result<RolloutRow, DbError> {
@@ -46,39 +56,149 @@ fn rollout_from(r: &sqlx::any::AnyRow) -> Result<RolloutRow, DbError> {
         unreadable,
         created_ms: r.try_get("created_ms").map_err(e())?,
         updated_ms: r.try_get("updated_ms").map_err(e())?,
+        version: r.try_get("version").map_err(e())?,
+        updated_by: r.try_get("updated_by").map_err(e())?,
+        epoch: r.try_get("epoch").map_err(e())?,
     })
 }
 
-const COLUMNS: &str = "id, release, state, active, data, created_ms, updated_ms";
+const COLUMNS: &str =
+    "id, release, state, active, data, created_ms, updated_ms, version, updated_by, epoch";
+
+/// A rollout's new state, as written.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutWrite<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Release.
+    pub release: &'a str,
+    /// Short state name.
+    pub state: &'a str,
+    /// Still being driven.
+    pub active: bool,
+    /// The engine's state, JSON.
+    pub data: &'a str,
+}
+
+/// `UPDATE … WHERE id = $ AND version = $`: the new version, or [`DbError::Conflict`].
+async fn update_on(
+    conn: &mut AnyConnection,
+    w: &RolloutWrite<'_>,
+    version: i64,
+    by: &str,
+    epoch: Option<i64>,
+) -> Result<i64, DbError> {
+    let r = sqlx::query(
+        "UPDATE rollouts SET state = $1, active = $2, data = $3, updated_ms = $4, \
+         version = version + 1, updated_by = $5, epoch = $6 WHERE id = $7 AND version = $8",
+    )
+    .bind(w.state)
+    .bind(i64::from(w.active))
+    .bind(w.data)
+    .bind(now_ms())
+    .bind(by)
+    .bind(epoch)
+    .bind(w.id)
+    .bind(version)
+    .execute(&mut *conn)
+    .await
+    .map_err(q("saving a rollout"))?;
+    if r.rows_affected() == 1 {
+        Ok(version + 1)
+    } else {
+        Err(DbError::Conflict {
+            what: "rollout",
+            id: w.id.to_owned(),
+            version,
+        })
+    }
+}
+
+impl Fenced {
+    /// Inserts a new rollout (version 1); [`DbError::Conflict`] if its id is taken.
+    pub async fn insert_rollout(&mut self, w: &RolloutWrite<'_>) -> Result<i64, DbError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "INSERT INTO rollouts (id, release, state, active, data, created_ms, updated_ms, \
+             version, updated_by, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(w.id)
+        .bind(w.release)
+        .bind(w.state)
+        .bind(i64::from(w.active))
+        .bind(w.data)
+        .bind(now)
+        .bind(now)
+        .bind(self.fence().holder().to_owned())
+        .bind(self.fence().epoch())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(q("creating a rollout"))?;
+        if r.rows_affected() == 1 {
+            Ok(1)
+        } else {
+            Err(DbError::Conflict {
+                what: "rollout",
+                id: w.id.to_owned(),
+                version: 0,
+            })
+        }
+    }
+
+    /// Writes a rollout read at `version` (compare-and-swap); returns the new version.
+    pub async fn update_rollout(
+        &mut self,
+        w: &RolloutWrite<'_>,
+        version: i64,
+    ) -> Result<i64, DbError> {
+        let by = self.fence().holder().to_owned();
+        let epoch = self.fence().epoch();
+        update_on(&mut self.tx, w, version, &by, Some(epoch)).await
+    }
+
+    /// [`DbError::Conflict`] unless rollout `id` is still at `version`; on PostgreSQL the row
+    /// stays share-locked until commit, so a concurrent change waits for this transaction
+    /// (and what it decided from `version`) to be done.
+    pub async fn rollout_unchanged(&mut self, id: &str, version: i64) -> Result<(), DbError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            // This transaction already holds SQLite's write lock (see `Db::fenced`).
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!("SELECT version FROM rollouts WHERE id = $1{lock}"))
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(q("checking a rollout's version"))?;
+        let now: Option<i64> = row
+            .map(|r| r.try_get("version"))
+            .transpose()
+            .map_err(q("checking a rollout's version"))?;
+        if now == Some(version) {
+            Ok(())
+        } else {
+            Err(DbError::Conflict {
+                what: "rollout",
+                id: id.to_owned(),
+                version,
+            })
+        }
+    }
+}
 
 impl Db {
-    /// Inserts or replaces a rollout.
-    pub async fn save_rollout(
+    /// An operator's change to a rollout read at `version` (compare-and-swap, from any
+    /// replica, `by` naming it); returns the new version or [`DbError::Conflict`].
+    pub async fn update_rollout(
         &self,
-        id: &str,
-        release: &str,
-        state: &str,
-        active: bool,
-        data: &str,
-    ) -> Result<(), DbError> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO rollouts (id, release, state, active, data, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
-             state = excluded.state, active = excluded.active, data = excluded.data, \
-             updated_ms = excluded.updated_ms",
-        )
-        .bind(id)
-        .bind(release)
-        .bind(state)
-        .bind(i64::from(active))
-        .bind(data)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(q("saving a rollout"))?;
-        Ok(())
+        w: &RolloutWrite<'_>,
+        version: i64,
+        by: &str,
+    ) -> Result<i64, DbError> {
+        let _turn = self.write_turn().await;
+        let mut conn = self.pool.acquire().await.map_err(q("saving a rollout"))?;
+        update_on(&mut conn, w, version, by, None).await
     }
 
     /// One rollout.

@@ -102,6 +102,10 @@ pub enum ServiceError {
     /// The rollout action does not apply in the rollout's state.
     #[error("{0}")]
     Refused(#[from] OpError),
+    /// The rollout kept changing under the action (the leader and other operators writing
+    /// it at the same time); nothing was changed.
+    #[error("{0}")]
+    Busy(String),
     /// A stored rollout is unreadable.
     #[error("stored rollout {id} is unreadable: {reason}")]
     Corrupt {
@@ -119,6 +123,9 @@ impl From<EngineError> for ServiceError {
             EngineError::NotFound(what) => ServiceError::NoRollout(what),
             EngineError::Op(op) => ServiceError::Refused(op),
             EngineError::Corrupt { id, reason } => ServiceError::Corrupt { id, reason },
+            e @ (EngineError::Contended { .. } | EngineError::Exists(_)) => {
+                ServiceError::Busy(e.to_string())
+            }
         }
     }
 }

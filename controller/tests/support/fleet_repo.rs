@@ -39,6 +39,11 @@ impl FleetRepo {
         }
     }
 
+    /// The bake of the releases committed from now on (`1s`, `500ms`).
+    pub fn set_bake(&mut self, bake: &str) {
+        self.bake = bake.to_owned();
+    }
+
     /// The URL to watch.
     pub fn url(&self) -> String {
         self.daemon.url("fleet.git")

@@ -169,6 +169,20 @@ impl TestController {
         &self.state.db
     }
 
+    /// A transaction of writes on behalf of this controller's leadership (what its watcher
+    /// and engine would write), fenced by its lease.
+    pub async fn as_leader(&self) -> fleet_controller::db::Fenced {
+        let fence = self
+            .state
+            .leadership
+            .fence()
+            .expect("this controller leads");
+        self.db()
+            .fenced(&fence)
+            .await
+            .expect("a fenced transaction")
+    }
+
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)

@@ -32,6 +32,12 @@ pub fn config_yaml(cfg: &ControllerConfig) -> String {
         format_duration(cfg.pairing_ttl),
         format_duration(cfg.reconcile_interval),
     );
+    if cfg.leader_lease != ControllerConfig::default().leader_lease {
+        y.push_str(&format!(
+            "leader_lease: {}\n",
+            format_duration(cfg.leader_lease)
+        ));
+    }
     if let Some(url) = &cfg.database_url {
         y.push_str(&format!("database_url: \"{url}\"\n"));
     }
@@ -71,6 +77,9 @@ pub struct ControllerProcess {
     config: PathBuf,
     log: PathBuf,
     child: Child,
+    /// Started alone: ready once it leads. A replica among others (false): ready once it
+    /// answers.
+    pub alone: bool,
 }
 
 /// Runs the binary with `--config FILE` and `args`; its stdout, or a panic with its stderr.
@@ -106,9 +115,14 @@ impl ControllerProcess {
     /// Writes the configuration next to the data directory, provisions users of every role and
     /// a bootstrap token through the CLI, and starts `serve`.
     pub async fn start(cfg: &ControllerConfig) -> ControllerProcess {
+        Self::start_yaml(cfg, &config_yaml(cfg)).await
+    }
+
+    /// As [`ControllerProcess::start`], with the configuration file's text given.
+    pub async fn start_yaml(cfg: &ControllerConfig, yaml: &str) -> ControllerProcess {
         std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
         let config = cfg.data_dir.join("controller.yaml");
-        std::fs::write(&config, config_yaml(cfg)).expect("write config");
+        std::fs::write(&config, yaml).expect("write config");
         let token = |name: &str, role: &str| {
             token_of(&run_cli(&config, &["users", "add", name, "--role", role]))
         };
@@ -132,9 +146,52 @@ impl ControllerProcess {
             config,
             log,
             child,
+            alone: true,
         };
         p.wait_ready().await;
         p
+    }
+
+    /// Another replica on the store of `first` (same users and tokens, provisioned there), with
+    /// its own configuration `cfg` (address, data directory, database URL); ready once it
+    /// answers, leader or not.
+    pub async fn start_replica(
+        cfg: &ControllerConfig,
+        first: &ControllerProcess,
+    ) -> ControllerProcess {
+        Self::start_replica_yaml(cfg, &config_yaml(cfg), first).await
+    }
+
+    /// As [`ControllerProcess::start_replica`], with the configuration file's text given.
+    pub async fn start_replica_yaml(
+        cfg: &ControllerConfig,
+        yaml: &str,
+        first: &ControllerProcess,
+    ) -> ControllerProcess {
+        std::fs::create_dir_all(&cfg.data_dir).expect("data dir");
+        let config = cfg.data_dir.join("controller.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let log = cfg.data_dir.join("controller.log");
+        let child = spawn(&config, &log, 0);
+        let mut p = ControllerProcess {
+            base: format!("http://{}", cfg.listen),
+            admin: first.admin.clone(),
+            operator: first.operator.clone(),
+            operator_password: first.operator_password.clone(),
+            viewer: first.viewer.clone(),
+            bootstrap: first.bootstrap.clone(),
+            config,
+            log,
+            child,
+            alone: false,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no shutdown handler runs, connections and locks die with the process.
@@ -142,6 +199,33 @@ impl ControllerProcess {
         self.child.kill().expect("SIGKILL the controller");
         let status = self.child.wait().expect("reap");
         assert!(!status.success(), "killed, so not a clean exit: {status}");
+    }
+
+    /// SIGTERM, and waits (up to 30 s) for the clean exit.
+    pub async fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "a clean exit on SIGTERM: {status}\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 30 s after SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A new process on the same configuration (same store, same address).
@@ -170,7 +254,7 @@ impl ControllerProcess {
                     self.log()
                 );
             }
-            // Ready once it answers and leads (it is alone): /api/v1/status says so.
+            // Ready once it answers and, if it is alone, leads: /api/v1/status says so.
             if let Ok(r) = client
                 .get(self.url("/api/v1/status"))
                 .bearer_auth(&self.viewer)
@@ -179,7 +263,7 @@ impl ControllerProcess {
             {
                 if r.status().is_success() {
                     if let Ok(v) = r.json::<serde_json::Value>().await {
-                        if v["leader"] == true {
+                        if v["leader"] == true || !self.alone {
                             return;
                         }
                     }

@@ -3,7 +3,7 @@
 
 use fleet_config::protocol::ReleaseId;
 
-use crate::db::{now_ms, q, Db, DbError};
+use crate::db::{now_ms, q, Db, DbError, Fenced};
 
 /// A pin set by an operator (fleetctl, the dashboard).
 pub const PIN_BY_OPERATOR: &str = "operator";
@@ -46,22 +46,15 @@ impl Db {
             .map_err(q("requesting safe mode"))?;
         Ok(r.rows_affected() > 0)
     }
+}
 
+impl Fenced {
     /// Sets what devices should run: `(device, Some((release, digest)))`, or `None` to hold.
     /// A new release is stamped with the time it was set (`desired_since_ms`).
     pub async fn set_desired(
-        &self,
+        &mut self,
         changes: &[(String, Option<(String, String)>)],
     ) -> Result<(), DbError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("starting a desired update"))?;
         let now = now_ms();
         for (id, target) in changes {
             let (rel, dig) = match target {
@@ -80,13 +73,10 @@ impl Db {
             .bind(dig)
             .bind(id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *self.tx)
             .await
             .map_err(q("setting desired releases"))?;
         }
-        tx.commit()
-            .await
-            .map_err(q("committing desired releases"))?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::desired::PIN_BY_REPOSITORY;
 use super::{device_from, DeviceRow, DEVICE_COLUMNS};
-use crate::db::{q, Db, DbError};
+use crate::db::{q, Db, DbError, Fenced};
 
 /// Settings key of the newest valid release's devices.yaml (id → labels), as JSON.
 pub(super) const INVENTORY_KEY: &str = "inventory";
@@ -50,7 +50,9 @@ impl Db {
             .map(device_from)
             .collect()
     }
+}
 
+impl Fenced {
     /// Copies labels from a release's devices.yaml; devices not in it are marked outside the
     /// inventory (and so left out of rollouts).
     ///
@@ -58,18 +60,13 @@ impl Db {
     /// pin the file set and no longer has is lifted, an operator's pin is left alone. Returns
     /// the pins it changed, for the audit log.
     pub async fn sync_inventory(
-        &self,
+        &mut self,
         inventory: &BTreeMap<String, BTreeMap<String, String>>,
         pins: &BTreeMap<String, RepoPin>,
     ) -> Result<Vec<PinChange>, DbError> {
-        let _turn = self.write_turn().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("starting an inventory sync"))?;
+        let tx = &mut self.tx;
         sqlx::query("UPDATE devices SET in_inventory = 0")
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(q("syncing the inventory"))?;
         // Kept for devices that enroll later (see `enroll_device`).
@@ -79,28 +76,25 @@ impl Db {
         })?;
         sqlx::query("DELETE FROM settings WHERE key = $1")
             .bind(INVENTORY_KEY)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(q("storing the inventory"))?;
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
             .bind(INVENTORY_KEY)
             .bind(text)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(q("storing the inventory"))?;
         for (id, labels) in inventory {
             sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
                 .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(q("syncing the inventory"))?;
         }
-        store_setting(&mut tx, PINS_KEY, &pins_text(pins)?).await?;
-        let changes = sync_pins(&mut tx, pins).await?;
-        tx.commit()
-            .await
-            .map_err(q("committing an inventory sync"))?;
+        store_setting(tx, PINS_KEY, &pins_text(pins)?).await?;
+        let changes = sync_pins(tx, pins).await?;
         Ok(changes)
     }
 }
