@@ -28,6 +28,7 @@
 //!   token_file: /etc/fleet/device-token       # written at enrollment (mode 0600)
 //!   bootstrap_token_file: /etc/fleet/bootstrap-token   # optional: enroll at once, no pairing code
 //!   request_timeout: 10s            # one HTTP request to the controller, connect to answer
+//!   long_poll: 25s                  # ask the controller to hold check-ins this long (0s: off)
 //!   ca_file: /etc/fleet/controller-ca.pem     # optional: trust only this CA (default: system roots)
 //! ```
 
@@ -94,6 +95,9 @@ pub struct ControllerConfig {
     pub bootstrap_token_file: Option<PathBuf>,
     /// Longest one request to the controller may take, from connecting to the last byte.
     pub request_timeout: Duration,
+    /// Ask the controller to hold each check-in up to this long while it has nothing new for
+    /// this device (a new release then arrives in seconds); zero: plain check-ins.
+    pub long_poll: Duration,
     /// Trust only the CA certificates in this PEM file for the controller's certificate (the
     /// fleet's own CA); `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
@@ -182,6 +186,9 @@ pub mod defaults {
     }
     /// 10 s.
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `controller.long_poll`: within the controller's default bound (50 s), and short enough
+    /// that the running release is still supervised about every 30 s.
+    pub const LONG_POLL: Duration = Duration::from_secs(25);
 }
 
 /// The configuration could not be used.
@@ -242,7 +249,12 @@ const CONTROLLER_KEYS: &[&str] = &[
     "bootstrap_token_file",
     "ca_file",
     "request_timeout",
+    "long_poll",
 ];
+/// Bound of `controller.long_poll` (zero turns it off): a held check-in keeps the main loop
+/// waiting, so it stays well inside the loop's watchdog bound (3 min) and near the 30 s at
+/// which the running release is supervised.
+const LONG_POLL_MAX: Duration = Duration::from_secs(120);
 /// Bounds of `controller.request_timeout`.
 const REQUEST_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(300));
@@ -452,11 +464,28 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
                         Some(d)
                     }),
             };
+            let long_poll = match cf.get("long_poll") {
+                None => Some(defaults::LONG_POLL),
+                Some(t) => ctx.duration(t, "`controller.long_poll`").and_then(|d| {
+                    if d > LONG_POLL_MAX {
+                        ctx.error(
+                            t.pos,
+                            format!(
+                                "`controller.long_poll` must be at most {} (0s turns it off)",
+                                fleet_config::units::format_duration(LONG_POLL_MAX)
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(d)
+                }),
+            };
             Some(Some(ControllerConfig {
                 url: url?,
                 token_file: token_file?,
                 bootstrap_token_file: bootstrap_token_file?,
                 request_timeout: request_timeout?,
+                long_poll: long_poll?,
                 ca_file: ca_file?,
             }))
         })(),

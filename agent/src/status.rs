@@ -309,6 +309,7 @@ mod tests {
             token_file: tmp.path().join("device-token"),
             bootstrap_token_file: None,
             request_timeout: std::time::Duration::from_secs(10),
+            long_poll: std::time::Duration::ZERO,
             ca_file: None,
         };
         std::fs::write(d.pairing_code(), "K7PQ2MXD\n").expect("code");

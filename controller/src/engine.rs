@@ -704,6 +704,13 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
     }
     tx.set_desired(&changes).await?;
     tx.commit().await?;
+    // Check-ins held on this replica for these devices are answered now.
+    state
+        .waits
+        .wake_devices(changes.iter().map(|(id, _)| id.clone()));
+    if stop_set {
+        state.waits.wake_all();
+    }
     if let Some(r) = &current {
         log_effects(r, &effects);
     }

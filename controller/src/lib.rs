@@ -8,6 +8,7 @@ pub mod db;
 pub mod engine;
 pub mod leader;
 pub mod listener;
+pub mod longpoll;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;

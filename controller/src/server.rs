@@ -123,6 +123,7 @@ pub async fn serve_on(
         tokio::spawn(crate::leader::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::watcher::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::engine::run(state.clone(), shutdown.child_token())),
+        tokio::spawn(crate::longpoll::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::service::live::run(
             state.clone(),
             shutdown.child_token(),

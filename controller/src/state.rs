@@ -44,11 +44,14 @@ pub struct AppState {
     pub metrics_token: Option<Arc<String>>,
     /// The certificate served over HTTPS, if TLS is configured (reloaded on SIGHUP).
     pub tls: Option<Arc<crate::tls::CertStore>>,
+    /// Held (long-poll) check-ins and their wake-ups.
+    pub waits: Arc<crate::longpoll::WaitHub>,
 }
 
 impl AppState {
     /// State over a store and a configuration.
     pub fn new(db: Db, cfg: ControllerConfig, webhook_secret: Option<Vec<u8>>) -> AppState {
+        let cfg_waiting = cfg.long_poll.max_waiting;
         let lease = cfg.leader_lease;
         AppState {
             db,
@@ -65,6 +68,7 @@ impl AppState {
             live: Arc::new(Hub::default()),
             metrics_token: None,
             tls: None,
+            waits: Arc::new(crate::longpoll::WaitHub::new(cfg_waiting)),
         }
     }
 

@@ -259,21 +259,25 @@ impl Client {
         req: &EnrollRequest,
         bootstrap: Option<&str>,
     ) -> Result<EnrollResponse, ControllerError> {
-        self.post(paths::ENROLL, bootstrap, req).await
+        self.post(paths::ENROLL, bootstrap, req, Duration::ZERO)
+            .await
     }
 
     /// `POST /api/v1/enroll/claim`: whether an operator approved the pairing code yet.
     pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ControllerError> {
-        self.post(paths::ENROLL_CLAIM, None, req).await
+        self.post(paths::ENROLL_CLAIM, None, req, Duration::ZERO)
+            .await
     }
 
-    /// `POST /api/v1/checkin` with the device token.
+    /// `POST /api/v1/checkin` with the device token. A long poll (`req.long_poll_secs`) may
+    /// be held that long by the controller: the request may take that much longer.
     pub async fn checkin(
         &self,
         token: &str,
         req: &CheckinRequest,
     ) -> Result<CheckinResponse, ControllerError> {
-        self.post(paths::CHECKIN, Some(token), req).await
+        let hold = Duration::from_secs(req.long_poll_secs);
+        self.post(paths::CHECKIN, Some(token), req, hold).await
     }
 
     async fn post<Q: Serialize, A: DeserializeOwned>(
@@ -281,16 +285,15 @@ impl Client {
         path: &str,
         bearer: Option<&str>,
         body: &Q,
+        hold: Duration,
     ) -> Result<A, ControllerError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.post(&url).json(body);
+        let timeout = self.timeout + hold;
+        let mut req = self.http.post(&url).json(body).timeout(timeout);
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
         }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| transport(&url, e, self.timeout))?;
+        let mut resp = req.send().await.map_err(|e| transport(&url, e, timeout))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -306,7 +309,7 @@ impl Client {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| transport(&url, e, self.timeout))?
+            .map_err(|e| transport(&url, e, timeout))?
         {
             if bytes.len() + chunk.len() > MAX_ANSWER {
                 return Err(ControllerError::BadAnswer {

@@ -288,6 +288,7 @@ mod tests {
             token_file: tmp.path().join("etc/fleet/device-token"),
             bootstrap_token_file: None,
             request_timeout: Duration::from_secs(1),
+            long_poll: std::time::Duration::ZERO,
             ca_file: None,
         };
         std::fs::write(data.pairing_code(), "ABCD2345\n").expect("code");

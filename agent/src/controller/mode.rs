@@ -315,7 +315,7 @@ impl ControllerLoop {
         let sent = events.len();
         let host = HostStats::read(u.data().root());
         let cpu = self.cpu.sample(host.cpu_ticks);
-        let req = build_request(
+        let mut req = build_request(
             &self.device_id,
             u.data(),
             u.journal(),
@@ -323,6 +323,9 @@ impl ControllerLoop {
             telemetry(&host, cpu),
             events,
         );
+        // A long poll: the controller answers as soon as it has something new for this
+        // device (a new release reaches it in seconds), else after this long.
+        req.long_poll_secs = self.cfg.long_poll.as_secs();
         let answer = tokio::select! {
             a = self.client.checkin(token, &req) => a,
             _ = shutdown.cancelled() => return Exchange::Shutdown,

@@ -2,7 +2,7 @@
 //! check-in.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -10,14 +10,14 @@ use axum::Json;
 use fleet_config::names::check_name;
 use fleet_config::protocol::{
     CheckinRequest, CheckinResponse, ClaimRequest, ClaimResponse, Desired, EnrollRequest,
-    EnrollResponse, ReleaseId,
+    EnrollResponse, ReleaseId, UpdatePhase,
 };
 
 use super::auth::bearer;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::AppState;
-use crate::db::{now_ms, ClaimOutcome};
+use crate::db::{now_ms, CheckinIdentity, ClaimOutcome};
 use crate::service;
 
 fn limited(what: &str, retry_after: u64) -> ApiError {
@@ -131,7 +131,8 @@ pub async fn claim(
     }
 }
 
-/// `POST /api/v1/checkin`.
+/// `POST /api/v1/checkin`. With `long_poll_secs`, an answer that tells the device nothing new
+/// is held (see [`crate::longpoll`]) until that changes or the bound passes.
 pub async fn checkin(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -139,20 +140,120 @@ pub async fn checkin(
 ) -> Result<Json<CheckinResponse>, ApiError> {
     let started = Instant::now();
     let result = checkin_inner(&state, &headers, body).await;
+    // The latency is the check-in's own work, not the time a long poll was held.
     match &result {
         Ok(_) => state
             .metrics
             .observe_checkin(started.elapsed().as_secs_f64()),
         Err(_) => state.metrics.checkin_error(),
     }
-    result.map(Json)
+    let (answer, hold) = result?;
+    Ok(Json(match hold {
+        Some(h) => hold_answer(&state, answer, h).await,
+        None => answer,
+    }))
+}
+
+/// A check-in to hold: its device, token, what it reported, until when, and its place.
+struct Hold {
+    token: String,
+    req: CheckinRequest,
+    until: tokio::time::Instant,
+    waiter: crate::longpoll::Waiter,
+}
+
+/// Whether `answer` tells a device that reported `req` something to do now.
+fn actionable(req: &CheckinRequest, answer: &CheckinResponse) -> bool {
+    let moves = match &answer.desired {
+        Desired::Release { release, .. } => {
+            req.current.as_ref() != Some(release) && !req.bad_releases.contains(release)
+        }
+        Desired::Hold => false,
+    };
+    moves || (answer.safe_mode && req.phase != UpdatePhase::SafeMode)
+}
+
+/// Holds `first` until what the device is told changes (then answers the new answer), the
+/// bound passes or the controller shuts down (then answers `first`).
+async fn hold_answer(state: &AppState, first: CheckinResponse, mut h: Hold) -> CheckinResponse {
+    // The first look is at once: what changed between the answer and the wait.
+    let mut look = true;
+    loop {
+        if !look {
+            let wake = tokio::select! {
+                w = h.waiter.rx.recv() => w,
+                _ = tokio::time::sleep_until(h.until) => return first,
+                _ = h.waiter.closed.cancelled() => return first,
+            };
+            look = match wake {
+                Ok(w) => w.concerns(&h.req.device_id),
+                // Missed some: look, to be sure.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return first,
+            };
+            if !look {
+                continue;
+            }
+        }
+        look = false;
+        match state.db.device_for_token(&h.token).await {
+            Ok(Some(who)) if !who.revoked => {
+                let (desired, stop) = answer_of(&who, &h.req);
+                let now = CheckinResponse {
+                    desired,
+                    emergency_stop: stop,
+                    safe_mode: who.safe_mode_requested,
+                    acked_seq: first.acked_seq,
+                    next_checkin_secs: 0,
+                };
+                if now != first {
+                    return now;
+                }
+            }
+            // Revoked or gone meanwhile: the next check-in hears it.
+            Ok(_) => return first,
+            Err(e) => {
+                tracing::warn!(device = %h.req.device_id, error = %e, "cannot look again for a held check-in; answering what it had");
+                return first;
+            }
+        }
+    }
+}
+
+/// What a device is told: (desired, emergency stop).
+fn answer_of(who: &CheckinIdentity, req: &CheckinRequest) -> (Desired, bool) {
+    let stop = who.emergency_stop.clone();
+    let target = match (&who.desired_release, &who.desired_digest) {
+        (Some(r), Some(d)) => match (r.parse::<ReleaseId>(), d.parse()) {
+            (Ok(release), Ok(digest)) => Some((release, digest)),
+            _ => {
+                tracing::error!(device = %who.id, "stored desired release is unreadable; answering hold");
+                None
+            }
+        },
+        _ => None,
+    };
+    let desired = match (target, &stop) {
+        (Some((release, digest)), None) => Desired::Release { release, digest },
+        // While the stop holds, the one move allowed is back to the previous release, and only
+        // when the stop asked for a rollback.
+        (Some((release, digest)), Some(s))
+            if s.rollback
+                && req.previous.as_ref() == Some(&release)
+                && req.current.as_ref() != Some(&release) =>
+        {
+            Desired::Release { release, digest }
+        }
+        _ => Desired::Hold,
+    };
+    (desired, stop.is_some())
 }
 
 async fn checkin_inner(
     state: &AppState,
     headers: &HeaderMap,
     body: JsonBody<CheckinRequest>,
-) -> Result<CheckinResponse, ApiError> {
+) -> Result<(CheckinResponse, Option<Hold>), ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized("missing `Authorization: Bearer TOKEN` header".into())
     })?;
@@ -181,38 +282,47 @@ async fn checkin_inner(
     let now = now_ms();
     let wake_engine = who.changes_rollout_view(&req, now, state.offline_after_ms());
     let acked = state.db.record_checkin(&who, &req, now).await?;
-    let stop = who.emergency_stop.clone();
-    let target = match (&who.desired_release, &who.desired_digest) {
-        (Some(r), Some(d)) => match (r.parse::<ReleaseId>(), d.parse()) {
-            (Ok(release), Ok(digest)) => Some((release, digest)),
-            _ => {
-                tracing::error!(device = %who.id, "stored desired release is unreadable; answering hold");
-                None
-            }
-        },
-        _ => None,
-    };
-    let desired = match (target, &stop) {
-        (Some((release, digest)), None) => Desired::Release { release, digest },
-        // While the stop holds, the one move allowed is back to the previous release, and only
-        // when the stop asked for a rollback.
-        (Some((release, digest)), Some(s))
-            if s.rollback
-                && req.previous.as_ref() == Some(&release)
-                && req.current.as_ref() != Some(&release) =>
-        {
-            Desired::Release { release, digest }
-        }
-        _ => Desired::Hold,
-    };
+    let (desired, stop) = answer_of(&who, &req);
     if wake_engine {
         state.reconcile.notify_one();
     }
-    Ok(CheckinResponse {
+    let mut answer = CheckinResponse {
         desired,
-        emergency_stop: stop.is_some(),
+        emergency_stop: stop,
         safe_mode: who.safe_mode_requested,
         acked_seq: acked.max(0) as u64,
         next_checkin_secs: state.cfg.checkin_interval.as_secs().max(1),
-    })
+    };
+    // A long poll takes its place (and its wake-ups) now; the hold looks once more before it
+    // waits, so a change made since the answer was read is not missed.
+    let max_hold = state
+        .cfg
+        .long_poll
+        .max
+        .min(Duration::from_secs(req.long_poll_secs));
+    let waiter = if max_hold.is_zero() {
+        None
+    } else {
+        state.waits.wait()
+    };
+    // Held only while idle (or in safe mode) with nothing to do: a device mid-update checks
+    // in again when it is done.
+    let holdable = matches!(req.phase, UpdatePhase::Idle | UpdatePhase::SafeMode)
+        && !actionable(&req, &answer);
+    // A long poll the controller holds is answered with "come back at once" (the poll is
+    // the wait); an answer with something to do keeps the usual interval, so a device that
+    // cannot act on it does not ask again and again.
+    let hold = match waiter {
+        Some(waiter) if holdable => {
+            answer.next_checkin_secs = 0;
+            Some(Hold {
+                token: token.to_owned(),
+                req,
+                until: tokio::time::Instant::now() + max_hold,
+                waiter,
+            })
+        }
+        _ => None,
+    };
+    Ok((answer, hold))
 }

@@ -31,6 +31,9 @@ pub struct RolloutEntry {
     /// The engine's state; null if the stored state does not read (the controller's log
     /// says why).
     pub data: Option<Rollout>,
+    /// Why the stored state does not read, when it does not (the rollout is quarantined).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// Created, ms since the epoch.
     pub created_ms: i64,
     /// Last changed, ms since the epoch.
@@ -39,12 +42,17 @@ pub struct RolloutEntry {
 
 impl From<RolloutRow> for RolloutEntry {
     fn from(row: RolloutRow) -> Self {
-        let data = match serde_json::from_value::<Rollout>(row.data) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(rollout = %row.id, error = %e, "stored rollout does not read");
-                None
-            }
+        let mut unreadable = row.unreadable;
+        let data = match unreadable {
+            Some(_) => None,
+            None => match serde_json::from_value::<Rollout>(row.data) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(rollout = %row.id, error = %e, "stored rollout does not read");
+                    unreadable = Some(e.to_string());
+                    None
+                }
+            },
         };
         RolloutEntry {
             id: row.id,
@@ -52,6 +60,7 @@ impl From<RolloutRow> for RolloutEntry {
             state: row.state,
             active: row.active,
             data,
+            unreadable,
             created_ms: row.created_ms,
             updated_ms: row.updated_ms,
         }

@@ -118,6 +118,7 @@ pub async fn safe_mode(
         "device.safe_mode_off"
     };
     state.db.audit(actor, action, id, reason, "").await?;
+    state.waits.wake_devices([id.to_owned()]);
     Ok(())
 }
 

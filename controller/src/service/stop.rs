@@ -22,6 +22,7 @@ pub async fn stop(
         rollback,
     };
     let new = crate::engine::emergency_stop(state, &stop).await?;
+    state.waits.wake_all();
     super::live::refresh(state).await;
     Ok(new)
 }
@@ -47,6 +48,7 @@ pub async fn resume(state: &AppState, actor: &str, reason: &str) -> Result<bool,
         tracing::warn!(%actor, "emergency stop cleared");
     }
     state.reconcile.notify_one();
+    state.waits.wake_all();
     super::live::refresh(state).await;
     Ok(was)
 }

@@ -41,6 +41,13 @@ pub fn config_yaml(cfg: &ControllerConfig) -> String {
     if let Some(url) = &cfg.database_url {
         y.push_str(&format!("database_url: \"{url}\"\n"));
     }
+    if cfg.long_poll != fleet_controller::config::LongPoll::default() {
+        y.push_str(&format!(
+            "long_poll: {{ max: {}, max_waiting: {} }}\n",
+            format_duration(cfg.long_poll.max),
+            cfg.long_poll.max_waiting
+        ));
+    }
     if let Some(token) = &cfg.metrics_token_file {
         y.push_str(&format!("metrics_token_file: \"{}\"\n", token.display()));
     }

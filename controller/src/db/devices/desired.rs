@@ -38,13 +38,30 @@ impl Db {
 
     /// Asks a device to enter (or leave) safe mode; false if there is no such device.
     pub async fn request_safe_mode(&self, id: &str, on: bool) -> Result<bool, DbError> {
-        let r = sqlx::query("UPDATE devices SET safe_mode_requested = $1 WHERE id = $2")
-            .bind(i64::from(on))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("requesting safe mode"))?;
+        let r = sqlx::query(
+            "UPDATE devices SET safe_mode_requested = $1, desired_updated_ms = $3 WHERE id = $2",
+        )
+        .bind(i64::from(on))
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(q("requesting safe mode"))?;
         Ok(r.rows_affected() > 0)
+    }
+
+    /// Devices whose desired release or safe-mode request changed after `since_ms`.
+    pub async fn desired_changed_since(&self, since_ms: i64) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT id FROM devices WHERE desired_updated_ms > $1")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading what devices are told"))?;
+        rows.iter()
+            .map(|r| {
+                sqlx::Row::try_get::<String, _>(r, "id").map_err(q("reading what devices are told"))
+            })
+            .collect()
     }
 }
 
@@ -67,7 +84,7 @@ impl Fenced {
                    WHEN $1 IS NULL THEN NULL \
                    WHEN desired_release IS NOT NULL AND desired_release = $1 THEN desired_since_ms \
                    ELSE $4 END, \
-                 desired_release = $1, desired_digest = $2 WHERE id = $3",
+                 desired_release = $1, desired_digest = $2, desired_updated_ms = $4 WHERE id = $3",
             )
             .bind(rel)
             .bind(dig)
