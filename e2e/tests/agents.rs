@@ -314,3 +314,122 @@ async fn a_pushed_commit_reaches_three_real_agents_through_the_waves() {
         d.agent.stop();
     }
 }
+
+/// `X-Hub-Signature-256` of `body` with `secret`, as GitHub (and Gitea's compatible header) sign.
+fn hub_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Commit pushed → the canary's new container running, with the push webhook and long-poll
+/// check-ins, against real agents: the controller's Git poll is 10 minutes and its check-in
+/// interval 60 s, so only the webhook and the held check-in can bring the release in seconds.
+/// `FLEET_BENCH_ROUNDS` pushes (default 3); each time printed, and the median (BENCHMARKS.md:
+/// "Commit to canary").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_commit_reaches_the_canary_in_seconds_by_webhook_and_long_poll() {
+    let test = "a_pushed_commit_reaches_the_canary_in_seconds_by_webhook_and_long_poll";
+    if !git_available(test) || !docker_available(test) {
+        return;
+    }
+    build_test_images();
+    let rounds: usize = std::env::var("FLEET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let root = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::new(root.path());
+    let v1 = repo.release("v1");
+    let secret = b"e2e webhook secret".to_vec();
+    let secret_file = root.path().join("webhook.secret");
+    std::fs::write(&secret_file, &secret).expect("secret");
+    let cfg = fleet_controller::config::ControllerConfig {
+        listen: free_addr(),
+        data_dir: root.path().join("controller"),
+        database_url: None,
+        git: Some(GitSource {
+            endpoints: repo.endpoints(),
+            branch: "main".into(),
+            poll_interval: Duration::from_secs(600),
+            failover_timeout: Duration::from_secs(5),
+        }),
+        webhook_secret_file: Some(secret_file),
+        ..Default::default()
+    };
+    assert_eq!(cfg.checkin_interval, Duration::from_secs(60));
+    let controller = ControllerProcess::start(&cfg).await;
+    let bootstrap = root.path().join("bootstrap-token");
+    std::fs::write(&bootstrap, &controller.bootstrap).expect("bootstrap token file");
+    // The canary alone: the other devices of the inventory never enroll.
+    let mut devices = vec![Device::start(
+        root.path(),
+        "dev-1",
+        &repo,
+        &controller.base,
+        &bootstrap,
+    )];
+    wait_all_on(&controller, &mut devices, &v1, "the canary on v1").await;
+
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let web = if round % 2 == 0 { "v2" } else { "v1" };
+        // Let the canary's check-in be held again (it checks in at once after an update).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pushed = Instant::now();
+        let sha = repo.release(web);
+        let body = format!("{{\"ref\": \"refs/heads/main\", \"after\": \"{sha}\"}}");
+        let r = support::client()
+            .post(controller.url("/api/v1/webhook"))
+            .header(
+                "X-Hub-Signature-256",
+                hub_signature(&secret, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("webhook");
+        assert!(r.status().is_success(), "webhook: {}", r.status());
+        loop {
+            let d = &mut devices[0];
+            if let Some(status) = d.agent.exited() {
+                panic!(
+                    "the agent exited ({status}):\n{}",
+                    tail(&d.agent.log_text(), 60)
+                );
+            }
+            if d.web()
+                .iter()
+                .any(|(_, release, running)| *running && release == &sha)
+            {
+                break;
+            }
+            assert!(
+                pushed.elapsed() < Duration::from_secs(60),
+                "round {round}: the canary did not run {sha} before its 60 s check-in interval \
+                 would have brought it: the webhook and the long poll did not work:\n{}\n--- controller\n{}",
+                tail(&d.agent.log_text(), 40),
+                tail(&controller.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = pushed.elapsed();
+        println!(
+            "round {round}: commit pushed -> canary running {web}: {:.2} s",
+            t.as_secs_f64()
+        );
+        took.push(t);
+        wait_all_on(&controller, &mut devices, &sha, "the canary committed").await;
+    }
+    took.sort();
+    println!(
+        "commit pushed -> canary running (webhook + long poll, real agent): median {:.2} s, min {:.2} s, max {:.2} s, n={}",
+        took[took.len() / 2].as_secs_f64(),
+        took[0].as_secs_f64(),
+        took[took.len() - 1].as_secs_f64(),
+        took.len()
+    );
+}
