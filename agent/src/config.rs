@@ -788,6 +788,31 @@ mod tests {
     const GIT: &str = "device_id: pi-01\ngit:\n  endpoints:\n    - url: git://h/f.git\n";
 
     #[test]
+    fn controller_long_poll_defaults_on_turns_off_and_is_bounded() {
+        let base = format!(
+            "{GIT}controller:\n  url: http://c:8080\n  token_file: /etc/fleet/device-token\n"
+        );
+        let c = AgentConfig::parse(&base, "agent.yaml").expect("valid");
+        assert_eq!(
+            c.controller.expect("controller").long_poll,
+            Duration::from_secs(25)
+        );
+        let off =
+            AgentConfig::parse(&format!("{base}  long_poll: 0s\n"), "agent.yaml").expect("valid");
+        assert_eq!(
+            off.controller.expect("controller").long_poll,
+            Duration::ZERO
+        );
+        let err = AgentConfig::parse(&format!("{base}  long_poll: 10m\n"), "agent.yaml")
+            .expect_err("too long");
+        assert!(
+            err.to_string()
+                .contains("`controller.long_poll` must be at most 2m"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn controller_bootstrap_token_and_request_timeout() {
         let text = format!("{GIT}controller:\n  url: http://c:8080\n  token_file: /etc/fleet/device-token\n  bootstrap_token_file: /etc/fleet/bootstrap-token\n  request_timeout: 30s\n");
         let c = AgentConfig::parse(&text, "agent.yaml").expect("valid");
