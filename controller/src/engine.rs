@@ -720,10 +720,25 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// The reconciler loop: every `reconcile_interval`, or sooner when woken.
+/// The reconciler loop: every `reconcile_interval`, or sooner when woken. Each pass's time
+/// goes to `/metrics` (`fleet_engine_pass_seconds`); one longer than the interval is logged.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     loop {
-        if let Err(e) = reconcile_once(&state).await {
+        let started = std::time::Instant::now();
+        let result = reconcile_once(&state).await;
+        if state.is_leader() {
+            let took = started.elapsed();
+            let slow = took > state.cfg.reconcile_interval;
+            state.metrics.observe_pass(took.as_secs_f64(), slow);
+            if slow {
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    interval_ms = state.cfg.reconcile_interval.as_millis() as u64,
+                    "a rollout pass took longer than reconcile_interval"
+                );
+            }
+        }
+        if let Err(e) = result {
             tracing::error!(error = %e, "reconcile pass failed; trying again");
         }
         tokio::select! {

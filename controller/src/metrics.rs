@@ -17,6 +17,10 @@ pub struct Metrics {
     webhooks_rejected: AtomicU64,
     accept_failures: AtomicU64,
     connections_refused: AtomicU64,
+    engine_passes: AtomicU64,
+    engine_slow_passes: AtomicU64,
+    engine_pass_last_us: AtomicU64,
+    engine_pass_max_us: AtomicU64,
 }
 
 impl Metrics {
@@ -50,6 +54,16 @@ impl Metrics {
     /// Counts a connection closed for being over the per-address cap.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one pass of the rollout engine; `slow`: longer than its interval.
+    pub fn observe_pass(&self, secs: f64, slow: bool) {
+        let us = (secs * 1e6) as u64;
+        self.engine_passes.fetch_add(1, Ordering::Relaxed);
+        self.engine_slow_passes
+            .fetch_add(u64::from(slow), Ordering::Relaxed);
+        self.engine_pass_last_us.store(us, Ordering::Relaxed);
+        self.engine_pass_max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     /// The exposition text, with the gauges given.
@@ -123,6 +137,34 @@ impl Metrics {
             out,
             "# HELP fleet_connections_refused_total Connections closed at once: over limits.max_connections_per_ip.\n# TYPE fleet_connections_refused_total counter\nfleet_connections_refused_total {}",
             self.connections_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_engine_passes_total Passes of the rollout engine (leader).
+# TYPE fleet_engine_passes_total counter
+fleet_engine_passes_total {}",
+            self.engine_passes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_engine_slow_passes_total Passes longer than reconcile_interval.
+# TYPE fleet_engine_slow_passes_total counter
+fleet_engine_slow_passes_total {}",
+            self.engine_slow_passes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_engine_pass_seconds The last pass's duration.
+# TYPE fleet_engine_pass_seconds gauge
+fleet_engine_pass_seconds {}",
+            self.engine_pass_last_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_engine_pass_max_seconds The longest pass since the start.
+# TYPE fleet_engine_pass_max_seconds gauge
+fleet_engine_pass_max_seconds {}",
+            self.engine_pass_max_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         out
     }

@@ -694,6 +694,14 @@ async fn openapi_describes_every_route_and_metrics_are_prometheus_text() {
         text.contains("fleet_checkin_duration_seconds_count 1"),
         "{text}"
     );
+    // The leader's rollout passes are timed: at least the one the check-in woke.
+    let passes: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_engine_passes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fleet_engine_passes_total in {text}"));
+    assert!(passes >= 1.0, "{text}");
+    assert!(text.contains("fleet_engine_pass_max_seconds "), "{text}");
     if let Ok(out) = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
