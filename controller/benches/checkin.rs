@@ -635,6 +635,17 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
         t.elapsed().as_secs_f64()
     );
     let rss_rolled_out = rss_kb(ctrl.pid);
+    let engine = |m: &str| {
+        format!(
+            "{:.0} passes, last {:.1} ms, longest {:.1} ms, {:.0} longer than reconcile_interval",
+            metric(m, "fleet_engine_passes_total"),
+            metric(m, "fleet_engine_pass_seconds") * 1e3,
+            metric(m, "fleet_engine_pass_max_seconds") * 1e3,
+            metric(m, "fleet_engine_slow_passes_total")
+        )
+    };
+    let m = ctrl.metrics(&client).await.unwrap_or_default();
+    println!("rollout engine during the rollout: {}", engine(&m));
 
     println!(
         "\nmode                   run    req/s  p50 ms  p90 ms  p99 ms   max ms  errors  srv ms  ctrl cpu  gen cpu  other cpu  lag ms"
@@ -688,6 +699,8 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
     println!(
         "controller CPU with {devices} devices and no check-ins ({idle_secs:.0} s): {idle_cores:.3} cores"
     );
+    let m = ctrl.metrics(&client).await.unwrap_or_default();
+    println!("rollout engine at the end: {}", engine(&m));
     let all: Vec<&Run> = a.iter().chain(b.iter()).collect();
     fail_on_errors("benchmark", &all);
 }
