@@ -12,7 +12,7 @@ use fleet_config::protocol::{
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{client, test_config, TestController};
+use support::{client, test_config, viewer_get, TestController};
 
 async fn start() -> (tempfile::TempDir, TestController) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -723,6 +723,48 @@ async fn openapi_describes_every_route_and_metrics_are_prometheus_text() {
         );
     } else if std::env::var("FLEET_REQUIRE_PROMETHEUS").as_deref() == Ok("1") {
         panic!("promtool is required");
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_list_comes_in_pages_by_id() {
+    let (_dir, c) = start().await;
+    for i in 0..5 {
+        let id = format!("page-{i}");
+        let t = bootstrap(&c, &id).await;
+        checkin(&c, &t, &checkin_body(&id, vec![])).await;
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("a list: {v}"))
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all = ids(&viewer_get(&c, "/api/v1/devices").await);
+    assert_eq!(all.len(), 5, "no paging asked: every device");
+    // Pages of two, each after the last id of the one before, cover the list once, in order.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = ids(&viewer_get(&c, &format!("/api/v1/devices?limit=2&after={after}")).await);
+        assert!(page.len() <= 2, "{page:?}");
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        seen.extend(page);
+        after = last;
+    }
+    assert_eq!(seen, all);
+    for bad in ["0", "10001", "-1", "many"] {
+        let r = client()
+            .get(c.url(&format!("/api/v1/devices?limit={bad}")))
+            .bearer_auth(&c.viewer)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 400, "limit={bad}");
     }
     c.stop().await;
 }

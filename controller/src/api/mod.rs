@@ -26,7 +26,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/enroll/claim", "claim secret in body", "Claim the device token once the pairing code is approved", agent::claim).errors(&[404, 409, 410, 429]),
         Route::post("/api/v1/checkin", "device", "Report state and events; get the desired release, the emergency-stop flag and the next interval", agent::checkin),
         Route::get("/api/v1/status", "viewer", "Fleet health, devices by state, versions, active rollouts, emergency stop", ops::status),
-        Route::get("/api/v1/devices", "viewer", "Devices with their derived state (filter: ?state=)", ops::devices),
+        Route::get("/api/v1/devices", "viewer", "Devices with their derived state, by id (filter: ?state=; pages: ?limit=N&after=LAST_ID)", ops::devices),
         Route::get("/api/v1/devices/{id}", "viewer", "One device with its recent events", ops::device),
         Route::post("/api/v1/devices/approve", "operator", "Approve a pairing code (`replace: true` to re-enroll an enrolled or revoked id)", ops::approve).errors(&[404, 409, 410, 429]),
         Route::post("/api/v1/devices/{id}/revoke", "operator", "Revoke a device's token (effective on its next request)", ops::revoke),

@@ -140,11 +140,16 @@ async fn lease_view(state: &AppState) -> Result<LeaseView, ApiError> {
     })
 }
 
-/// Filters of the device list.
+/// Filters and paging of the device list.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct DeviceQuery {
     /// Only devices in this state.
     pub state: Option<String>,
+    /// At most this many devices (1–10,000; all when absent). With `state`, a page may hold
+    /// fewer: the filter applies to the page.
+    pub limit: Option<u32>,
+    /// Only devices whose id sorts after this one (the last id of the previous page).
+    pub after: Option<String>,
 }
 
 /// `GET /api/v1/devices`.
@@ -155,10 +160,22 @@ pub async fn devices(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
-    let list = state
-        .db
-        .devices()
-        .await?
+    let rows = match (q.limit, &q.after) {
+        (None, None) => state.db.devices().await?,
+        (limit, after) => {
+            let limit = match limit {
+                Some(n @ 1..=10_000) => i64::from(n),
+                Some(n) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "`limit` must be between 1 and 10000, got {n}"
+                    )))
+                }
+                None => 10_000,
+            };
+            state.db.devices_page(after.as_deref(), limit).await?
+        }
+    };
+    let list = rows
         .into_iter()
         .map(|d| view(&state, d, now))
         .filter(|v| q.state.as_deref().is_none_or(|s| v.state.as_str() == s))

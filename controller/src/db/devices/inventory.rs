@@ -50,6 +50,26 @@ impl Db {
             .map(device_from)
             .collect()
     }
+
+    /// At most `limit` devices with an id after `after` (all from the start with `None`), by id:
+    /// one page of the device list.
+    pub async fn devices_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing devices"))?
+        .iter()
+        .map(device_from)
+        .collect()
+    }
 }
 
 impl Fenced {
