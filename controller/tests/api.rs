@@ -7,8 +7,7 @@ mod support;
 use std::time::Duration;
 
 use fleet_config::protocol::{
-    CheckinRequest, CheckinResponse, ClaimResponse, Desired, DeviceEvent, EnrollResponse,
-    EventKind, HealthState, Telemetry, UpdatePhase,
+    CheckinRequest, CheckinResponse, ClaimResponse, Desired, DeviceEvent, EnrollResponse, EventKind,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -30,17 +29,8 @@ fn enroll_body(id: &str) -> Value {
 
 fn checkin_body(id: &str, events: Vec<DeviceEvent>) -> CheckinRequest {
     CheckinRequest {
-        device_id: id.into(),
-        agent_version: "0.1.0".into(),
-        current: None,
-        previous: None,
-        phase: UpdatePhase::Idle,
-        health: HealthState::Unknown,
-        last_result: None,
-        bad_releases: vec![],
-        telemetry: Telemetry::default(),
         events,
-        long_poll_secs: 0,
+        ..support::checkin_request(id)
     }
 }
 

@@ -36,6 +36,20 @@ impl Suite {
         Some(Suite { dir, url, repo })
     }
 
+    /// A controller, the fleet enrolled, and every device on a first release `v1`.
+    async fn on_v1(&self) -> (TestController, SimFleet, String) {
+        let c = self.controller().await;
+        let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
+            .await
+            .expect("enroll");
+        let v1 = self.repo.release("v1");
+        rounds_until(&mut fleet, "every device on v1", |f| {
+            on(f, &v1).len() == DEVICES
+        })
+        .await;
+        (c, fleet, v1)
+    }
+
     async fn controller(&self) -> TestController {
         let git = GitSource {
             endpoints: vec![self.repo.url()],
@@ -107,15 +121,7 @@ async fn pins_keep_devices_out_of_rollouts(store: Store) {
     let Some(s) = Suite::new(store, &test).await else {
         return;
     };
-    let c = s.controller().await;
-    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
-        .await
-        .expect("enroll");
-    let v1 = s.repo.release("v1");
-    rounds_until(&mut fleet, "every device on v1", |f| {
-        on(f, &v1).len() == DEVICES
-    })
-    .await;
+    let (c, mut fleet, v1) = s.on_v1().await;
 
     // Refusals name the problem and change nothing.
     let (st, body) = post(
@@ -241,20 +247,22 @@ async fn stop_actor(c: &TestController) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Check-in rounds until the emergency stop is set.
+async fn rounds_until_stopped(c: &TestController, fleet: &mut SimFleet, what: &str) {
+    let deadline = Instant::now() + LIMIT;
+    while stop_actor(c).await.is_none() {
+        assert!(Instant::now() < deadline, "{what}");
+        fleet.round(&BTreeSet::new(), 8).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fleet_gate_holds_after_a_rollout(store: Store) {
     let test = format!("fleet_gate_{store:?}");
     let Some(s) = Suite::new(store, &test).await else {
         return;
     };
-    let c = s.controller().await;
-    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
-        .await
-        .expect("enroll");
-    let v1 = s.repo.release("v1");
-    rounds_until(&mut fleet, "every device on v1", |f| {
-        on(f, &v1).len() == DEVICES
-    })
-    .await;
+    let (c, mut fleet, v1) = s.on_v1().await;
     let deadline = Instant::now() + LIMIT;
     while !completed(&c, &v1).await {
         assert!(Instant::now() < deadline, "v1 never completed");
@@ -266,15 +274,7 @@ async fn fleet_gate_holds_after_a_rollout(store: Store) {
     for d in fleet.devices.iter_mut().take(11) {
         d.health_override = Some(HealthState::Degraded);
     }
-    let deadline = Instant::now() + LIMIT;
-    while stop_actor(&c).await.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the fleet-wide gate never tripped"
-        );
-        fleet.round(&BTreeSet::new(), 8).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rounds_until_stopped(&c, &mut fleet, "the fleet-wide gate never tripped").await;
     assert_eq!(stop_actor(&c).await.as_deref(), Some("controller"));
     let status = viewer_get(&c, "/api/v1/status").await;
     assert!(
@@ -310,12 +310,7 @@ async fn fleet_gate_holds_after_a_rollout(store: Store) {
     for d in fleet.devices.iter_mut().take(11) {
         d.health_override = Some(HealthState::Unhealthy);
     }
-    let deadline = Instant::now() + LIMIT;
-    while stop_actor(&c).await.is_none() {
-        assert!(Instant::now() < deadline, "the gate did not arm again");
-        fleet.round(&BTreeSet::new(), 8).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rounds_until_stopped(&c, &mut fleet, "the gate did not arm again").await;
     c.stop().await;
 }
 
@@ -334,15 +329,7 @@ async fn a_corrupt_rollout_is_quarantined(store: Store) {
     let Some(s) = Suite::new(store, &test).await else {
         return;
     };
-    let c = s.controller().await;
-    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(DEVICES))
-        .await
-        .expect("enroll");
-    let v1 = s.repo.release("v1");
-    rounds_until(&mut fleet, "every device on v1", |f| {
-        on(f, &v1).len() == DEVICES
-    })
-    .await;
+    let (c, mut fleet, _) = s.on_v1().await;
     // v2 starts and is paused; then its stored row is damaged (a disk, a hand-edited table,
     // a downgrade: anything outside the controller).
     let v2 = s.repo.release("v2");

@@ -8,9 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fleet_config::protocol::{
-    CheckinRequest, CheckinResponse, Desired, EnrollResponse, HealthState, Telemetry, UpdatePhase,
-};
+use fleet_config::protocol::{CheckinRequest, CheckinResponse, Desired, EnrollResponse};
 use fleet_controller::config::ControllerConfig;
 use serde_json::json;
 use support::fleet_repo::FleetRepo;
@@ -19,17 +17,8 @@ use support::{client, database_url, test_config, Store, TestController};
 
 fn request(id: &str, long_poll_secs: u64) -> CheckinRequest {
     CheckinRequest {
-        device_id: id.into(),
-        agent_version: "0.1.0".into(),
-        current: None,
-        previous: None,
-        phase: UpdatePhase::Idle,
-        health: HealthState::Unknown,
-        last_result: None,
-        bad_releases: vec![],
-        telemetry: Telemetry::default(),
-        events: vec![],
         long_poll_secs,
+        ..support::checkin_request(id)
     }
 }
 

@@ -6,9 +6,7 @@
 
 mod support;
 
-use fleet_config::protocol::{
-    CheckinRequest, ClaimResponse, EnrollResponse, HealthState, Telemetry, UpdatePhase,
-};
+use fleet_config::protocol::{CheckinRequest, ClaimResponse, EnrollResponse, HealthState};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{client, database_url, test_config, Store, TestController};
@@ -26,17 +24,8 @@ fn enroll_body(id: &str, host: &str) -> Value {
 
 fn checkin_body(id: &str) -> CheckinRequest {
     CheckinRequest {
-        device_id: id.into(),
-        agent_version: "0.1.0".into(),
-        current: None,
-        previous: None,
-        phase: UpdatePhase::Idle,
         health: HealthState::Healthy,
-        last_result: None,
-        bad_releases: vec![],
-        telemetry: Telemetry::default(),
-        events: vec![],
-        long_poll_secs: 0,
+        ..support::checkin_request(id)
     }
 }
 

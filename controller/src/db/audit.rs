@@ -24,6 +24,25 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// The statement that appends one entry, stamped now.
+fn insert<'q>(
+    actor: &'q str,
+    action: &'q str,
+    target: &'q str,
+    reason: &'q str,
+    detail: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "INSERT INTO audit (at_ms, actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(now_ms())
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(reason)
+    .bind(detail)
+}
+
 impl super::Fenced {
     /// Appends an entry in the leader's transaction.
     pub async fn audit(
@@ -34,18 +53,10 @@ impl super::Fenced {
         reason: &str,
         detail: &str,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO audit (at_ms, actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(now_ms())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(reason)
-        .bind(detail)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(q("writing the audit log"))?;
+        insert(actor, action, target, reason, detail)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(q("writing the audit log"))?;
         Ok(())
     }
 }
@@ -61,18 +72,10 @@ impl Db {
         detail: &str,
     ) -> Result<(), DbError> {
         let _turn = self.write_turn().await;
-        sqlx::query(
-            "INSERT INTO audit (at_ms, actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(now_ms())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(reason)
-        .bind(detail)
-        .execute(&self.pool)
-        .await
-        .map_err(q("writing the audit log"))?;
+        insert(actor, action, target, reason, detail)
+            .execute(&self.pool)
+            .await
+            .map_err(q("writing the audit log"))?;
         Ok(())
     }
 

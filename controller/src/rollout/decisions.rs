@@ -18,14 +18,13 @@
 //! | halt, then abort | every device goes back |
 //! | fleet gate: degraded devices, devices silent soon after a release | they count; devices offline for other reasons do not |
 
-use fleet_config::protocol::{HealthState, ReleaseId, UpdatePhase, UpdateResult};
+use fleet_config::protocol::{HealthState, ReleaseId, UpdateResult};
 
+use super::machine::tests::{device_view, NEW, OLD};
 use super::machine::{fleet_unhealthy, DeviceView, Effect, Outcome, Rollout, State};
 use super::plan::tests::{default_policy, fleet};
 use super::plan::Policy;
 
-const OLD: &str = "1111111111111111111111111111111111111111";
-const NEW: &str = "2222222222222222222222222222222222222222";
 const STEP: u64 = 1_000;
 
 fn rid(s: &str) -> ReleaseId {
@@ -40,21 +39,6 @@ struct Sim {
     effects: Vec<Effect>,
 }
 
-fn view(id: String, labels: std::collections::BTreeMap<String, String>) -> DeviceView {
-    DeviceView {
-        id,
-        labels,
-        online: true,
-        pinned: false,
-        current: Some(rid(OLD)),
-        phase: UpdatePhase::Idle,
-        health: HealthState::Healthy,
-        last_result: None,
-        bad_releases: vec![],
-        silent_after_release: false,
-    }
-}
-
 impl Sim {
     fn new(n: usize, canaries: usize, policy: Policy) -> Sim {
         Sim::with(n, canaries, policy, |_| {})
@@ -64,7 +48,7 @@ impl Sim {
     fn with(n: usize, canaries: usize, policy: Policy, before: impl Fn(&mut [DeviceView])) -> Sim {
         let mut devs: Vec<DeviceView> = fleet(n, canaries)
             .into_iter()
-            .map(|(id, labels)| view(id, labels))
+            .map(|(id, labels)| device_view(id, labels))
             .collect();
         before(&mut devs);
         let (r, effects) = Rollout::start("r1", &rid(NEW), "sha256:x", &devs, policy, 0);
@@ -485,7 +469,7 @@ fn the_fleet_gate_counts_degraded_and_silent_after_a_release_but_not_other_silen
     let p = default_policy(); // 20%
     let mut devs: Vec<DeviceView> = fleet(10, 0)
         .into_iter()
-        .map(|(id, labels)| view(id, labels))
+        .map(|(id, labels)| device_view(id, labels))
         .collect();
     devs[0].health = HealthState::Degraded;
     devs[1].health = HealthState::Unhealthy;
@@ -505,7 +489,7 @@ fn the_fleet_gate_counts_degraded_and_silent_after_a_release_but_not_other_silen
     // A site's power cut: offline, but no release touched them. Not a failure on its own.
     let mut cut: Vec<DeviceView> = fleet(10, 0)
         .into_iter()
-        .map(|(id, labels)| view(id, labels))
+        .map(|(id, labels)| device_view(id, labels))
         .collect();
     for d in cut.iter_mut().take(6) {
         d.online = false;

@@ -901,32 +901,37 @@ pub fn fleet_unhealthy(policy: &Policy, devices: &[DeviceView]) -> Option<String
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rollout::plan::tests::{default_policy, fleet};
 
-    const OLD: &str = "1111111111111111111111111111111111111111";
-    const NEW: &str = "2222222222222222222222222222222222222222";
+    pub(crate) const OLD: &str = "1111111111111111111111111111111111111111";
+    pub(crate) const NEW: &str = "2222222222222222222222222222222222222222";
 
     fn rid(s: &str) -> ReleaseId {
         s.parse().expect("sha")
     }
 
+    /// An online, healthy, unpinned device on release `OLD`.
+    pub(crate) fn device_view(id: String, labels: BTreeMap<String, String>) -> DeviceView {
+        DeviceView {
+            id,
+            labels,
+            online: true,
+            pinned: false,
+            current: Some(rid(OLD)),
+            phase: UpdatePhase::Idle,
+            health: HealthState::Healthy,
+            last_result: None,
+            bad_releases: vec![],
+            silent_after_release: false,
+        }
+    }
+
     fn views(n: usize, canaries: usize) -> Vec<DeviceView> {
         fleet(n, canaries)
             .into_iter()
-            .map(|(id, labels)| DeviceView {
-                id,
-                labels,
-                online: true,
-                pinned: false,
-                current: Some(rid(OLD)),
-                phase: UpdatePhase::Idle,
-                health: HealthState::Healthy,
-                last_result: None,
-                bad_releases: vec![],
-                silent_after_release: false,
-            })
+            .map(|(id, labels)| device_view(id, labels))
             .collect()
     }
 

@@ -246,3 +246,21 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A check-in of device `id` that has nothing yet: no release, idle, no events, no long poll.
+pub fn checkin_request(id: &str) -> fleet_config::protocol::CheckinRequest {
+    use fleet_config::protocol::{CheckinRequest, HealthState, Telemetry, UpdatePhase};
+    CheckinRequest {
+        device_id: id.into(),
+        agent_version: "0.1.0".into(),
+        current: None,
+        previous: None,
+        phase: UpdatePhase::Idle,
+        health: HealthState::Unknown,
+        last_result: None,
+        bad_releases: vec![],
+        telemetry: Telemetry::default(),
+        events: vec![],
+        long_poll_secs: 0,
+    }
+}

@@ -10,6 +10,25 @@ pub const PIN_BY_OPERATOR: &str = "operator";
 /// A pin from the newest release's devices.yaml.
 pub const PIN_BY_REPOSITORY: &str = "devices.yaml";
 
+/// The statement that pins device `id` to `(release, reason)` as `source`, or unpins it.
+pub(super) fn pin_update<'q>(
+    id: &'q str,
+    pin: Option<(&'q str, &'q str)>,
+    source: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let (release, reason, source) = match pin {
+        Some((r, why)) => (Some(r), why, source),
+        None => (None, "", ""),
+    };
+    sqlx::query(
+        "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
+    )
+    .bind(release)
+    .bind(reason)
+    .bind(source)
+    .bind(id)
+}
+
 impl Db {
     /// Pins a device to a release with a reason, or unpins it with `None`; `source` says who
     /// ([`PIN_BY_OPERATOR`] or [`PIN_BY_REPOSITORY`]). False if there is no such device.
@@ -19,20 +38,11 @@ impl Db {
         pin: Option<(&ReleaseId, &str)>,
         source: &str,
     ) -> Result<bool, DbError> {
-        let (release, reason, source) = match pin {
-            Some((r, why)) => (Some(r.as_str().to_owned()), why.to_owned(), source),
-            None => (None, String::new(), ""),
-        };
-        let r = sqlx::query(
-            "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
-        )
-        .bind(release)
-        .bind(reason)
-        .bind(source)
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(q("pinning a device"))?;
+        let pin = pin.map(|(r, why)| (r.as_str(), why));
+        let r = pin_update(id, pin, source)
+            .execute(&self.pool)
+            .await
+            .map_err(q("pinning a device"))?;
         Ok(r.rows_affected() > 0)
     }
 

@@ -62,19 +62,9 @@ pub(crate) async fn inventory_labels(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
 ) -> Result<Option<BTreeMap<String, String>>, DbError> {
-    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
-        .bind(INVENTORY_KEY)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(q("reading the inventory"))?;
-    let Some(r) = row else { return Ok(None) };
-    let text: String = r.try_get("value").map_err(q("reading the inventory"))?;
-    let mut inventory: BTreeMap<String, BTreeMap<String, String>> = serde_json::from_str(&text)
-        .map_err(|e| DbError::Corrupt {
-            what: "inventory",
-            detail: e.to_string(),
-        })?;
-    Ok(inventory.remove(id))
+    let inventory: Option<BTreeMap<String, BTreeMap<String, String>>> =
+        super::inventory::read_setting(tx, INVENTORY_KEY, "inventory").await?;
+    Ok(inventory.and_then(|mut i| i.remove(id)))
 }
 
 /// Creates device `id` with a fresh token inside `tx`; returns the token (shown once), or

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::desired::PIN_BY_REPOSITORY;
+use super::desired::{pin_update, PIN_BY_REPOSITORY};
 use super::{device_from, DeviceRow, DEVICE_COLUMNS};
 use crate::db::{q, Db, DbError, Fenced};
 
@@ -90,21 +90,7 @@ impl Fenced {
             .await
             .map_err(q("syncing the inventory"))?;
         // Kept for devices that enroll later (see `enroll_device`).
-        let text = serde_json::to_string(inventory).map_err(|e| DbError::Corrupt {
-            what: "inventory",
-            detail: e.to_string(),
-        })?;
-        sqlx::query("DELETE FROM settings WHERE key = $1")
-            .bind(INVENTORY_KEY)
-            .execute(&mut **tx)
-            .await
-            .map_err(q("storing the inventory"))?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
-            .bind(INVENTORY_KEY)
-            .bind(text)
-            .execute(&mut **tx)
-            .await
-            .map_err(q("storing the inventory"))?;
+        store_setting(tx, INVENTORY_KEY, &setting_text("inventory", inventory)?).await?;
         for (id, labels) in inventory {
             sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
                 .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
@@ -113,17 +99,38 @@ impl Fenced {
                 .await
                 .map_err(q("syncing the inventory"))?;
         }
-        store_setting(tx, PINS_KEY, &pins_text(pins)?).await?;
+        store_setting(tx, PINS_KEY, &setting_text("inventory pins", pins)?).await?;
         let changes = sync_pins(tx, pins).await?;
         Ok(changes)
     }
 }
 
-fn pins_text(pins: &BTreeMap<String, RepoPin>) -> Result<String, DbError> {
-    serde_json::to_string(pins).map_err(|e| DbError::Corrupt {
-        what: "inventory pins",
+fn setting_text<T: Serialize>(what: &'static str, value: &T) -> Result<String, DbError> {
+    serde_json::to_string(value).map_err(|e| DbError::Corrupt {
+        what,
         detail: e.to_string(),
     })
+}
+
+/// The JSON setting `key` inside `tx` (`None`: not stored).
+pub(super) async fn read_setting<T: serde::de::DeserializeOwned>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+    what: &'static str,
+) -> Result<Option<T>, DbError> {
+    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(q("reading the inventory"))?;
+    let Some(r) = row else { return Ok(None) };
+    let text: String = r.try_get("value").map_err(q("reading the inventory"))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| DbError::Corrupt {
+            what,
+            detail: e.to_string(),
+        })
 }
 
 async fn store_setting(
@@ -188,16 +195,11 @@ pub(crate) async fn set_repo_pin(
     id: &str,
     pin: Option<&RepoPin>,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
-    )
-    .bind(pin.map(|p| p.release.clone()))
-    .bind(pin.map(|p| p.reason.clone()).unwrap_or_default())
-    .bind(if pin.is_some() { PIN_BY_REPOSITORY } else { "" })
-    .bind(id)
-    .execute(&mut **tx)
-    .await
-    .map_err(q("pinning a device"))?;
+    let pin = pin.map(|p| (p.release.as_str(), p.reason.as_str()));
+    pin_update(id, pin, PIN_BY_REPOSITORY)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("pinning a device"))?;
     Ok(())
 }
 
@@ -206,19 +208,7 @@ pub(crate) async fn inventory_pin(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &str,
 ) -> Result<Option<RepoPin>, DbError> {
-    let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
-        .bind(PINS_KEY)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(q("reading the inventory pins"))?;
-    let Some(r) = row else { return Ok(None) };
-    let text: String = r
-        .try_get("value")
-        .map_err(q("reading the inventory pins"))?;
-    let mut pins: BTreeMap<String, RepoPin> =
-        serde_json::from_str(&text).map_err(|e| DbError::Corrupt {
-            what: "inventory pins",
-            detail: e.to_string(),
-        })?;
-    Ok(pins.remove(id))
+    let pins: Option<BTreeMap<String, RepoPin>> =
+        read_setting(tx, PINS_KEY, "inventory pins").await?;
+    Ok(pins.and_then(|mut p| p.remove(id)))
 }
