@@ -380,3 +380,48 @@ async fn a_corrupt_rollout_is_quarantined_on_sqlite() {
 async fn a_corrupt_rollout_is_quarantined_on_postgres() {
     a_corrupt_rollout_is_quarantined(Store::Postgres).await;
 }
+
+/// The store refuses new rollouts for a while (here a trigger; in production a full disk, a
+/// lost connection): the new commit is not recorded as a release until its rollout exists, so
+/// once the store works again the watcher's next pass starts it. Before, the release was
+/// recorded first and its rollout was lost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_rollout_could_not_be_created_is_tried_again() {
+    let Some(s) = Suite::new(Store::Sqlite, "release_retried").await else {
+        return;
+    };
+    let (c, mut fleet, _) = s.on_v1().await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_rollouts BEFORE INSERT ON rollouts \
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses rollouts'); END",
+    )
+    .execute(c.db().pool())
+    .await
+    .expect("trigger");
+    let v2 = s.repo.release("v2");
+    // Several watcher passes fail meanwhile; v2 is not recorded.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let releases = viewer_get(&c, "/api/v1/releases").await;
+    assert!(
+        !releases.to_string().contains(&v2),
+        "recorded without its rollout: {releases}"
+    );
+    sqlx::query("DROP TRIGGER refuse_rollouts")
+        .execute(c.db().pool())
+        .await
+        .expect("drop trigger");
+    rounds_until(&mut fleet, "v2 everywhere", |f| on(f, &v2).len() == DEVICES).await;
+    assert!(completed_soon(&c, &v2).await, "v2's rollout completes");
+    c.stop().await;
+}
+
+async fn completed_soon(c: &TestController, sha: &str) -> bool {
+    let deadline = Instant::now() + LIMIT;
+    while Instant::now() < deadline {
+        if completed(c, sha).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
