@@ -10,7 +10,7 @@
 //! compare-and-swap retried on a fresh read. So an abort sent to a follower is never undone by
 //! the leader's older copy, and a replica that lost the lease writes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use fleet_config::protocol::ReleaseId;
@@ -21,8 +21,11 @@ use crate::db::{
     now_ms, DbError, DeviceRow, EmergencyStop, Fence, Fenced, RepoPin, RolloutRow, RolloutWrite,
 };
 use crate::rollout::{
-    desired_for, DeviceView, Effect, Fallback, OpError, Policy, Rollout, State, Target,
+    desired_for, stored, DeviceRecord, DeviceView, Effect, Fallback, OpError, Policy, Rollout,
+    State, Target,
 };
+
+use crate::fleet_cache::{release_index, CachedRollout, FleetCache};
 use crate::state::AppState;
 
 /// Errors of the driver.
@@ -98,14 +101,14 @@ fn view(d: &DeviceRow, now: i64, offline_after_ms: i64, silence_window_ms: i64) 
 }
 
 /// Devices rollouts are about: enrolled, not revoked, listed in devices.yaml.
-fn fleet_views(
+fn fleet_views<'a>(
     state: &AppState,
-    devices: &[DeviceRow],
+    devices: impl IntoIterator<Item = &'a DeviceRow>,
     now: i64,
     silence_window_ms: i64,
 ) -> Vec<DeviceView> {
     devices
-        .iter()
+        .into_iter()
         .filter(|d| d.in_inventory && d.revoked_ms.is_none())
         .map(|d| view(d, now, state.offline_after_ms(), silence_window_ms))
         .collect()
@@ -124,7 +127,7 @@ fn parse(row: &RolloutRow) -> Result<Rollout, EngineError> {
             reason: reason.clone(),
         });
     }
-    serde_json::from_value(row.data.clone()).map_err(|e| EngineError::Corrupt {
+    stored::decode(row.data.clone()).map_err(|e| EngineError::Corrupt {
         id: row.id.clone(),
         reason: e.to_string(),
     })
@@ -159,28 +162,74 @@ async fn parse_or_quarantine(
     }
 }
 
-fn encode(r: &Rollout) -> Result<String, EngineError> {
-    serde_json::to_string(r).map_err(|e| EngineError::Corrupt {
+fn corrupt(r: &Rollout) -> impl FnOnce(serde_json::Error) -> EngineError + '_ {
+    move |e| EngineError::Corrupt {
         id: r.id.clone(),
         reason: e.to_string(),
+    }
+}
+
+/// A rollout's write: its text if it differs from `data_before`, and the records that differ
+/// from `before` (`None`: a new rollout, whose waiting devices need no row).
+struct Encoded {
+    data: String,
+    data_changed: bool,
+    records: Vec<(String, String)>,
+}
+
+fn encode(
+    r: &Rollout,
+    data_before: Option<&str>,
+    before: Option<&BTreeMap<String, DeviceRecord>>,
+) -> Result<Encoded, EngineError> {
+    let data = stored::encode_data(r).map_err(corrupt(r))?;
+    let records = match before {
+        Some(b) => stored::changed_records(r, b),
+        None => stored::changed_records(r, &waiting_records(r)),
+    }
+    .map_err(corrupt(r))?;
+    Ok(Encoded {
+        data_changed: data_before != Some(data.as_str()),
+        data,
+        records,
     })
 }
 
-fn write_of<'a>(r: &'a Rollout, data: &'a str) -> RolloutWrite<'a> {
+/// The records a new rollout starts from: every device waiting for its wave.
+fn waiting_records(r: &Rollout) -> BTreeMap<String, DeviceRecord> {
+    r.devices
+        .iter()
+        .map(|(id, rec)| (id.clone(), DeviceRecord::waiting(rec.wave)))
+        .collect()
+}
+
+fn write_of<'a>(r: &'a Rollout, e: &'a Encoded) -> RolloutWrite<'a> {
     RolloutWrite {
         id: &r.id,
         release: &r.release,
         state: r.state.name(),
         active: r.state.is_active(),
-        data,
+        data: e.data_changed.then_some(e.data.as_str()),
+        records: &e.records,
     }
 }
 
-/// The leader writes `r`, read at `version`, back (compare-and-swap, in its fenced
-/// transaction); returns the new version.
-async fn save(tx: &mut Fenced, r: &Rollout, version: i64) -> Result<i64, EngineError> {
-    let data = encode(r)?;
-    Ok(tx.update_rollout(&write_of(r, &data), version).await?)
+/// A rollout as read, with what a write of it is compared with.
+fn cached(r: Rollout, version: i64) -> Result<CachedRollout, EngineError> {
+    let data = stored::encode_data(&r).map_err(corrupt(&r))?;
+    Ok(CachedRollout {
+        version,
+        stored: r.devices.clone(),
+        rollout: r,
+        data,
+    })
+}
+
+/// The leader writes `c.rollout`, read at `c.version`, back (compare-and-swap, in its fenced
+/// transaction): its text if it changed and the records that changed; returns the new version.
+async fn save(tx: &mut Fenced, c: &CachedRollout, r: &Rollout) -> Result<i64, EngineError> {
+    let e = encode(r, Some(&c.data), Some(&c.stored))?;
+    Ok(tx.update_rollout(&write_of(r, &e), c.version).await?)
 }
 
 /// The audit log's words for an effect: (action, detail).
@@ -362,14 +411,15 @@ async fn try_start(
             return Err(EngineError::Exists(id.to_owned()));
         }
         if let Some(r) = parse_or_quarantine(state, row).await? {
-            readable.push((row, r));
+            readable.push(cached(r, row.version)?);
         }
     }
     let mut tx = state.db.fenced(fence).await?;
     let mut superseded = Vec::new();
-    for (row, mut old) in readable {
+    for c in readable {
+        let mut old = c.rollout.clone();
         old.supersede(id);
-        save(&mut tx, &old, row.version).await?;
+        save(&mut tx, &c, &old).await?;
         tx.audit(
             "controller",
             "rollout.superseded",
@@ -388,8 +438,9 @@ async fn try_start(
         policy.clone(),
         now.max(0) as u64,
     );
-    let data = encode(&r)?;
-    match tx.insert_rollout(&write_of(&r, &data)).await {
+    let mut e = encode(&r, None, None)?;
+    e.data_changed = true;
+    match tx.insert_rollout(&write_of(&r, &e)).await {
         Err(DbError::Conflict { .. }) => return Err(EngineError::Exists(id.to_owned())),
         other => other?,
     };
@@ -474,19 +525,16 @@ async fn mutate(
             state.db.rollout(id).await?
         };
         let row = row.ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
-        let mut r = parse(&row)?;
+        let before = cached(parse(&row)?, row.version)?;
+        let mut r = before.rollout.clone();
         let now = now_ms();
         let devices = state.db.devices().await?;
         let views = fleet_views(state, &devices, now, silence_window(&r.policy));
         let effects = f(&mut r, &views, now.max(0) as u64)?;
-        let data = encode(&r)?;
+        let e = encode(&r, Some(&before.data), Some(&before.stored))?;
         match state
             .db
-            .update_rollout(
-                &write_of(&r, &data),
-                row.version,
-                state.leadership.replica(),
-            )
+            .update_rollout(&write_of(&r, &e), row.version, state.leadership.replica())
             .await
         {
             Ok(_) => return Ok((r, effects)),
@@ -583,38 +631,71 @@ pub async fn reconcile_once(state: &AppState) -> Result<(), EngineError> {
     }
 }
 
+/// Desired releases written per transaction: a pass that moves a wave of 25,000 devices
+/// holds SQLite's writer for one batch at a time, and check-ins go in between.
+const DESIRED_PER_TX: usize = 1_000;
+
 async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
-    let now = now_ms();
-    let stop = state.db.emergency_stop().await?;
-    let rows = state.db.rollouts(200).await?;
-    let mut current: Option<Rollout> = None;
-    // The version `current` was read at: what it is written back over, or checked against.
-    let mut version = 0;
-    let mut last_completed: Option<(String, String)> = None;
-    for row in &rows {
-        if current.is_none() && !matches!(row.state.as_str(), "superseded" | "quarantined") {
-            if let Some(r) = parse_or_quarantine(state, row).await? {
-                current = Some(r);
-                version = row.version;
+    let mut cache = state.fleet_cache.lock().await;
+    cache.for_epoch(fence.epoch());
+    let result = pass_with(state, fence, &mut cache).await;
+    if result.is_err() {
+        // What failed may have left the copy ahead of the store: read it all again.
+        cache.forget();
+    }
+    result
+}
+
+/// The current rollout: the cached one while the store holds the version this replica read
+/// or wrote, else read again (an unreadable one is quarantined and the next one taken).
+async fn current_rollout(
+    state: &AppState,
+    cache: &mut FleetCache,
+) -> Result<(Option<CachedRollout>, Option<(String, String)>), EngineError> {
+    for _ in 0..ATTEMPTS {
+        let (head, completed) = state.db.rollout_heads().await?;
+        let Some((id, version)) = head else {
+            return Ok((None, completed));
+        };
+        if let Some((cid, c)) = cache.rollout.take() {
+            if cid == id && c.version == version {
+                return Ok((Some(c), completed));
             }
         }
-        if last_completed.is_none() && row.state == "completed" {
-            last_completed = Some((row.id.clone(), row.release.clone()));
+        let Some(row) = state.db.rollout(&id).await? else {
+            continue;
+        };
+        if let Some(r) = parse_or_quarantine(state, &row).await? {
+            return Ok((Some(cached(r, row.version)?), completed));
         }
     }
-    let window = current.as_ref().map_or(0, |r| silence_window(&r.policy));
-    let devices = state.db.devices().await?;
-    let views = fleet_views(state, &devices, now, window);
-    // What the pass writes, all in one fenced transaction at the end.
+    Ok((None, None))
+}
+
+async fn pass_with(
+    state: &AppState,
+    fence: &Fence,
+    cache: &mut FleetCache,
+) -> Result<(), EngineError> {
+    let now = now_ms();
+    let stop = state.db.emergency_stop().await?;
+    let (mut current, mut last_completed) = current_rollout(state, cache).await?;
+    let window = current
+        .as_ref()
+        .map_or(0, |c| silence_window(&c.rollout.policy));
+    cache.refresh_devices(&state.db, now).await?;
+    let releases = cache.releases(&state.db).await?;
+    let views = fleet_views(state, cache.devices(), now, window);
+    // What the pass writes: the rollout's change and effects with the first batch of desired
+    // releases, in one fenced transaction; the other batches after it.
     let mut effects = Vec::new();
-    let mut changed = false;
     let mut new_stop: Option<EmergencyStop> = None;
-    if let Some(r) = current.as_mut() {
+    let mut write: Option<Encoded> = None;
+    if let Some(c) = current.as_mut() {
+        let r = &mut c.rollout;
         if matches!(r.state, State::Running { .. }) {
-            let before = (r.state.clone(), r.devices.clone());
             let stop_since = stop.as_ref().map(|s| u64::try_from(s.at_ms).unwrap_or(0));
             effects = r.step(&views, stop_since, now.max(0) as u64);
-            changed = before != (r.state.clone(), r.devices.clone());
             if matches!(r.state, State::Completed { .. }) {
                 last_completed = Some((r.id.clone(), r.release.clone()));
             }
@@ -632,17 +713,13 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
                 rollback: false,
             });
         }
+        let e = encode(&c.rollout, Some(&c.data), Some(&c.stored))?;
+        if e.data_changed || !e.records.is_empty() {
+            write = Some(e);
+        }
     }
     // Release digests and their order, for targets and late joiners.
-    let releases = state.db.releases(10_000).await?;
-    let digests: HashMap<&str, &str> = releases
-        .iter()
-        .filter_map(|r| r.digest.as_deref().map(|d| (r.sha.as_str(), d)))
-        .collect();
-    let seen: HashMap<&str, i64> = releases
-        .iter()
-        .map(|r| (r.sha.as_str(), r.seen_ms))
-        .collect();
+    let (digests, seen) = release_index(&releases);
     let lc_release = last_completed.as_ref().map(|(_, rel)| rel.as_str());
     let lc_seen = lc_release
         .and_then(|r| seen.get(r).copied())
@@ -652,18 +729,18 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
         last_completed: lc_release,
         is_newer: &is_newer,
     };
+    let by_id: HashMap<&str, &DeviceView> = views.iter().map(|v| (v.id.as_str(), v)).collect();
+    let rollout = current.as_ref().map(|c| &c.rollout);
     let mut changes = Vec::new();
-    for d in &devices {
-        let target = if d.in_inventory && d.revoked_ms.is_none() {
-            let v = view(d, now, state.offline_after_ms(), window);
-            desired_for(
-                &v,
+    for d in cache.devices() {
+        let target = match by_id.get(d.id.as_str()) {
+            Some(v) => desired_for(
+                v,
                 d.pinned_release.as_ref().map(ReleaseId::as_str),
-                current.as_ref(),
+                rollout,
                 &fallback,
-            )
-        } else {
-            Target::Hold
+            ),
+            None => Target::Hold,
         };
         let want = match target {
             Target::Release(r) => digests
@@ -679,17 +756,27 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
             changes.push((d.id.clone(), want));
         }
     }
-    if !changed && effects.is_empty() && new_stop.is_none() && changes.is_empty() {
+    drop(by_id);
+    if write.is_none() && effects.is_empty() && new_stop.is_none() && changes.is_empty() {
+        cache.rollout = current.map(|c| (c.rollout.id.clone(), c));
         return Ok(());
     }
+    let mut batches = changes.chunks(DESIRED_PER_TX);
+    let first = batches.next().unwrap_or(&[]);
     let mut tx = state.db.fenced(fence).await?;
-    match &current {
-        Some(r) if changed => {
-            save(&mut tx, r, version).await?;
-        }
-        // The desired releases follow this version of the rollout: still the stored one.
-        Some(r) => tx.rollout_unchanged(&r.id, version).await?,
-        None => {}
+    let mut version = None;
+    if let Some(c) = &current {
+        version = Some(match &write {
+            Some(e) => {
+                tx.update_rollout(&write_of(&c.rollout, e), c.version)
+                    .await?
+            }
+            // The desired releases follow this version of the rollout: still the stored one.
+            None => {
+                tx.rollout_unchanged(&c.rollout.id, c.version).await?;
+                c.version
+            }
+        });
     }
     let mut stop_set = false;
     if let Some(stop) = &new_stop {
@@ -699,25 +786,56 @@ async fn pass(state: &AppState, fence: &Fence) -> Result<(), EngineError> {
                 .await?;
         }
     }
-    if let Some(r) = &current {
-        record_in(&mut tx, r, &effects).await?;
+    if let Some(c) = &current {
+        record_in(&mut tx, &c.rollout, &effects).await?;
     }
-    tx.set_desired(&changes).await?;
+    tx.set_desired(first).await?;
     tx.commit().await?;
-    // Check-ins held on this replica for these devices are answered now.
-    state
-        .waits
-        .wake_devices(changes.iter().map(|(id, _)| id.clone()));
+    if let (Some(c), Some(v)) = (current.as_mut(), version) {
+        if write.is_some() {
+            c.stored = c.rollout.devices.clone();
+            c.data = stored::encode_data(&c.rollout).map_err(corrupt(&c.rollout))?;
+        }
+        c.version = v;
+    }
+    written(state, cache, first, now);
     if stop_set {
         state.waits.wake_all();
     }
-    if let Some(r) = &current {
-        log_effects(r, &effects);
+    if let Some(c) = &current {
+        log_effects(&c.rollout, &effects);
     }
     if let (Some(stop), true) = (&new_stop, stop_set) {
         tracing::error!(actor = %stop.actor, reason = %stop.reason, rollback = stop.rollback, "EMERGENCY STOP set: every check-in answers hold");
     }
+    // The other batches, each checked against the version the first one wrote.
+    for batch in batches {
+        let mut tx = state.db.fenced(fence).await?;
+        if let (Some(c), Some(v)) = (&current, version) {
+            tx.rollout_unchanged(&c.rollout.id, v).await?;
+        }
+        tx.set_desired(batch).await?;
+        tx.commit().await?;
+        written(state, cache, batch, now);
+    }
+    cache.rollout = current.map(|c| (c.rollout.id.clone(), c));
     Ok(())
+}
+
+/// After desired releases were stored: the copy follows, and check-ins held on this replica
+/// for those devices are answered now.
+fn written(
+    state: &AppState,
+    cache: &mut FleetCache,
+    changes: &[(String, Option<(String, String)>)],
+    now: i64,
+) {
+    for (id, target) in changes {
+        cache.desired_written(id, target.as_ref(), now);
+    }
+    state
+        .waits
+        .wake_devices(changes.iter().map(|(id, _)| id.clone()));
 }
 
 /// The reconciler loop: every `reconcile_interval`, or sooner when woken. Each pass's time

@@ -94,7 +94,7 @@ pub fn states_of(
 /// The newest of the active rollouts (`rows` oldest first, as the store lists them), read.
 pub fn newest_rollout(rows: &[RolloutRow]) -> Option<Rollout> {
     rows.last()
-        .and_then(|r| serde_json::from_value(r.data.clone()).ok())
+        .and_then(|r| crate::rollout::stored::decode(r.data.clone()).ok())
 }
 
 /// The per-wave counts a page shows: pending, updating, healthy, failed.

@@ -46,6 +46,10 @@ pub struct AppState {
     pub tls: Option<Arc<crate::tls::CertStore>>,
     /// Held (long-poll) check-ins and their wake-ups.
     pub waits: Arc<crate::longpoll::WaitHub>,
+    /// The leader's copy of what its rollout passes read (see [`crate::fleet_cache::FleetCache`]).
+    pub fleet_cache: Arc<tokio::sync::Mutex<crate::fleet_cache::FleetCache>>,
+    /// Every device row, read at most once a second for `/metrics`, status and the dashboard.
+    pub rows: Arc<crate::rows_cache::RowsCache>,
 }
 
 impl AppState {
@@ -69,6 +73,8 @@ impl AppState {
             metrics_token: None,
             tls: None,
             waits: Arc::new(crate::longpoll::WaitHub::new(cfg_waiting)),
+            fleet_cache: Arc::default(),
+            rows: Arc::default(),
         }
     }
 

@@ -671,14 +671,23 @@ async fn openapi_describes_every_route_and_metrics_are_prometheus_text() {
     }
     let t = bootstrap(&c, "dev-m").await;
     checkin(&c, &t, &checkin_body("dev-m", vec![])).await;
-    let text = http
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // The device counts are read at most once a second, however often /metrics is scraped
+    // (the routes above scraped it a moment ago): the check-in shows within that second.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = http
+            .get(c.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.contains("fleet_devices{state=\"online\"} 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(text.contains("fleet_devices{state=\"online\"} 1"), "{text}");
     assert!(
         text.contains("fleet_checkin_duration_seconds_count 1"),

@@ -44,7 +44,8 @@ fn write<'a>(id: &'a str, state: &'a str, data: &'a str) -> RolloutWrite<'a> {
         release: SHA,
         state,
         active: state == "running",
-        data,
+        data: Some(data),
+        records: &[],
     }
 }
 

@@ -76,17 +76,19 @@ async fn metrics(
         }
     }
     let now = now_ms();
-    let devices = state.db.devices().await?;
+    let devices = state.rows.rows(&state.db).await?;
     let summary = crate::summary::summarize(&devices, now, state.offline_after_ms());
     let by_state: Vec<(&str, u64)> = DeviceState::ALL
         .iter()
         .map(|s| (s.as_str(), summary.count(*s)))
         .collect();
-    let mut rollouts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for r in state.db.rollouts(10_000).await? {
-        *rollouts.entry(r.state).or_default() += 1;
-    }
-    let rollouts: Vec<(String, u64)> = rollouts.into_iter().collect();
+    let rollouts: Vec<(String, u64)> = state
+        .db
+        .rollout_counts()
+        .await?
+        .into_iter()
+        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+        .collect();
     let stop = state.db.emergency_stop().await?.is_some();
     let text = state
         .metrics

@@ -45,7 +45,7 @@ impl From<RolloutRow> for RolloutEntry {
         let mut unreadable = row.unreadable;
         let data = match unreadable {
             Some(_) => None,
-            None => match serde_json::from_value::<Rollout>(row.data) {
+            None => match crate::rollout::stored::decode(row.data) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(rollout = %row.id, error = %e, "stored rollout does not read");
@@ -173,7 +173,7 @@ pub async fn show(
         state.db.rollout(&id).await?
     };
     let row = row.ok_or_else(|| ApiError::NotFound(format!("no rollout `{id}`")))?;
-    let r: Rollout = serde_json::from_value(row.data)
+    let r: Rollout = crate::rollout::stored::decode(row.data)
         .map_err(|e| ApiError::Conflict(format!("stored rollout `{id}` is unreadable: {e}")))?;
     Ok(Json(RolloutDetail {
         summary: summary(&r),

@@ -21,7 +21,6 @@ use serde::Deserialize;
 
 use crate::db::{now_ms, DbError, EmergencyStop, Role, SESSION_TTL_MS};
 use crate::openapi::{self, DescribeAnswer, Operation};
-use crate::rollout::Rollout;
 use crate::route::Route;
 use crate::service::rollouts::RolloutAction;
 use crate::service::{self, AppState, ServiceError};
@@ -189,7 +188,7 @@ async fn overview(
     let (s, stop) = enter(&state, &headers, &uri).await?;
     let now = now_ms();
     let off = state.offline_after_ms();
-    let rows = state.db.devices().await?;
+    let rows = state.rows.rows(&state.db).await?;
     let summary = crate::summary::summarize(&rows, now, off);
     let active = state.db.active_rollouts().await?;
     let alerts = model::alerts(&summary, stop.as_ref(), &active);
@@ -260,7 +259,7 @@ async fn rollouts(
     Query(flash): Query<Flash>,
 ) -> Result<Response, PageError> {
     let (s, stop) = enter(&state, &headers, &uri).await?;
-    let rows = state.db.rollouts(200).await?;
+    let rows = state.db.rollout_list(200).await?;
     let path = path_of(&uri);
     let c = chrome!(s, "rollouts", path, stop, flash);
     Ok(html(pages::rollouts(&c, &rows)))
@@ -280,7 +279,7 @@ async fn rollout(
         .db
         .rollout(&id)
         .await?
-        .map(|row| serde_json::from_value::<Rollout>(row.data));
+        .map(|row| crate::rollout::stored::decode(row.data));
     let r = match parsed {
         Some(Ok(r)) => r,
         Some(Err(e)) => {

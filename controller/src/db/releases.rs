@@ -64,6 +64,17 @@ impl Db {
         .collect()
     }
 
+    /// What tells whether the releases changed: how many there are and the newest's time
+    /// (releases are only ever added).
+    pub async fn releases_fingerprint(&self) -> Result<(i64, i64), DbError> {
+        let r = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(seen_ms), 0) AS m FROM releases")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("counting releases"))?;
+        let e = || q("counting releases");
+        Ok((r.try_get("n").map_err(e())?, r.try_get("m").map_err(e())?))
+    }
+
     /// Valid releases whose sha starts with `prefix` (lower-case hex), at most `limit`.
     pub async fn valid_releases_starting(
         &self,

@@ -1,4 +1,6 @@
-//! Rollouts as stored: the engine's state as JSON plus a few columns to find them. Every write
+//! Rollouts as stored: the engine's state as JSON plus a few columns to find them, and each
+//! device's record in a row of its own (`rollout_devices`), written only when it changes; a
+//! rollout read is handed on whole, its records put back under `devices`. Every write
 //! is conditional: a new rollout is inserted only if its id is free, and a change is a
 //! compare-and-swap on `version`, so no replica overwrites a change it has not read (an abort
 //! taken by a follower is never undone by the leader's older copy). The leader's writes are
@@ -76,11 +78,106 @@ pub struct RolloutWrite<'a> {
     pub state: &'a str,
     /// Still being driven.
     pub active: bool,
-    /// The engine's state, JSON.
-    pub data: &'a str,
+    /// The engine's state but the device records, JSON; `None`: unchanged.
+    pub data: Option<&'a str>,
+    /// The device records that changed: (device, record JSON).
+    pub records: &'a [(String, String)],
 }
 
-/// `UPDATE … WHERE id = $ AND version = $`: the new version, or [`DbError::Conflict`].
+/// Device records written per statement: a pass that moves a whole wave of 25,000 devices
+/// writes them in statements of this many rows.
+const RECORDS_PER_STATEMENT: usize = 500;
+
+/// Inserts or replaces device records of rollout `id`.
+async fn put_records(
+    conn: &mut AnyConnection,
+    id: &str,
+    records: &[(String, String)],
+) -> Result<(), DbError> {
+    for chunk in records.chunks(RECORDS_PER_STATEMENT) {
+        let mut sql =
+            String::from("INSERT INTO rollout_devices (rollout_id, device_id, record) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3));
+        }
+        sql.push_str(" ON CONFLICT (rollout_id, device_id) DO UPDATE SET record = excluded.record");
+        let mut query = sqlx::query(&sql).bind(id);
+        for (device, record) in chunk {
+            query = query.bind(device).bind(record);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(q("saving a rollout's device records"))?;
+    }
+    Ok(())
+}
+
+/// Puts the stored device records of each rollout back under its `devices`: a record that
+/// is not JSON makes its rollout unreadable (quarantined by the engine), never an error.
+async fn attach_records(
+    conn: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    rows: &mut [RolloutRow],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let list = (1..=rows.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT rollout_id, device_id, record FROM rollout_devices WHERE rollout_id IN ({list})"
+    );
+    let mut query = sqlx::query(&sql);
+    for r in rows.iter() {
+        query = query.bind(r.id.clone());
+    }
+    let found = query
+        .fetch_all(conn)
+        .await
+        .map_err(q("reading a rollout's device records"))?;
+    let at: std::collections::HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.clone(), i))
+        .collect();
+    let e = || q("reading a rollout's device records");
+    for f in &found {
+        let rollout: String = f.try_get("rollout_id").map_err(e())?;
+        let device: String = f.try_get("device_id").map_err(e())?;
+        let record: String = f.try_get("record").map_err(e())?;
+        let Some(row) = at.get(&rollout).and_then(|i| rows.get_mut(*i)) else {
+            continue;
+        };
+        if row.unreadable.is_some() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(&record) {
+            Ok(v) => {
+                if let Some(obj) = row.data.as_object_mut() {
+                    let devices = obj
+                        .entry("devices")
+                        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                    if let Some(d) = devices.as_object_mut() {
+                        d.insert(device, v);
+                    }
+                }
+            }
+            Err(err) => {
+                row.unreadable = Some(format!("the record of device {device}: {err}"));
+                row.data = serde_json::Value::Null;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `UPDATE … WHERE id = $ AND version = $` and the changed records: the new version, or
+/// [`DbError::Conflict`] (then nothing of it is written: the records go after the check).
 async fn update_on(
     conn: &mut AnyConnection,
     w: &RolloutWrite<'_>,
@@ -89,7 +186,7 @@ async fn update_on(
     epoch: Option<i64>,
 ) -> Result<i64, DbError> {
     let r = sqlx::query(
-        "UPDATE rollouts SET state = $1, active = $2, data = $3, updated_ms = $4, \
+        "UPDATE rollouts SET state = $1, active = $2, data = COALESCE($3, data), updated_ms = $4, \
          version = version + 1, updated_by = $5, epoch = $6 WHERE id = $7 AND version = $8",
     )
     .bind(w.state)
@@ -103,15 +200,15 @@ async fn update_on(
     .execute(&mut *conn)
     .await
     .map_err(q("saving a rollout"))?;
-    if r.rows_affected() == 1 {
-        Ok(version + 1)
-    } else {
-        Err(DbError::Conflict {
+    if r.rows_affected() != 1 {
+        return Err(DbError::Conflict {
             what: "rollout",
             id: w.id.to_owned(),
             version,
-        })
+        });
     }
+    put_records(conn, w.id, w.records).await?;
+    Ok(version + 1)
 }
 
 impl Fenced {
@@ -127,7 +224,7 @@ impl Fenced {
         .bind(w.release)
         .bind(w.state)
         .bind(i64::from(w.active))
-        .bind(w.data)
+        .bind(w.data.unwrap_or("{}"))
         .bind(now)
         .bind(now)
         .bind(self.fence().holder().to_owned())
@@ -135,15 +232,15 @@ impl Fenced {
         .execute(&mut *self.tx)
         .await
         .map_err(q("creating a rollout"))?;
-        if r.rows_affected() == 1 {
-            Ok(1)
-        } else {
-            Err(DbError::Conflict {
+        if r.rows_affected() != 1 {
+            return Err(DbError::Conflict {
                 what: "rollout",
                 id: w.id.to_owned(),
                 version: 0,
-            })
+            });
         }
+        put_records(&mut self.tx, w.id, w.records).await?;
+        Ok(1)
     }
 
     /// Writes a rollout read at `version` (compare-and-swap); returns the new version.
@@ -197,24 +294,93 @@ impl Db {
         by: &str,
     ) -> Result<i64, DbError> {
         let _turn = self.write_turn().await;
-        let mut conn = self.pool.acquire().await.map_err(q("saving a rollout"))?;
-        update_on(&mut conn, w, version, by, None).await
+        let mut tx = self.pool.begin().await.map_err(q("saving a rollout"))?;
+        let v = update_on(&mut tx, w, version, by, None).await?;
+        tx.commit().await.map_err(q("saving a rollout"))?;
+        Ok(v)
     }
 
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>, DbError> {
-        sqlx::query(&format!("SELECT {COLUMNS} FROM rollouts WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("reading a rollout"))?
-            .as_ref()
-            .map(rollout_from)
-            .transpose()
+        let mut rows: Vec<RolloutRow> =
+            sqlx::query(&format!("SELECT {COLUMNS} FROM rollouts WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading a rollout"))?
+                .as_ref()
+                .map(rollout_from)
+                .transpose()?
+                .into_iter()
+                .collect();
+        attach_records(&self.pool, &mut rows).await?;
+        Ok(rows.pop())
     }
 
-    /// Rollouts, newest first.
+    /// The rollout the engine drives (or whose devices it sends back): the newest one neither
+    /// superseded nor quarantined, as (id, version), without reading its state. And the newest
+    /// completed one, as (id, release).
+    pub async fn rollout_heads(
+        &self,
+    ) -> Result<(Option<(String, i64)>, Option<(String, String)>), DbError> {
+        let e = || q("finding the current rollout");
+        let current = sqlx::query(
+            "SELECT id, version FROM rollouts WHERE state NOT IN ('superseded', 'quarantined') \
+             ORDER BY created_ms DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e())?
+        .map(|r| {
+            Ok::<_, DbError>((
+                r.try_get("id").map_err(e())?,
+                r.try_get("version").map_err(e())?,
+            ))
+        })
+        .transpose()?;
+        let completed = sqlx::query(
+            "SELECT id, release FROM rollouts WHERE state = 'completed' \
+             ORDER BY created_ms DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e())?
+        .map(|r| {
+            Ok::<_, DbError>((
+                r.try_get("id").map_err(e())?,
+                r.try_get("release").map_err(e())?,
+            ))
+        })
+        .transpose()?;
+        Ok((current, completed))
+    }
+
+    /// How many rollouts are in each state (for `/metrics`), without reading them.
+    pub async fn rollout_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let e = || q("counting rollouts");
+        sqlx::query("SELECT state, COUNT(*) AS n FROM rollouts GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(e())?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("state").map_err(e())?,
+                    r.try_get("n").map_err(e())?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Rollouts, newest first, whole.
     pub async fn rollouts(&self, limit: i64) -> Result<Vec<RolloutRow>, DbError> {
+        let mut rows = self.rollout_list(limit).await?;
+        attach_records(&self.pool, &mut rows).await?;
+        Ok(rows)
+    }
+
+    /// Rollouts, newest first, for a list: `data` without the device records.
+    pub async fn rollout_list(&self, limit: i64) -> Result<Vec<RolloutRow>, DbError> {
         sqlx::query(&format!(
             "SELECT {COLUMNS} FROM rollouts ORDER BY created_ms DESC, id DESC LIMIT $1"
         ))
@@ -229,7 +395,7 @@ impl Db {
 
     /// The rollouts still being driven, oldest first.
     pub async fn active_rollouts(&self) -> Result<Vec<RolloutRow>, DbError> {
-        sqlx::query(&format!(
+        let mut rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM rollouts WHERE active = 1 ORDER BY created_ms, id"
         ))
         .fetch_all(&self.pool)
@@ -237,7 +403,9 @@ impl Db {
         .map_err(q("listing active rollouts"))?
         .iter()
         .map(rollout_from)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+        attach_records(&self.pool, &mut rows).await?;
+        Ok(rows)
     }
 
     /// Takes an unreadable rollout out of the engine's way: state `quarantined`, inactive,

@@ -126,6 +126,19 @@ pub struct DeviceRecord {
     pub outcome: Outcome,
 }
 
+impl DeviceRecord {
+    /// A device of `wave` before the wave starts.
+    pub fn waiting(wave: usize) -> DeviceRecord {
+        DeviceRecord {
+            wave,
+            from: None,
+            counted: false,
+            counts_against: None,
+            outcome: Outcome::Waiting,
+        }
+    }
+}
+
 /// What the engine needs to know of a device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceView {
@@ -262,7 +275,9 @@ pub struct Rollout {
     pub policy: Policy,
     /// The waves, fixed at creation.
     pub waves: Vec<WavePlan>,
-    /// Every device of the plan.
+    /// Every device of the plan. Stored apart, one row each, and only once it leaves
+    /// `waiting` ([`crate::rollout::stored`]); [`Rollout::fill_waiting`] puts the others back.
+    #[serde(default)]
     pub devices: BTreeMap<String, DeviceRecord>,
     /// Waves that halted and were promoted past: their devices stay where they went back to.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -332,16 +347,7 @@ impl Rollout {
         let mut records = BTreeMap::new();
         for (i, w) in waves.iter().enumerate() {
             for d in &w.devices {
-                records.insert(
-                    d.clone(),
-                    DeviceRecord {
-                        wave: i,
-                        from: None,
-                        counted: false,
-                        counts_against: None,
-                        outcome: Outcome::Waiting,
-                    },
-                );
+                records.insert(d.clone(), DeviceRecord::waiting(i));
             }
         }
         let mut r = Rollout {
@@ -406,6 +412,18 @@ impl Rollout {
             name: self.wave_name(wave),
             devices: names.len(),
             counted,
+        }
+    }
+
+    /// Gives every device of the plan that has no record the one it starts with (waiting for
+    /// its wave): the store keeps no row for those.
+    pub fn fill_waiting(&mut self) {
+        for (i, w) in self.waves.iter().enumerate() {
+            for d in &w.devices {
+                self.devices
+                    .entry(d.clone())
+                    .or_insert_with(|| DeviceRecord::waiting(i));
+            }
         }
     }
 

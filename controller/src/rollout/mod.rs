@@ -6,10 +6,12 @@
 //! - [`machine`]: the rollout's life: waves, health gate, bake, halt, pause, resume, abort,
 //!   promote, superseding.
 //! - [`desired`]: what each device should run, from the rollout and the fleet's history.
+//! - [`stored`]: the rollout as the store keeps it (its device records apart).
 
 pub mod desired;
 pub mod machine;
 pub mod plan;
+pub mod stored;
 
 pub use desired::{desired_for, Fallback, Target};
 pub use machine::{DeviceRecord, DeviceView, Effect, OpError, Outcome, Rollout, State};

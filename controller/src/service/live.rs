@@ -15,7 +15,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 async fn snapshot(state: &AppState) -> Result<Snapshot, DbError> {
     let now = now_ms();
-    let rows = state.db.devices().await?;
+    let rows = state.rows.rows(&state.db).await?;
     let off = state.offline_after_ms();
     let summary = summarize(&rows, now, off);
     let devices = states_of(&rows, now, off);
@@ -31,6 +31,12 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, DbError> {
 /// action, so the next page never starts from the state before it); forgets it otherwise, so
 /// a page opened later never starts from an old one.
 pub async fn refresh(state: &AppState) {
+    state.rows.forget().await;
+    recompute(state).await;
+}
+
+/// Recomputes the snapshot if somebody watches, from rows at most a second old.
+async fn recompute(state: &AppState) {
     if !state.live.watched() {
         state.live.forget();
         return;
@@ -52,7 +58,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        refresh(&state).await;
+        recompute(&state).await;
         let now = now_ms();
         if now - last_prune > 3_600_000 {
             last_prune = now;

@@ -21,12 +21,14 @@ pub(super) fn pin_update<'q>(
         None => (None, "", ""),
     };
     sqlx::query(
-        "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3 WHERE id = $4",
+        "UPDATE devices SET pinned_release = $1, pin_reason = $2, pin_source = $3, changed_ms = $5 \
+         WHERE id = $4",
     )
     .bind(release)
     .bind(reason)
     .bind(source)
     .bind(id)
+    .bind(now_ms())
 }
 
 impl Db {
@@ -49,7 +51,8 @@ impl Db {
     /// Asks a device to enter (or leave) safe mode; false if there is no such device.
     pub async fn request_safe_mode(&self, id: &str, on: bool) -> Result<bool, DbError> {
         let r = sqlx::query(
-            "UPDATE devices SET safe_mode_requested = $1, desired_updated_ms = $3 WHERE id = $2",
+            "UPDATE devices SET safe_mode_requested = $1, desired_updated_ms = $3, changed_ms = $3 \
+             WHERE id = $2",
         )
         .bind(i64::from(on))
         .bind(id)
@@ -94,7 +97,8 @@ impl Fenced {
                    WHEN $1 IS NULL THEN NULL \
                    WHEN desired_release IS NOT NULL AND desired_release = $1 THEN desired_since_ms \
                    ELSE $4 END, \
-                 desired_release = $1, desired_digest = $2, desired_updated_ms = $4 WHERE id = $3",
+                 desired_release = $1, desired_digest = $2, desired_updated_ms = $4, changed_ms = $4 \
+                 WHERE id = $3",
             )
             .bind(rel)
             .bind(dig)

@@ -83,13 +83,14 @@ pub(crate) async fn enroll_in(
     let on_conflict = if replace {
         "ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, arch = excluded.arch, \
          agent_version = excluded.agent_version, token_hash = excluded.token_hash, \
-         revoked_ms = NULL, enrolled_ms = excluded.enrolled_ms, acked_seq = 0"
+         revoked_ms = NULL, enrolled_ms = excluded.enrolled_ms, acked_seq = 0, \
+         changed_ms = excluded.changed_ms"
     } else {
         "ON CONFLICT (id) DO NOTHING"
     };
     let r = sqlx::query(&format!(
-        "INSERT INTO devices (id, hostname, arch, agent_version, token_hash, enrolled_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
+        "INSERT INTO devices (id, hostname, arch, agent_version, token_hash, enrolled_ms, changed_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) {on_conflict}"
     ))
     .bind(id)
     .bind(hostname)
@@ -106,12 +107,15 @@ pub(crate) async fn enroll_in(
     // A device that joins after the newest release takes its labels from that release's
     // devices.yaml now, not at the next release (or it would never be offered anything).
     if let Some(labels) = inventory_labels(tx, id).await? {
-        sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
-            .bind(serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()))
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(q("enrolling a device"))?;
+        sqlx::query(
+            "UPDATE devices SET in_inventory = 1, labels = $1, changed_ms = $3 WHERE id = $2",
+        )
+        .bind(serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()))
+        .bind(id)
+        .bind(crate::db::now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(q("enrolling a device"))?;
         if let Some(pin) = super::inventory::inventory_pin(tx, id).await? {
             super::inventory::set_repo_pin(tx, id, Some(&pin)).await?;
         }
@@ -197,12 +201,14 @@ impl Db {
 
     /// Revokes a device's token; false if there is no such device.
     pub async fn revoke_device(&self, id: &str) -> Result<bool, DbError> {
-        let r = sqlx::query("UPDATE devices SET revoked_ms = $1, token_hash = NULL WHERE id = $2")
-            .bind(crate::db::now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("revoking a device"))?;
+        let r = sqlx::query(
+            "UPDATE devices SET revoked_ms = $1, token_hash = NULL, changed_ms = $1 WHERE id = $2",
+        )
+        .bind(crate::db::now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("revoking a device"))?;
         Ok(r.rows_affected() > 0)
     }
 }

@@ -51,6 +51,22 @@ impl Db {
             .collect()
     }
 
+    /// Devices whose row changed at or after `since_ms` (any column: a check-in, an
+    /// operator's act, the engine's own writes), for the engine's pass, which reads only what
+    /// changed since the one before.
+    pub async fn devices_changed_since(&self, since_ms: i64) -> Result<Vec<DeviceRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE changed_ms >= $1"
+        ))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing changed devices"))?
+        .iter()
+        .map(device_from)
+        .collect()
+    }
+
     /// At most `limit` devices with an id after `after` (all from the start with `None`), by id:
     /// one page of the device list.
     pub async fn devices_page(
@@ -85,19 +101,24 @@ impl Fenced {
         pins: &BTreeMap<String, RepoPin>,
     ) -> Result<Vec<PinChange>, DbError> {
         let tx = &mut self.tx;
-        sqlx::query("UPDATE devices SET in_inventory = 0")
+        let now = crate::db::now_ms();
+        sqlx::query("UPDATE devices SET in_inventory = 0, changed_ms = $1")
+            .bind(now)
             .execute(&mut **tx)
             .await
             .map_err(q("syncing the inventory"))?;
         // Kept for devices that enroll later (see `enroll_device`).
         store_setting(tx, INVENTORY_KEY, &setting_text("inventory", inventory)?).await?;
         for (id, labels) in inventory {
-            sqlx::query("UPDATE devices SET in_inventory = 1, labels = $1 WHERE id = $2")
-                .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
-                .bind(id)
-                .execute(&mut **tx)
-                .await
-                .map_err(q("syncing the inventory"))?;
+            sqlx::query(
+                "UPDATE devices SET in_inventory = 1, labels = $1, changed_ms = $3 WHERE id = $2",
+            )
+            .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("syncing the inventory"))?;
         }
         store_setting(tx, PINS_KEY, &setting_text("inventory pins", pins)?).await?;
         let changes = sync_pins(tx, pins).await?;
