@@ -1,10 +1,15 @@
 //! Controller check-in benchmark (BENCHMARKS.md, issue 4), against the real `fleet-controller`
-//! binary as shipped (the release build Cargo makes for `cargo bench`) on SQLite:
+//! binary as shipped (the release build Cargo makes for `cargo bench`) on SQLite, or on
+//! PostgreSQL with `FLEET_BENCH_STORE=postgres` (a fresh database on the server of
+//! `FLEET_TEST_POSTGRES_URL`, as the tests use: `scripts/test-postgres start`):
 //!
 //! - enrolls `FLEET_BENCH_DEVICES` (default 10,000) simulated devices with a bootstrap token,
 //!   then brings every one of them onto a release through a real rollout (fleet repository on a
 //!   loopback `git daemon`, signed push webhook), so the measured check-ins are the steady state
 //!   of a fleet in production: the answer names the release the device runs;
+//! - while the rollout starts its waves, check-ins at `FLEET_BENCH_RATE` for
+//!   `FLEET_BENCH_ROLLOUT_SECS` (default 120), with the engine's pass times over that while;
+//!   then as fast as possible until every device runs the release;
 //! - drives full check-ins (each device's own token and request; one in 20 carries two events)
 //!   (a) open loop at `FLEET_BENCH_RATE` per second (default 1,667: 100,000 devices every 60 s),
 //!   spread round-robin over the devices, and (b) as fast as possible with
@@ -464,15 +469,44 @@ fn main() {
     let runs: usize = knob("FLEET_BENCH_RUNS", 3);
     let rate: f64 = knob("FLEET_BENCH_RATE", 100_000.0 / 60.0);
     let concurrency: usize = knob("FLEET_BENCH_CONCURRENCY", 64);
+    let rollout_secs: f64 = knob("FLEET_BENCH_ROLLOUT_SECS", 120.0);
+    let store: String = knob("FLEET_BENCH_STORE", "sqlite".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(bench(devices, secs, runs, rate, concurrency));
+    runtime.block_on(bench(Knobs {
+        devices,
+        secs,
+        runs,
+        rate,
+        concurrency,
+        rollout_secs,
+        store,
+    }));
 }
 
-async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: usize) {
+struct Knobs {
+    devices: usize,
+    secs: f64,
+    runs: usize,
+    rate: f64,
+    concurrency: usize,
+    rollout_secs: f64,
+    store: String,
+}
+
+async fn bench(k: Knobs) {
+    let Knobs {
+        devices,
+        secs,
+        runs,
+        rate,
+        concurrency,
+        rollout_secs,
+        store,
+    } = k;
     let dir = tempfile::Builder::new()
         .prefix("checkin-bench-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -483,8 +517,20 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
     std::fs::create_dir_all(&data_dir).expect("data dir");
     let secret_file = data_dir.join("webhook.secret");
     std::fs::write(&secret_file, secret).expect("webhook secret");
+    let database_url = match store.as_str() {
+        "sqlite" => None,
+        "postgres" => Some(
+            support::postgres::fresh_database("checkin_bench")
+                .await
+                .unwrap_or_else(|| {
+                    panic!("FLEET_BENCH_STORE=postgres needs FLEET_TEST_POSTGRES_URL")
+                }),
+        ),
+        other => panic!("FLEET_BENCH_STORE={other}: sqlite or postgres"),
+    };
     // Production defaults (60 s check-in interval, 1 s reconcile, 30 s Git poll), loopback only.
     let cfg = ControllerConfig {
+        database_url: database_url.clone(),
         listen: free_addr(),
         data_dir: data_dir.clone(),
         git: Some(GitSource {
@@ -534,11 +580,14 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
     let rss_idle = rss_kb(ctrl.pid);
 
     println!(
-        "fleet-controller check-in benchmark: {} ({}), SQLite in {}, {devices} devices, \
+        "fleet-controller check-in benchmark: {} ({}), {}, {devices} devices, \
          load generator in this process on the same machine ({} CPUs)",
         binary().display(),
         std::env::consts::ARCH,
-        data_dir.display(),
+        match &database_url {
+            Some(u) => format!("PostgreSQL at {u}"),
+            None => format!("SQLite in {}", data_dir.display()),
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
 
@@ -596,6 +645,41 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
         .expect("webhook");
     assert!(r.status().is_success(), "webhook refused: {}", r.status());
     let t = Instant::now();
+    let engine = |m: &str| {
+        format!(
+            "{:.0} passes, last {:.1} ms, longest {:.1} ms, {:.0} longer than reconcile_interval",
+            metric(m, "fleet_engine_passes_total"),
+            metric(m, "fleet_engine_pass_seconds") * 1e3,
+            metric(m, "fleet_engine_pass_max_seconds") * 1e3,
+            metric(m, "fleet_engine_slow_passes_total")
+        )
+    };
+    // The production load while the rollout starts its waves: the devices check in at the
+    // fixed rate and take the release as they are told.
+    if rollout_secs > 0.0 {
+        let run = probe
+            .measure(&ctrl, &fleet, |rec| {
+                fixed_rate(fleet.clone(), rec, rate, rollout_secs)
+            })
+            .await;
+        println!(
+            "\nmode                   run    req/s  p50 ms  p90 ms  p99 ms   max ms  errors  srv ms  ctrl cpu  gen cpu  other cpu  lag ms"
+        );
+        print_run(&format!("(r) {rate:.0}/s in rollout"), 0, &run);
+        let mut on_release = 0;
+        for d in &fleet.devices {
+            if d.lock().await.current.as_ref().map(|r| r.as_str()) == Some(sha.as_str()) {
+                on_release += 1;
+            }
+        }
+        let m = ctrl.metrics(&client).await.unwrap_or_default();
+        println!(
+            "during the rollout ({rollout_secs:.0} s at {rate:.0}/s): {on_release} of {devices} devices on the release; engine: {}; RSS {:.1} MB",
+            engine(&m),
+            rss_kb(ctrl.pid) as f64 / 1024.0
+        );
+        fail_on_errors("check-ins during the rollout", &[&run]);
+    }
     let mut rounds = 0;
     let mut rollout_checkins = 0;
     loop {
@@ -635,15 +719,6 @@ async fn bench(devices: usize, secs: f64, runs: usize, rate: f64, concurrency: u
         t.elapsed().as_secs_f64()
     );
     let rss_rolled_out = rss_kb(ctrl.pid);
-    let engine = |m: &str| {
-        format!(
-            "{:.0} passes, last {:.1} ms, longest {:.1} ms, {:.0} longer than reconcile_interval",
-            metric(m, "fleet_engine_passes_total"),
-            metric(m, "fleet_engine_pass_seconds") * 1e3,
-            metric(m, "fleet_engine_pass_max_seconds") * 1e3,
-            metric(m, "fleet_engine_slow_passes_total")
-        )
-    };
     let m = ctrl.metrics(&client).await.unwrap_or_default();
     println!("rollout engine during the rollout: {}", engine(&m));
 
