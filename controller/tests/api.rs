@@ -756,6 +756,45 @@ async fn the_device_list_comes_in_pages_by_id() {
         after = last;
     }
     assert_eq!(seen, all);
+    // A filtered page can be empty and not the last: the header says where the next starts.
+    let r = client()
+        .get(c.url("/api/v1/devices?state=offline&limit=2"))
+        .bearer_auth(&c.viewer)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.headers()
+            .get("fleet-next-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("page-1"),
+        "a full page names its last id"
+    );
+    assert_eq!(ids(&r.json().await.expect("json")), Vec::<String>::new());
+    // fleetctl's client follows the pages (of two here) to the end, filtered or not.
+    let api = fleet_client::api::Api::new(fleet_client::api::Target {
+        url: c.url(""),
+        token: c.viewer.clone(),
+        ca_file: None,
+    })
+    .expect("client");
+    let listed = api.get_all("/api/v1/devices", 2).await.expect("pages");
+    assert_eq!(ids(&listed), all);
+    let online = api
+        .get_all("/api/v1/devices?state=online", 2)
+        .await
+        .expect("pages");
+    assert_eq!(ids(&online), all);
+    let last = client()
+        .get(c.url("/api/v1/devices?limit=2&after=page-3"))
+        .bearer_auth(&c.viewer)
+        .send()
+        .await
+        .expect("get");
+    assert!(
+        last.headers().get("fleet-next-after").is_none(),
+        "the last page (one device) has no next"
+    );
     for bad in ["0", "10001", "-1", "many"] {
         let r = client()
             .get(c.url(&format!("/api/v1/devices?limit={bad}")))

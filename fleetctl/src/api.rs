@@ -138,6 +138,10 @@ pub fn resolve(
     })
 }
 
+/// The header of a page of a list naming where the next page starts (the controller's
+/// `GET /api/v1/devices?limit=N`).
+pub const NEXT_AFTER: &str = "fleet-next-after";
+
 /// The API client.
 pub struct Api {
     target: Target,
@@ -165,6 +169,14 @@ impl Api {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CtlError> {
+        Ok(self.send_paged(req).await?.0)
+    }
+
+    /// Sends `req`; the answer and the `fleet-next-after` header of a page, if any.
+    async fn send_paged(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Value, Option<String>), CtlError> {
         let resp = req
             .bearer_auth(&self.target.token)
             .send()
@@ -174,6 +186,11 @@ impl Api {
                 reason: crate::tls::describe(&e),
             })?;
         let status = resp.status();
+        let next = resp
+            .headers()
+            .get(NEXT_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(CtlError::Refused {
@@ -181,11 +198,39 @@ impl Api {
                 message: body["error"].as_str().unwrap_or("no message").to_owned(),
             });
         }
-        Ok(body)
+        Ok((body, next))
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.target.url.trim_end_matches('/'), path)
+    }
+
+    /// `GET path` of a paged list (`path` has a query already), page after page of `limit`
+    /// (the controller's `fleet-next-after` header says where the next one starts): every
+    /// item, however large the fleet, without one answer holding it all.
+    pub async fn get_all(&self, path: &str, limit: u32) -> Result<Value, CtlError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url =
+                reqwest::Url::parse(&self.url(path)).map_err(|e| CtlError::Unreachable {
+                    url: self.target.url.clone(),
+                    reason: e.to_string(),
+                })?;
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
+            if let Some(a) = &after {
+                url.query_pairs_mut().append_pair("after", a);
+            }
+            let (page, next) = self.send_paged(self.http.get(url)).await?;
+            if let Value::Array(items) = page {
+                all.extend(items);
+            }
+            match next {
+                Some(n) if Some(&n) != after.as_ref() => after = Some(n),
+                _ => return Ok(Value::Array(all)),
+            }
+        }
     }
 
     /// `GET path`.

@@ -152,14 +152,47 @@ pub struct DeviceQuery {
     pub after: Option<String>,
 }
 
+/// The header of a full page of devices naming the last id it looked at: the next page is
+/// `?after=` that id. (With `?state=` a page may hold fewer devices, or none, and still not
+/// be the last; without the header it is the last.)
+pub const NEXT_AFTER: &str = "fleet-next-after";
+
+/// A page of a list: the JSON, and where the next page starts if there is one.
+pub struct Paged<T> {
+    /// The id the next page starts after (`None`: this one is the last).
+    pub next_after: Option<String>,
+    /// The page.
+    pub body: Json<T>,
+}
+
+impl<T: Serialize> axum::response::IntoResponse for Paged<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = self.body.into_response();
+        if let Some(v) = self
+            .next_after
+            .and_then(|a| axum::http::HeaderValue::from_str(&a).ok())
+        {
+            resp.headers_mut().insert(NEXT_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl<T: JsonSchema> crate::openapi::DescribeAnswer for Result<Paged<T>, ApiError> {
+    fn describe(op: &mut crate::openapi::Operation<'_>) {
+        <Result<Json<T>, ApiError> as crate::openapi::DescribeAnswer>::describe(op)
+    }
+}
+
 /// `GET /api/v1/devices`.
 pub async fn devices(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<DeviceQuery>,
-) -> Result<Json<Vec<DeviceView>>, ApiError> {
+) -> Result<Paged<Vec<DeviceView>>, ApiError> {
     require(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
+    let mut next_after = None;
     let rows = match (q.limit, &q.after) {
         (None, None) => state.db.devices().await?,
         (limit, after) => {
@@ -172,7 +205,11 @@ pub async fn devices(
                 }
                 None => 10_000,
             };
-            state.db.devices_page(after.as_deref(), limit).await?
+            let page = state.db.devices_page(after.as_deref(), limit).await?;
+            if page.len() as i64 == limit {
+                next_after = page.last().map(|d| d.id.clone());
+            }
+            page
         }
     };
     let list = rows
@@ -180,7 +217,10 @@ pub async fn devices(
         .map(|d| view(&state, d, now))
         .filter(|v| q.state.as_deref().is_none_or(|s| v.state.as_str() == s))
         .collect();
-    Ok(Json(list))
+    Ok(Paged {
+        next_after,
+        body: Json(list),
+    })
 }
 
 /// One device with its newest events (`GET /api/v1/devices/{id}`).

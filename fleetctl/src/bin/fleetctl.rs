@@ -8,6 +8,9 @@ use fleet_client::api::{ago, cell, reason, resolve, table, Api, CtlError};
 use fleet_client::now_ms;
 use serde_json::{json, Value};
 
+/// Devices per page when listing them.
+const DEVICE_PAGE: u32 = 1_000;
+
 #[derive(Parser)]
 #[command(
     name = "fleetctl",
@@ -319,7 +322,8 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                     Some(s) => format!("/api/v1/devices?state={s}"),
                     None => "/api/v1/devices".into(),
                 };
-                let list = api.get(&path).await?;
+                // In pages, so a fleet of 100,000 is not one answer of every device.
+                let list = api.get_all(&path, DEVICE_PAGE).await?;
                 if json_out {
                     return Ok(pretty(&list));
                 }
