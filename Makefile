@@ -2,13 +2,14 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: help demo build device test lint fmt fuzz clean
+.PHONY: help demo build device test lint fmt fuzz clean safe-mode-images
 
 help:
 	@echo "make demo   - the whole product on this machine: git servers, controller, 3 real agents on Docker, 200 simulated devices (Ctrl-C stops and cleans up)"
 	@echo "make test   - formatting, lints and the whole test suite, every test run (what CI runs; as root it installs the packages the tests need)"
 	@echo "make build  - release build of every binary"
 	@echo "make device - the agent as shipped to devices (target/device/fleet-agent: size-optimised, LTO)"
+	@echo "make safe-mode-images - the safe-mode stack's images (fleet/safe-sshd, -exporter, -logship) from Debian's packages with mmdebstrap (root; FORCE=1 rebuilds)"
 	@echo "make lint   - cargo fmt --check, clippy with warnings as errors, the crate dependency rules (scripts/check-deps) and cargo deny (licenses, duplicates, sources)"
 	@echo "make fmt    - format the code"
 	@echo "make fuzz   - fuzz the repository loader for FUZZ_SECONDS (default 300; needs nightly and cargo-fuzz)"
@@ -26,6 +27,12 @@ build:
 
 device:
 	$(CARGO) build --profile device -p fleet-agent
+
+# The safe-mode stack's images from Debian's packages (safe-mode/README.md): skipped when built
+# from the same inputs already, FORCE=1 rebuilds; root filesystems cached in ~/.cache/fleet/.
+safe-mode-images:
+	@scripts/packages install images
+	scripts/safe-mode-images $(if $(FORCE),--force)
 
 # cargo deny (deny.toml): licenses, duplicate versions and sources. Not advisories: the
 # RustSec database is a Git repository on GitHub, which these machines cannot reach.

@@ -12,7 +12,7 @@ pub mod lab;
 pub mod process;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use fleet_testkit::{docker_guard, git_daemon, images};
+pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus};
 
 use std::time::Duration;
 
