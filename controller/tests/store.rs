@@ -421,6 +421,68 @@ async fn lease_and_fencing(store: Store) {
         (3, "replica-b", Some(2), "running")
     );
 
+    // Device records are rows of their own: written with the change that made them, read
+    // back under `devices`, left alone by a write that does not name them, and not written at
+    // all by a write that loses its compare-and-swap.
+    let rec = |n: u32| (format!("dev-{n:04}"), format!("{{\"wave\":0,\"n\":{n}}}"));
+    let many: Vec<(String, String)> = (0..1_234).map(rec).collect();
+    let mut tx = db.fenced(&b).await.expect("B leads");
+    let v = tx
+        .update_rollout(
+            &RolloutWrite {
+                data: None,
+                records: &many,
+                ..write("r1", "running", "")
+            },
+            3,
+        )
+        .await
+        .expect("records in statements of a few hundred rows");
+    tx.commit().await.expect("commit");
+    let r = db.rollout("r1").await.expect("q").expect("row");
+    assert_eq!(r.data["devices"].as_object().map(|d| d.len()), Some(1_234));
+    assert_eq!(r.data["devices"]["dev-0007"]["n"], 7);
+    assert_eq!(r.data.get("a"), None, "`data: None` kept the stored text");
+    let one = vec![("dev-0007".to_owned(), "{\"wave\":0,\"n\":77}".to_owned())];
+    let mut tx = db.fenced(&b).await.expect("B leads");
+    assert!(matches!(
+        tx.update_rollout(
+            &RolloutWrite {
+                records: &one,
+                ..write("r1", "running", "{}")
+            },
+            v - 1,
+        )
+        .await,
+        Err(DbError::Conflict { .. })
+    ));
+    drop(tx);
+    let r = db.rollout("r1").await.expect("q").expect("row");
+    assert_eq!(
+        r.data["devices"]["dev-0007"]["n"], 7,
+        "a lost swap wrote nothing"
+    );
+    db.update_rollout(
+        &RolloutWrite {
+            records: &one,
+            ..write("r1", "paused", "{}")
+        },
+        v,
+        "replica-c",
+    )
+    .await
+    .expect("operator");
+    let r = db.rollout("r1").await.expect("q").expect("row");
+    assert_eq!(r.data["devices"]["dev-0007"]["n"], 77);
+    assert_eq!(r.data["devices"]["dev-0008"]["n"], 8, "the others stay");
+    assert_eq!(
+        db.rollout_list(10).await.expect("list")[0]
+            .data
+            .get("devices"),
+        None,
+        "a list reads no records"
+    );
+
     if store == Store::Postgres {
         // A holder whose session is gone (a crashed replica) is replaced at once, long before
         // its lease expires.
