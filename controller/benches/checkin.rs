@@ -448,6 +448,21 @@ fn print_median(label: &str, runs: &[Run]) {
     );
 }
 
+/// What the controller warned about so far, each kind once with how often (the first 60
+/// characters of its message after the level).
+fn print_warnings(ctrl: &Controller) {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for l in ctrl.log_text().lines() {
+        if let Some(i) = l.find(" WARN ").or_else(|| l.find(" ERROR ")) {
+            let msg: String = l[i..].chars().take(120).collect();
+            *kinds.entry(msg).or_default() += 1;
+        }
+    }
+    for (k, n) in kinds.iter().take(20) {
+        println!("  controller log: {n} x {k}");
+    }
+}
+
 fn fail_on_errors(what: &str, runs: &[&Run]) {
     let errors: u64 = runs.iter().map(|r| r.errors).sum();
     if errors > 0 {
@@ -678,6 +693,7 @@ async fn bench(k: Knobs) {
             engine(&m),
             rss_kb(ctrl.pid) as f64 / 1024.0
         );
+        print_warnings(&ctrl);
         fail_on_errors("check-ins during the rollout", &[&run]);
     }
     let mut rounds = 0;

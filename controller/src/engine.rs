@@ -10,7 +10,7 @@
 //! compare-and-swap retried on a fresh read. So an abort sent to a follower is never undone by
 //! the leader's older copy, and a replica that lost the lease writes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_config::protocol::ReleaseId;
@@ -25,7 +25,7 @@ use crate::rollout::{
     State, Target,
 };
 
-use crate::fleet_cache::{release_index, CachedRollout, FleetCache};
+use crate::fleet_cache::{release_index, view, CachedRollout, FleetCache};
 use crate::state::AppState;
 
 /// Errors of the driver.
@@ -75,31 +75,6 @@ impl EngineError {
 /// How often a write that found the rollout changed is tried again on a fresh read.
 const ATTEMPTS: u32 = 10;
 
-/// The engine's view of a device. `silence_window_ms`: a device that went silent within this
-/// long of being told a new release counts as failed for the fleet-wide gate.
-fn view(d: &DeviceRow, now: i64, offline_after_ms: i64, silence_window_ms: i64) -> DeviceView {
-    let online = d.online(now, offline_after_ms);
-    let silent_after_release = !online
-        && d.desired_release.is_some()
-        && match (d.desired_since_ms, d.last_seen_ms) {
-            // It checked in after being told (so it got the release) and fell silent soon.
-            (Some(told), Some(seen)) => seen >= told && seen - told <= silence_window_ms,
-            _ => false,
-        };
-    DeviceView {
-        id: d.id.clone(),
-        labels: d.labels.clone(),
-        online,
-        silent_after_release,
-        pinned: d.pinned_release.is_some(),
-        current: d.current.clone(),
-        phase: d.phase,
-        health: d.health,
-        last_result: d.last_result.clone(),
-        bad_releases: d.bad_releases.clone(),
-    }
-}
-
 /// Devices rollouts are about: enrolled, not revoked, listed in devices.yaml.
 fn fleet_views<'a>(
     state: &AppState,
@@ -109,7 +84,7 @@ fn fleet_views<'a>(
 ) -> Vec<DeviceView> {
     devices
         .into_iter()
-        .filter(|d| d.in_inventory && d.revoked_ms.is_none())
+        .filter(|d| crate::fleet_cache::in_fleet(d))
         .map(|d| view(d, now, state.offline_after_ms(), silence_window_ms))
         .collect()
 }
@@ -685,7 +660,8 @@ async fn pass_with(
         .map_or(0, |c| silence_window(&c.rollout.policy));
     cache.refresh_devices(&state.db, now).await?;
     let releases = cache.releases(&state.db).await?;
-    let views = fleet_views(state, cache.devices(), now, window);
+    cache.prepare_views(now, state.offline_after_ms(), window);
+    let views = cache.views();
     // What the pass writes: the rollout's change and effects with the first batch of desired
     // releases, in one fenced transaction; the other batches after it.
     let mut effects = Vec::new();
@@ -695,14 +671,14 @@ async fn pass_with(
         let r = &mut c.rollout;
         if matches!(r.state, State::Running { .. }) {
             let stop_since = stop.as_ref().map(|s| u64::try_from(s.at_ms).unwrap_or(0));
-            effects = r.step(&views, stop_since, now.max(0) as u64);
+            effects = r.step(views, stop_since, now.max(0) as u64);
             if matches!(r.state, State::Completed { .. }) {
                 last_completed = Some((r.id.clone(), r.release.clone()));
             }
         }
         // The fleet-wide gate holds whatever the rollout is doing: a release that completed
         // its rollout and then takes devices down trips it too.
-        if let Some(reason) = fleet_gate(state, &r.policy, &views, stop.as_ref()).await? {
+        if let Some(reason) = fleet_gate(state, &r.policy, views, stop.as_ref()).await? {
             effects.push(Effect::EmergencyStop {
                 reason: reason.clone(),
             });
@@ -729,11 +705,10 @@ async fn pass_with(
         last_completed: lc_release,
         is_newer: &is_newer,
     };
-    let by_id: HashMap<&str, &DeviceView> = views.iter().map(|v| (v.id.as_str(), v)).collect();
     let rollout = current.as_ref().map(|c| &c.rollout);
     let mut changes = Vec::new();
     for d in cache.devices() {
-        let target = match by_id.get(d.id.as_str()) {
+        let target = match cache.view_of(&d.id) {
             Some(v) => desired_for(
                 v,
                 d.pinned_release.as_ref().map(ReleaseId::as_str),
@@ -756,7 +731,6 @@ async fn pass_with(
             changes.push((d.id.clone(), want));
         }
     }
-    drop(by_id);
     if write.is_none() && effects.is_empty() && new_stop.is_none() && changes.is_empty() {
         cache.rollout = current.map(|c| (c.rollout.id.clone(), c));
         return Ok(());
@@ -838,6 +812,9 @@ fn written(
         .wake_devices(changes.iter().map(|(id, _)| id.clone()));
 }
 
+/// The shortest time between passes woken by check-ins.
+const MIN_GAP: Duration = Duration::from_millis(200);
+
 /// The reconciler loop: every `reconcile_interval`, or sooner when woken. Each pass's time
 /// goes to `/metrics` (`fleet_engine_pass_seconds`); one longer than the interval is logged.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
@@ -861,7 +838,14 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = state.reconcile.notified() => {}
+            _ = state.reconcile.notified() => {
+                // Woken by check-ins: at most one pass per MIN_GAP however many arrive (during
+                // a rollout nearly every one changes what the engine sees).
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(MIN_GAP.min(state.cfg.reconcile_interval)) => {}
+                }
+            }
             _ = tokio::time::sleep(state.cfg.reconcile_interval) => {}
         }
     }

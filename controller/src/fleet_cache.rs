@@ -18,13 +18,56 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::db::{Db, DbError, DeviceRow, ReleaseRow};
-use crate::rollout::{DeviceRecord, Rollout};
+use crate::rollout::{DeviceRecord, DeviceView, Rollout};
 
-/// How far back of the last read a pass looks for changed rows.
-pub const OVERLAP_MS: i64 = 2_000;
+/// Devices rollouts are about: listed in devices.yaml, not revoked.
+pub fn in_fleet(d: &DeviceRow) -> bool {
+    d.in_inventory && d.revoked_ms.is_none()
+}
+
+/// The engine's view of a device. `silence_window_ms`: a device that went silent within this
+/// long of being told a new release counts as failed for the fleet-wide gate.
+pub fn view(d: &DeviceRow, now: i64, offline_after_ms: i64, silence_window_ms: i64) -> DeviceView {
+    let mut v = DeviceView {
+        id: d.id.clone(),
+        labels: d.labels.clone(),
+        online: false,
+        silent_after_release: false,
+        pinned: d.pinned_release.is_some(),
+        current: d.current.clone(),
+        phase: d.phase,
+        health: d.health,
+        last_result: d.last_result.clone(),
+        bad_releases: d.bad_releases.clone(),
+    };
+    set_clock(&mut v, d, now, offline_after_ms, silence_window_ms);
+    v
+}
+
+/// The parts of a view that move with the time alone.
+fn set_clock(
+    v: &mut DeviceView,
+    d: &DeviceRow,
+    now: i64,
+    offline_after_ms: i64,
+    silence_window_ms: i64,
+) {
+    v.online = d.online(now, offline_after_ms);
+    v.silent_after_release = !v.online
+        && d.desired_release.is_some()
+        && match (d.desired_since_ms, d.last_seen_ms) {
+            // It checked in after being told (so it got the release) and fell silent soon.
+            (Some(told), Some(seen)) => seen >= told && seen - told <= silence_window_ms,
+            _ => false,
+        };
+}
+
+/// How far back of the last read a pass looks for changed rows (writes stamp the time they
+/// are made, with the write lock held, so a commit lands well within it of its stamp).
+pub const OVERLAP_MS: i64 = 1_000;
 
 /// Rows read again in id order at each pass, whether they changed or not.
-pub const SWEEP: i64 = 2_000;
+pub const SWEEP: i64 = 1_000;
 
 /// How many releases there are and the newest's time: they changed if it moved.
 type ReleasesPrint = (i64, i64);
@@ -51,6 +94,11 @@ pub struct FleetCache {
     read_ms: Option<i64>,
     sweep_after: Option<String>,
     releases: Option<(ReleasesPrint, Arc<Vec<ReleaseRow>>)>,
+    /// The views of the devices in the fleet, by id, and where each is: rebuilt only when a
+    /// device joins or leaves the fleet, else updated for the rows that changed.
+    views: Vec<DeviceView>,
+    view_at: HashMap<String, usize>,
+    views_stale: bool,
     /// The rollout the last pass drove, by id.
     pub rollout: Option<(String, CachedRollout)>,
 }
@@ -80,6 +128,7 @@ impl FleetCache {
             let n = rows.len();
             self.devices = rows.into_iter().map(|d| (d.id.clone(), d)).collect();
             self.read_ms = Some(now);
+            self.views_stale = true;
             return Ok(n);
         };
         let changed = db.devices_changed_since(since - OVERLAP_MS).await?;
@@ -91,6 +140,19 @@ impl FleetCache {
             page.last().map(|d| d.id.clone())
         };
         for d in changed.into_iter().chain(page) {
+            if !self.views_stale {
+                match (self.view_at.get(&d.id), in_fleet(&d)) {
+                    (Some(&i), true) => {
+                        if let Some(v) = self.views.get_mut(i) {
+                            // The clock's part is set by `prepare_views`.
+                            *v = view(&d, 0, 0, 0);
+                        }
+                    }
+                    (None, false) => {}
+                    // Joined or left the fleet: the list is made again.
+                    _ => self.views_stale = true,
+                }
+            }
             self.devices.insert(d.id.clone(), d);
         }
         self.read_ms = Some(now);
@@ -100,6 +162,42 @@ impl FleetCache {
     /// Every device row, by id.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceRow> {
         self.devices.values()
+    }
+
+    /// Brings the views up to `now`: made again if the fleet's members changed, and each one's
+    /// online and silence flags set for the time.
+    pub fn prepare_views(&mut self, now: i64, offline_after_ms: i64, silence_window_ms: i64) {
+        if self.views_stale || self.views.is_empty() {
+            self.views = self
+                .devices
+                .values()
+                .filter(|d| in_fleet(d))
+                .map(|d| view(d, now, offline_after_ms, silence_window_ms))
+                .collect();
+            self.view_at = self
+                .views
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.id.clone(), i))
+                .collect();
+            self.views_stale = false;
+            return;
+        }
+        for v in &mut self.views {
+            if let Some(d) = self.devices.get(&v.id) {
+                set_clock(v, d, now, offline_after_ms, silence_window_ms);
+            }
+        }
+    }
+
+    /// The views of the devices in the fleet, by id (after [`FleetCache::prepare_views`]).
+    pub fn views(&self) -> &[DeviceView] {
+        &self.views
+    }
+
+    /// One device's view, if it is in the fleet.
+    pub fn view_of(&self, id: &str) -> Option<&DeviceView> {
+        self.view_at.get(id).and_then(|i| self.views.get(*i))
     }
 
     /// What this replica wrote to a device's desired release (so the next pass does not write

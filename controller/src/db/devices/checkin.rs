@@ -142,7 +142,7 @@ impl Db {
         sqlx::query(
             "UPDATE devices SET last_seen_ms = $1, agent_version = $2, current_release = $3, \
              previous_release = $4, phase = $5, health = $6, last_result = $7, bad_releases = $8, \
-             telemetry = $9, acked_seq = $10, telemetry_sampled_ms = $11, changed_ms = $1 WHERE id = $12",
+             telemetry = $9, acked_seq = $10, telemetry_sampled_ms = $11, changed_ms = $13 WHERE id = $12",
         )
         .bind(now_ms)
         .bind(&req.agent_version)
@@ -156,6 +156,9 @@ impl Db {
         .bind(acked)
         .bind(sampled_ms)
         .bind(&who.id)
+        // Stamped now, with the write lock held (not when the request came in, which may be
+        // a while behind under load): the engine reads rows changed since its last pass.
+        .bind(crate::db::now_ms())
         .execute(&self.pool)
         .await
         .map_err(q("storing a check-in"))?;
