@@ -30,3 +30,4 @@ pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod update;
+pub mod watch;

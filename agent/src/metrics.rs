@@ -51,6 +51,8 @@ pub struct Metrics {
     liveness: Mutex<Option<crate::liveness::Liveness>>,
     /// Active problems by kind (see [`crate::problems`]).
     problems: Mutex<BTreeMap<ProblemKind, u64>>,
+    /// The device watchers' gauges (see [`crate::watch`]).
+    watch: Mutex<crate::watch::Gauges>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,6 +120,10 @@ impl Metrics {
     pub fn set_problems(&self, counts: &BTreeMap<ProblemKind, u64>) {
         *lock(&self.problems) = counts.clone();
     }
+    /// Records the device watchers' last readings.
+    pub fn set_watch(&self, gauges: crate::watch::Gauges) {
+        *lock(&self.watch) = gauges;
+    }
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
         *lock(&self.last_update_seconds) = Some(s);
@@ -182,6 +188,7 @@ impl Metrics {
         if let Some(s) = *lock(&self.last_update_seconds) {
             let _ = writeln!(out, "# HELP fleet_agent_last_update_duration_seconds How long the last update took.\n# TYPE fleet_agent_last_update_duration_seconds gauge\nfleet_agent_last_update_duration_seconds {s}");
         }
+        lock(&self.watch).render(&mut out);
         host.render(&mut out);
         out
     }

@@ -143,6 +143,8 @@ pub struct Updater<R> {
     /// The phase and safe-mode reason last recorded as events, to record changes only.
     recorded_phase: UpdatePhase,
     recorded_safe_mode: Option<String>,
+    /// The device watchers (heat, power, disk, clock), sampled by their own task.
+    watch: Arc<crate::watch::DeviceWatch>,
     _lock: UpdateLock,
 }
 
@@ -262,7 +264,14 @@ impl<R: StackRuntime> Updater<R> {
             .ok()
             .flatten()
             .unwrap_or_else(|| Journal::idle(None));
+        let watch = Arc::new(crate::watch::DeviceWatch::new(
+            cfg.watch.clone(),
+            data.clone(),
+            problems.clone(),
+            metrics.clone(),
+        ));
         let mut updater = Updater {
+            watch,
             cfg,
             data,
             git: stores.git,
@@ -305,6 +314,21 @@ impl<R: StackRuntime> Updater<R> {
         self.problems
             .clear_except(ProblemKind::GitEndpointDisabled, &still);
         self.endpoints = usable;
+    }
+
+    /// The device watchers; [`crate::watch::DeviceWatch::run`] samples them.
+    pub fn watchers(&self) -> &Arc<crate::watch::DeviceWatch> {
+        &self.watch
+    }
+
+    /// What the watchers ask of the update loop: pruning while the disk is low. Cheap when
+    /// nothing is asked; called on every turn of the loops.
+    pub async fn watch_turn(&mut self) {
+        if self.watch.take_prune() {
+            self.relieve_disk().await;
+            self.watch.sample().await;
+        }
+        self.flush_problem_events();
     }
 
     /// The problems this updater reports to.
