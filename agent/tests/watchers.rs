@@ -1,0 +1,345 @@
+//! The device watchers with the real `fleet-agent` binary, real `git daemon`s and the real
+//! Docker engine: a fault is injected the way the device would show it (a thermal zone's
+//! millidegrees, the firmware's throttled flags, a UPS's power-fail signal, a full tmpfs, a
+//! controller whose clock differs), the agent detects it, holds the update back while it lasts
+//! and reports it (status, `/metrics`, events), and the update goes through once it clears.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::images::{build_test_images, docker_available};
+use support::lab::{idle_on, tail, AgentProc, Lab};
+
+/// Generous: the machine is shared and noisy. Timings are measured in benchmarks, not here.
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn ready(test: &str) -> bool {
+    if !support::git_daemon::git_available(test) || !docker_available(test) {
+        return false;
+    }
+    build_test_images();
+    true
+}
+
+/// A lab agent configuration with `/metrics` on a free port and `watch:` sampling every
+/// second from the fake sysfs tree `<root>/sys`; `watch_extra` adds keys under `watch:`.
+fn watched_config(lab: &Lab, name: &str, data: &Path, watch_extra: &str) -> (PathBuf, String) {
+    let addr = format!("127.0.0.1:{}", support::git_daemon::free_port());
+    let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
+    let watch = format!(
+        "watch:\n  interval: 1s\n  sysfs_root: {}\n{watch_extra}",
+        sysfs(lab).display()
+    );
+    let config = lab.config_with(name, &eps, data, &watch);
+    let text = fs::read_to_string(&config)
+        .expect("read")
+        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
+    fs::write(&config, text).expect("write");
+    (config, addr)
+}
+
+fn sysfs(lab: &Lab) -> PathBuf {
+    lab.root.path().join("sys")
+}
+
+/// Writes the thermal zone as the kernel does: millidegrees Celsius and a newline.
+fn set_temperature(lab: &Lab, millidegrees: u32) {
+    let zone = sysfs(lab).join("class/thermal/thermal_zone0");
+    fs::create_dir_all(&zone).expect("mkdir");
+    fs::write(zone.join("type"), "cpu-thermal\n").expect("write type");
+    fs::write(zone.join("temp"), format!("{millidegrees}\n")).expect("write temp");
+}
+
+/// Writes the firmware's flags as the Pi's sysfs node does (hexadecimal, no `0x`).
+fn set_throttled(lab: &Lab, hex: &str) {
+    let f = sysfs(lab).join("devices/platform/soc/soc:firmware/get_throttled");
+    fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+    fs::write(f, format!("{hex}\n")).expect("write flags");
+}
+
+fn metrics(addr: &str) -> String {
+    support::prometheus::http_get(addr, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// Waits until `/metrics` has every line of `want`.
+fn wait_metrics(agent: &AgentProc, addr: &str, want: &[&str]) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let body = metrics(addr);
+        if want.iter().all(|w| body.lines().any(|l| l == *w)) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {want:?} in /metrics:\n{body}\n--- agent log ---\n{}",
+            tail(&agent.log_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the agent's log has a line with every one of `parts`.
+fn wait_log(agent: &AgentProc, what: &str, parts: &[&str]) {
+    let deadline = Instant::now() + SETTLE;
+    while !agent
+        .log_text()
+        .lines()
+        .any(|l| parts.iter().all(|p| l.contains(p)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- agent log ---\n{}",
+            tail(&agent.log_text(), 60)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn problems(s: &serde_json::Value) -> Vec<String> {
+    s["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["problem"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_problem(s: &serde_json::Value, kind: &str) -> bool {
+    problems(s).iter().any(|p| p == kind)
+}
+
+/// Every container of the lab runs, and `web` is release `release`'s (`side` never changes, so
+/// it keeps the container of the release that created it).
+fn healthy_on(lab: &Lab, release: &str) {
+    let c = lab.containers();
+    assert!(
+        c.len() == 2 && c.iter().all(|c| c.4),
+        "both services run: {c:?}"
+    );
+    assert!(
+        c.iter().any(|c| c.0 == "web" && c.2 == release),
+        "web runs release {release}: {c:?}"
+    );
+}
+
+#[test]
+fn heat_holds_an_update_until_the_cpu_cools_below_the_hysteresis() {
+    if !ready("heat_holds_an_update_until_the_cpu_cools_below_the_hysteresis") {
+        return;
+    }
+    let lab = Lab::new("watch-heat");
+    set_temperature(&lab, 52_000);
+    let r1 = lab.release("v1");
+    let (config, addr) = watched_config(&lab, "heat", &lab.data_dir(), "");
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_cpu_temperature_celsius 52",
+            "fleet_agent_temperature_threshold_celsius 80",
+            "fleet_agent_update_blocked{reason=\"thermal\"} 0",
+        ],
+    );
+
+    // Inject: 85 °C, above the fleet's default 80 °C.
+    set_temperature(&lab, 85_000);
+    let s = agent.wait_for("overheating reported", SETTLE, |s| {
+        has_problem(s, "overheating")
+    });
+    assert_eq!(s["current"], r1.as_str());
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_cpu_temperature_celsius 85",
+            "fleet_agent_update_blocked{reason=\"thermal\"} 1",
+            "fleet_agent_problem{problem=\"overheating\"} 1",
+        ],
+    );
+    // A new release arrives while hot: the agent sees it and holds it back.
+    let r2 = lab.release("v2");
+    wait_log(
+        &agent,
+        "release 2 held back",
+        &[
+            "update held back by the device watchers",
+            &r2[..12],
+            "85.0 °C",
+        ],
+    );
+    // Cooler, but not below 80 - 5 °C: still held.
+    set_temperature(&lab, 77_000);
+    wait_metrics(&agent, &addr, &["fleet_agent_cpu_temperature_celsius 77"]);
+    let s = agent.status();
+    assert!(idle_on(&s, &r1), "nothing started while hot: {s:#}");
+    assert!(has_problem(&s, "overheating"), "{s:#}");
+    assert_eq!(
+        s["last_result"]["release"],
+        r1.as_str(),
+        "no update was even tried: {s:#}"
+    );
+    healthy_on(&lab, &r1);
+
+    // Clear: 70 °C. The update goes through and the problem is over.
+    set_temperature(&lab, 70_000);
+    let s = agent.wait_for("release 2 running", SETTLE, |s| idle_on(s, &r2));
+    assert_eq!(s["last_result"]["result"], "succeeded", "{s:#}");
+    assert!(!has_problem(&s, "overheating"), "{s:#}");
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_update_blocked{reason=\"thermal\"} 0",
+            "fleet_agent_problem{problem=\"overheating\"} 0",
+        ],
+    );
+    healthy_on(&lab, &r2);
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("update held back by the device watchers")
+            .count(),
+        2,
+        "logged when held and when the reading changed the reason, not every pass:\n{}",
+        tail(&log, 40)
+    );
+}
+
+#[test]
+fn under_voltage_holds_an_update_and_a_power_fail_abandons_one_before_the_swap() {
+    if !ready("under_voltage_holds_an_update_and_a_power_fail_abandons_one_before_the_swap") {
+        return;
+    }
+    let lab = Lab::new("watch-power");
+    set_throttled(&lab, "0");
+    // The UPS stand-in: a program, as `watch.power_fail_command` runs one. Armed by the test,
+    // it reports a power failure the moment the agent is about to swap (the journal says
+    // `pulling`: everything is staged, nothing running touched) and keeps reporting it until
+    // the test restores power.
+    let ups = lab.root.path().join("ups");
+    fs::create_dir_all(&ups).expect("mkdir");
+    let script = ups.join("on-battery");
+    let journal = lab.data_dir().join("state.json");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nU={ups}\n[ -f $U/failing ] && exit 0\nif [ -f $U/armed ] && grep -Eq '\"phase\": *\"pulling\"' {journal}; then\n  rm -f $U/armed; touch $U/failing; exit 0\nfi\nexit 1\n",
+            ups = ups.display(),
+            journal = journal.display()
+        ),
+    )
+    .expect("write script");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let r1 = lab.release("v1");
+    let (config, addr) = watched_config(
+        &lab,
+        "power",
+        &lab.data_dir(),
+        &format!("  power_fail_command: [{}]\n", script.display()),
+    );
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_throttled_flags 0",
+            "fleet_agent_under_voltage 0",
+        ],
+    );
+
+    // Inject: under-voltage now (bit 0), with throttling now and both since boot.
+    set_throttled(&lab, "50005");
+    agent.wait_for("under-voltage reported", SETTLE, |s| {
+        has_problem(s, "under_voltage")
+    });
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_throttled_flags 327685",
+            "fleet_agent_under_voltage 1",
+            "fleet_agent_throttled 1",
+            "fleet_agent_update_blocked{reason=\"under_voltage\"} 1",
+        ],
+    );
+    let r2 = lab.release("v2");
+    wait_log(
+        &agent,
+        "release 2 held back",
+        &[
+            "update held back by the device watchers",
+            &r2[..12],
+            "under-voltage",
+        ],
+    );
+    let s = agent.status();
+    assert!(idle_on(&s, &r1), "nothing started under-voltage: {s:#}");
+    healthy_on(&lab, &r1);
+
+    // The supply recovers (only the since-boot bits stay); the UPS is armed: the update
+    // starts, and the power fails just before its swap.
+    fs::write(ups.join("armed"), "").expect("arm");
+    set_throttled(&lab, "50000");
+    let s = agent.wait_for("the update abandoned before the swap", SETTLE, |s| {
+        s["last_result"]["result"] == "skipped"
+    });
+    let reason = s["last_result"]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason, "abandoned before the swap: update held back: power failing",
+        "{s:#}"
+    );
+    assert!(idle_on(&s, &r1), "nothing running was touched: {s:#}");
+    assert!(
+        s["bad_releases"].as_array().is_none_or(|b| b.is_empty()),
+        "an abandoned release is not marked bad: {s:#}"
+    );
+    let s = agent.wait_for("power failing reported", SETTLE, |s| {
+        has_problem(s, "power_failing") && !has_problem(s, "under_voltage")
+    });
+    let detail = s["problems"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["problem"] == "power_failing"))
+        .and_then(|p| p["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("data synced"), "{detail}");
+    assert!(
+        !detail.contains("sync failed"),
+        "the data filesystem was synced: {detail}"
+    );
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_power_failing 1",
+            "fleet_agent_update_blocked{reason=\"power_fail\"} 1",
+            "fleet_agent_update_blocked{reason=\"under_voltage\"} 0",
+        ],
+    );
+    healthy_on(&lab, &r1);
+
+    // Power is back: the staged release goes through.
+    fs::remove_file(ups.join("failing")).expect("restore power");
+    let s = agent.wait_for("release 2 running", SETTLE, |s| idle_on(s, &r2));
+    assert_eq!(s["last_result"]["result"], "succeeded", "{s:#}");
+    assert!(problems(&s).is_empty(), "{s:#}");
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_power_failing 0",
+            "fleet_agent_update_blocked{reason=\"power_fail\"} 0",
+        ],
+    );
+    healthy_on(&lab, &r2);
+}
