@@ -27,10 +27,21 @@ fn ready(test: &str) -> bool {
 /// A lab agent configuration with `/metrics` on a free port and `watch:` sampling every
 /// second from the fake sysfs tree `<root>/sys`; `watch_extra` adds keys under `watch:`.
 fn watched_config(lab: &Lab, name: &str, data: &Path, watch_extra: &str) -> (PathBuf, String) {
+    watched_config_with(lab, name, data, "", watch_extra)
+}
+
+/// [`watched_config`] with top-level keys `top_extra` (e.g. `controller:`).
+fn watched_config_with(
+    lab: &Lab,
+    name: &str,
+    data: &Path,
+    top_extra: &str,
+    watch_extra: &str,
+) -> (PathBuf, String) {
     let addr = format!("127.0.0.1:{}", support::git_daemon::free_port());
     let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
     let watch = format!(
-        "watch:\n  interval: 1s\n  sysfs_root: {}\n{watch_extra}",
+        "{top_extra}watch:\n  interval: 1s\n  sysfs_root: {}\n{watch_extra}",
         sysfs(lab).display()
     );
     let config = lab.config_with(name, &eps, data, &watch);
@@ -342,4 +353,168 @@ fn under_voltage_holds_an_update_and_a_power_fail_abandons_one_before_the_swap()
         ],
     );
     healthy_on(&lab, &r2);
+}
+
+/// A tmpfs of `size` mounted at `dir` (root only), unmounted on drop; `None` (after a loud
+/// skip message) when it cannot be mounted and `FLEET_REQUIRE_TMPFS` is not 1.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(test: &str, dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("FLEET_REQUIRE_TMPFS").as_deref() != Ok("1"),
+                "cannot mount a {size} tmpfs (FLEET_REQUIRE_TMPFS=1)"
+            );
+            eprintln!("\n*** SKIP {test}: cannot mount a tmpfs (needs root) ***\n");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Free bytes on the filesystem holding `dir`, as `df` says.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer")
+}
+
+#[test]
+fn a_disk_filling_up_while_idle_is_pruned_and_holds_updates_until_freed() {
+    const TEST: &str = "a_disk_filling_up_while_idle_is_pruned_and_holds_updates_until_freed";
+    if !ready(TEST) {
+        return;
+    }
+    let lab = Lab::new("watch-disk");
+    let data = lab.root.path().join("small");
+    let Some(_tmpfs) = Tmpfs::mount(TEST, &data, "32m") else {
+        return;
+    };
+    let (config, addr) = watched_config(&lab, "disk", &data, "  disk_free_below: 8MB\n");
+    // Keep more than rollback needs, so there is something to prune when the disk runs low.
+    let text = fs::read_to_string(&config)
+        .expect("read")
+        .replace("keep_releases: 3", "keep_releases: 10");
+    fs::write(&config, text).expect("write");
+    let r1 = lab.release("v1");
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    let mut rs = vec![r1.clone()];
+    for web in ["v2", "v1", "v2"] {
+        let r = lab.release(web);
+        agent.wait_for("the next release running", SETTLE, |s| idle_on(s, &r));
+        rs.push(r);
+    }
+    let (r2, r3, r4) = (rs[1].clone(), rs[2].clone(), rs[3].clone());
+    let releases = data.join("releases");
+    assert!(
+        releases.join(&r2).is_dir(),
+        "keep_releases 10 keeps release 2"
+    );
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_disk_free_threshold_bytes 8388608",
+            "fleet_agent_update_blocked{reason=\"disk_low\"} 0",
+        ],
+    );
+    // A Git cache set aside as corrupt earlier, as fleet-git names it.
+    let corrupt = data.join("git-cache.git.corrupt-1764650000");
+    fs::create_dir_all(corrupt.join("objects")).expect("mkdir");
+    fs::write(corrupt.join("objects/pack"), vec![7u8; 1 << 20]).expect("write");
+
+    // Inject: something else on the device fills the filesystem, leaving about 3 MiB.
+    let filler = data.join("filler");
+    let fill = free_bytes(&data).saturating_sub(3 << 20);
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = fill;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).expect("fill");
+            left -= n as u64;
+        }
+    }
+    let s = agent.wait_for("low disk reported", SETTLE, |s| has_problem(s, "disk_low"));
+    let detail = s["problems"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["problem"] == "disk_low"))
+        .and_then(|p| p["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("below 8 MiB (disk_free_below)"), "{detail}");
+    // Acted on while idle: everything rollback does not need is pruned.
+    wait_log(
+        &agent,
+        "pruning while idle",
+        &["low on disk while idle: pruned"],
+    );
+    assert!(!releases.join(&r2).exists(), "release 2 pruned");
+    assert!(
+        releases.join(&r1).is_dir(),
+        "release 1 kept: its `side` container still runs"
+    );
+    assert!(releases.join(&r3).is_dir(), "previous kept");
+    assert!(releases.join(&r4).is_dir(), "current kept");
+    assert!(!corrupt.exists(), "the corrupt Git cache removed");
+    wait_metrics(
+        &agent,
+        &addr,
+        &[
+            "fleet_agent_update_blocked{reason=\"disk_low\"} 1",
+            "fleet_agent_problem{problem=\"disk_low\"} 1",
+        ],
+    );
+    // Still low after pruning: a new release is held back.
+    let r5 = lab.release("v1");
+    wait_log(
+        &agent,
+        "release 5 held back",
+        &[
+            "update held back by the device watchers",
+            &r5[..12],
+            "MiB free, below 8 MiB",
+        ],
+    );
+    let s = agent.status();
+    assert!(idle_on(&s, &r4), "{s:#}");
+    healthy_on(&lab, &r4);
+
+    // Freed: the problem clears and release 5 goes through.
+    fs::remove_file(&filler).expect("free the disk");
+    let s = agent.wait_for("release 5 running", SETTLE, |s| idle_on(s, &r5));
+    assert_eq!(s["last_result"]["result"], "succeeded", "{s:#}");
+    assert!(!has_problem(&s, "disk_low"), "{s:#}");
+    wait_metrics(
+        &agent,
+        &addr,
+        &["fleet_agent_update_blocked{reason=\"disk_low\"} 0"],
+    );
+    healthy_on(&lab, &r5);
 }
