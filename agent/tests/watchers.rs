@@ -518,3 +518,335 @@ fn a_disk_filling_up_while_idle_is_pruned_and_holds_updates_until_freed() {
     );
     healthy_on(&lab, &r5);
 }
+
+/// A controller stand-in for the clock tests: it answers check-ins (`hold`, next in 1 s) with
+/// a `Date` header `offset_secs` away from the real time, acknowledges every event and keeps
+/// what the agent sent, decoded as the real controller decodes it ([`CheckinRequest`]).
+mod standin {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    use fleet_config::protocol::{CheckinRequest, DeviceEvent};
+
+    #[derive(Default)]
+    pub struct Seen {
+        /// Check-ins answered.
+        pub checkins: u64,
+        /// Every event received, in arrival order (resent ones once).
+        pub events: Vec<DeviceEvent>,
+        /// Seconds the `Date` header is off the real time.
+        pub offset_secs: i64,
+        /// Answer this many more check-ins with 503 (an outage).
+        pub fail_next: u64,
+    }
+
+    pub struct Controller {
+        pub url: String,
+        pub seen: Arc<Mutex<Seen>>,
+    }
+
+    impl Controller {
+        pub fn start() -> Controller {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let shared = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let _ = answer(stream, &shared);
+                }
+            });
+            Controller { url, seen }
+        }
+
+        pub fn with<T>(&self, f: impl FnOnce(&mut Seen) -> T) -> T {
+            f(&mut self.seen.lock().expect("lock"))
+        }
+    }
+
+    fn answer(stream: std::net::TcpStream, seen: &Mutex<Seen>) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut len = 0usize;
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        let mut st = seen.lock().expect("lock");
+        let (status, reply) = if !request_line.contains("/api/v1/checkin") {
+            ("404 Not Found", "{}".to_string())
+        } else if st.fail_next > 0 {
+            st.fail_next -= 1;
+            (
+                "503 Service Unavailable",
+                "{\"error\":\"down\"}".to_string(),
+            )
+        } else {
+            let req: CheckinRequest = serde_json::from_slice(&body).expect("a valid check-in");
+            st.checkins += 1;
+            for e in req.events {
+                if !st.events.iter().any(|s| s.seq == e.seq) {
+                    st.events.push(e);
+                }
+            }
+            let acked = st.events.iter().map(|e| e.seq).max().unwrap_or(0);
+            (
+                "200 OK",
+                format!("{{\"desired\":{{\"action\":\"hold\"}},\"emergency_stop\":false,\"safe_mode\":false,\"acked_seq\":{acked},\"next_checkin_secs\":1}}"),
+            )
+        };
+        let now = SystemTime::now();
+        let date = if st.offset_secs >= 0 {
+            now + Duration::from_secs(st.offset_secs as u64)
+        } else {
+            now - Duration::from_secs(st.offset_secs.unsigned_abs())
+        };
+        drop(st);
+        let mut out = stream;
+        write!(
+            out,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDate: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len(),
+            httpdate::fmt_http_date(date)
+        )?;
+        out.flush()
+    }
+}
+
+/// The problem events (`raised`/`cleared`, kind) the stand-in received, in order.
+fn problem_events(ctl: &standin::Controller) -> Vec<(String, String)> {
+    use fleet_config::protocol::EventKind;
+    ctl.with(|s| {
+        s.events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::ProblemRaised { problem, .. } => {
+                    Some(("raised".into(), problem.clone()))
+                }
+                EventKind::ProblemCleared { problem, .. } => {
+                    Some(("cleared".into(), problem.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+fn wait_until(what: &str, agent: &AgentProc, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- agent log ---\n{}",
+            tail(&agent.log_text(), 60)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the unlabelled gauge `name` in `/metrics`.
+fn gauge(addr: &str, name: &str) -> Option<f64> {
+    metrics(addr).lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// A controller-mode agent configuration against `ctl`, with a device token already in place.
+fn controller_config(lab: &Lab, ctl: &standin::Controller, name: &str) -> (PathBuf, String) {
+    let token = lab.root.path().join(format!("{name}-token"));
+    fs::write(&token, "device-token\n").expect("token");
+    watched_config_with(
+        lab,
+        name,
+        &lab.data_dir(),
+        &format!(
+            "controller:\n  url: {}\n  token_file: {}\n  long_poll: 0s\n",
+            ctl.url,
+            token.display()
+        ),
+        "  clock_skew_max: 1m\n",
+    )
+}
+
+const THREE_YEARS: i64 = 3 * 365 * 86_400;
+
+#[test]
+fn a_controller_whose_clock_differs_by_years_is_reported_and_cleared() {
+    if !ready("a_controller_whose_clock_differs_by_years_is_reported_and_cleared") {
+        return;
+    }
+    let lab = Lab::new("watch-clock");
+    let ctl = standin::Controller::start();
+    ctl.with(|s| s.offset_secs = -THREE_YEARS);
+    let (config, addr) = controller_config(&lab, &ctl, "clock");
+    let agent = AgentProc::start(&config);
+    let s = agent.wait_for("clock skew reported", SETTLE, |s| {
+        has_problem(s, "clock_skew")
+    });
+    let detail = s["problems"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["problem"] == "clock_skew"))
+        .and_then(|p| p["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.starts_with("the clock is 3y 0d ahead of the controller's"),
+        "{detail}"
+    );
+    let skew = gauge(&addr, "fleet_agent_clock_skew_seconds").expect("skew gauge");
+    assert!(
+        (skew - THREE_YEARS as f64).abs() < 30.0,
+        "about three years ahead: {skew}"
+    );
+    wait_until("the raised event reaches the controller", &agent, || {
+        problem_events(&ctl).contains(&("raised".into(), "clock_skew".into()))
+    });
+
+    // The controller's clock is right again (or the device's was fixed): cleared.
+    ctl.with(|s| s.offset_secs = 0);
+    agent.wait_for("clock skew cleared", SETTLE, |s| {
+        !has_problem(s, "clock_skew")
+    });
+    wait_until("the cleared event reaches the controller", &agent, || {
+        problem_events(&ctl).contains(&("cleared".into(), "clock_skew".into()))
+    });
+    let skew = gauge(&addr, "fleet_agent_clock_skew_seconds").expect("skew gauge");
+    assert!(skew.abs() < 30.0, "{skew}");
+    let seqs: Vec<u64> = ctl.with(|s| s.events.iter().map(|e| e.seq).collect());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+}
+
+/// libfaketime's preload library from Debian's `faketime` package.
+fn libfaketime(test: &str) -> Option<&'static str> {
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(LIB).is_file() {
+        return Some(LIB);
+    }
+    assert!(
+        std::env::var("FLEET_REQUIRE_FAKETIME").as_deref() != Ok("1"),
+        "{LIB} missing (FLEET_REQUIRE_FAKETIME=1): install Debian's faketime"
+    );
+    eprintln!("\n*** SKIP {test}: {LIB} missing (apt-get install faketime) ***\n");
+    None
+}
+
+#[test]
+fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
+    const TEST: &str = "the_agent_keeps_working_through_clock_jumps_of_decades_both_ways";
+    if !ready(TEST) {
+        return;
+    }
+    let Some(lib) = libfaketime(TEST) else {
+        return;
+    };
+    let lab = Lab::new("watch-jump");
+    let ctl = standin::Controller::start();
+    let (config, addr) = controller_config(&lab, &ctl, "jump");
+    // The agent's wall clock comes from this file, read at every call; its monotonic clock is
+    // left alone, as a real clock jump leaves it.
+    let clock = lab.root.path().join("faketime.rc");
+    fs::write(&clock, "+0\n").expect("clock");
+    let clock_s = clock.display().to_string();
+    let agent = AgentProc::start_with_env(
+        &config,
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_s),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    wait_until("check-ins", &agent, || ctl.with(|s| s.checkins) >= 2);
+    assert!(gauge(&addr, "fleet_agent_clock_implausible") == Some(0.0));
+
+    // Jump back 56 years: the board "booted in 1970". Then the controller is down for a
+    // while: the agent's backoff must not wait decades.
+    fs::write(&clock, "-56y\n").expect("jump back");
+    let s = agent.wait_for("an unset clock reported", SETTLE, |s| {
+        has_problem(s, "clock_unset") && has_problem(s, "clock_skew")
+    });
+    assert_eq!(s["phase"], "idle", "{s:#}");
+    let skew = gauge(&addr, "fleet_agent_clock_skew_seconds").expect("skew");
+    assert!(skew < -(55.0 * 365.0 * 86_400.0), "decades behind: {skew}");
+    ctl.with(|s| s.fail_next = 3);
+    let before = ctl.with(|s| s.checkins);
+    wait_until("check-ins resume after the outage", &agent, || {
+        ctl.with(|s| s.fail_next == 0 && s.checkins >= before + 2)
+    });
+    wait_until("both problems reach the controller", &agent, || {
+        let ev = problem_events(&ctl);
+        ev.contains(&("raised".into(), "clock_unset".into()))
+            && ev.contains(&("raised".into(), "clock_skew".into()))
+    });
+
+    // Jump forward 30 years past the real time.
+    fs::write(&clock, "+30y\n").expect("jump forward");
+    agent.wait_for("a plausible clock again", SETTLE, |s| {
+        !has_problem(s, "clock_unset") && has_problem(s, "clock_skew")
+    });
+    wait_until("skew ahead", &agent, || {
+        gauge(&addr, "fleet_agent_clock_skew_seconds").is_some_and(|v| v > 29.0 * 365.0 * 86_400.0)
+    });
+    let before = ctl.with(|s| s.checkins);
+    wait_until("check-ins go on", &agent, || {
+        ctl.with(|s| s.checkins) >= before + 2
+    });
+
+    // Set right (NTP answered): every problem clears, and the controller heard each change in
+    // order, numbered without a gap whatever the clock said.
+    fs::write(&clock, "+0\n").expect("set right");
+    let s = agent.wait_for("clock problems cleared", SETTLE, |s| {
+        !has_problem(s, "clock_unset") && !has_problem(s, "clock_skew")
+    });
+    assert_eq!(s["phase"], "idle", "{s:#}");
+    wait_until("the last clear reaches the controller", &agent, || {
+        problem_events(&ctl)
+            .iter()
+            .filter(|e| e.1 == "clock_skew" && e.0 == "cleared")
+            .count()
+            >= 1
+    });
+    let seqs: Vec<u64> = ctl.with(|s| s.events.iter().map(|e| e.seq).collect());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "every event once, in order: {seqs:?}"
+    );
+    let clock_events: Vec<(String, String)> = problem_events(&ctl)
+        .into_iter()
+        .filter(|e| e.1.starts_with("clock"))
+        .collect();
+    let ev = |a: &str, b: &str| (a.to_string(), b.to_string());
+    // Raised in 1970 (the watcher and the check-in each notice one, in either order), the
+    // unset clock cleared by the jump forward, the skew once set right; each once.
+    assert_eq!(clock_events.len(), 4, "{clock_events:?}");
+    let mut raised = clock_events[..2].to_vec();
+    raised.sort();
+    assert_eq!(
+        raised,
+        [ev("raised", "clock_skew"), ev("raised", "clock_unset")],
+        "{clock_events:?}"
+    );
+    assert_eq!(
+        clock_events[2..],
+        [ev("cleared", "clock_unset"), ev("cleared", "clock_skew")],
+        "{clock_events:?}"
+    );
+    assert!(agent.log_text().contains("fleet-agent starting"));
+}
