@@ -40,6 +40,7 @@
 //!   temperature_hysteresis: 5       # °C below the threshold before updates resume
 //!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below`
 //!   clock_skew_max: 5m              # farther from the controller's clock is reported
+//!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
 //! ```
 
 use std::net::SocketAddr;
@@ -179,6 +180,9 @@ pub struct WatchConfig {
     pub disk_free_below: Option<u64>,
     /// A clock farther than this from the controller's (its answers' `Date`) is reported.
     pub clock_skew_max: Duration,
+    /// A crash loop this soon after an update this agent made rolls back (the release marked
+    /// bad); later, or with no previous release, it enters safe mode.
+    pub crash_loop_rollback_within: Duration,
 }
 
 impl Default for WatchConfig {
@@ -193,6 +197,7 @@ impl Default for WatchConfig {
             temperature_hysteresis: defaults::TEMPERATURE_HYSTERESIS,
             disk_free_below: None,
             clock_skew_max: defaults::CLOCK_SKEW_MAX,
+            crash_loop_rollback_within: defaults::CRASH_LOOP_ROLLBACK_WITHIN,
         }
     }
 }
@@ -265,6 +270,8 @@ pub mod defaults {
     pub const TEMPERATURE_HYSTERESIS: f64 = 5.0;
     /// 5 minutes.
     pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
+    /// 1 hour.
+    pub const CRASH_LOOP_ROLLBACK_WITHIN: Duration = Duration::from_secs(3600);
 }
 
 /// The configuration could not be used.
@@ -322,6 +329,7 @@ const WATCH_KEYS: &[&str] = &[
     "temperature_hysteresis",
     "disk_free_below",
     "clock_skew_max",
+    "crash_loop_rollback_within",
 ];
 /// Bounds of `watch.interval`.
 const WATCH_INTERVAL_RANGE: (Duration, Duration) =
@@ -678,7 +686,12 @@ fn decode_watch(ctx: &mut Ctx<'_>, node: &yaml::Node) -> Option<WatchConfig> {
             Some(v)
         }),
     };
+    let crash_loop_rollback_within = match f.get("crash_loop_rollback_within") {
+        None => Some(d.crash_loop_rollback_within),
+        Some(n) => ctx.duration(n, "`watch.crash_loop_rollback_within`"),
+    };
     Some(WatchConfig {
+        crash_loop_rollback_within: crash_loop_rollback_within?,
         interval: interval?,
         sysfs_root: sysfs_root?,
         throttled_file: throttled_file?,

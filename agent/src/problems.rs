@@ -59,6 +59,8 @@ pub enum ProblemKind {
     ClockSkew,
     /// The clock is before any plausible date (never set).
     ClockUnset,
+    /// A service of the running release keeps restarting (subject: `stack/service`).
+    CrashLoop,
 }
 
 impl ProblemKind {
@@ -78,6 +80,7 @@ impl ProblemKind {
         ProblemKind::DiskLow,
         ProblemKind::ClockSkew,
         ProblemKind::ClockUnset,
+        ProblemKind::CrashLoop,
     ];
 
     /// The label value.
@@ -97,6 +100,7 @@ impl ProblemKind {
             ProblemKind::DiskLow => "disk_low",
             ProblemKind::ClockSkew => "clock_skew",
             ProblemKind::ClockUnset => "clock_unset",
+            ProblemKind::CrashLoop => "crash_loop",
         }
     }
 }

@@ -389,6 +389,15 @@ impl ControllerLoop {
                 backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng)
             }
             Action::Update { release, digest } => {
+                if current.as_ref() == Some(&release) && u.in_crash_loop_safe_mode() {
+                    // Re-applying it would only loop again: another release, or an operator
+                    // (safe mode on, then off), takes the device out.
+                    self.status.last_decision = Some(format!(
+                        "in safe mode after a crash loop of {}: waiting for another release or an operator",
+                        release.short()
+                    ));
+                    return backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng);
+                }
                 if let Some(why) = u.watchers().hold_logged(&release) {
                     // Heat, power or disk: asked again at the next check-in.
                     self.status.last_decision = Some(why);

@@ -145,6 +145,12 @@ pub struct Updater<R> {
     recorded_safe_mode: Option<String>,
     /// The device watchers (heat, power, disk, clock), sampled by their own task.
     watch: Arc<crate::watch::DeviceWatch>,
+    /// Restarts of the running release's services, for crash loops (see `supervise.rs`).
+    crash_loops: crate::crash_loop::Detector,
+    /// The release `crash_loops` counts for.
+    crash_loops_of: Option<ReleaseId>,
+    /// When this agent last committed an update (monotonic; `None` since it started).
+    committed_at: Option<tokio::time::Instant>,
     _lock: UpdateLock,
 }
 
@@ -284,6 +290,9 @@ impl<R: StackRuntime> Updater<R> {
             journal,
             supervised: None,
             supervise_problem: None,
+            crash_loops: Default::default(),
+            crash_loops_of: None,
+            committed_at: None,
             events: stores.events,
             _lock: lock,
         };

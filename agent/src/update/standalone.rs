@@ -54,6 +54,10 @@ impl<R: StackRuntime> Updater<R> {
             tracing::debug!(release = %head.short(), "branch head is marked bad; waiting for a newer commit");
             return None;
         }
+        if current.as_ref() == Some(&head) && self.in_crash_loop_safe_mode() {
+            tracing::debug!(release = %head.short(), "in safe mode after this release's crash loop; waiting for a newer commit");
+            return None;
+        }
         if self.watch.hold_logged(&head).is_some() {
             // Held back by heat, power or disk; tried again once the watchers clear.
             return None;
