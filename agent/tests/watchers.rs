@@ -56,19 +56,26 @@ fn sysfs(lab: &Lab) -> PathBuf {
     lab.root.path().join("sys")
 }
 
+/// Replaces `path`'s content at once (temp + rename): a sysfs attribute is never read half
+/// written, and neither is its stand-in.
+fn write_whole(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
 /// Writes the thermal zone as the kernel does: millidegrees Celsius and a newline.
 fn set_temperature(lab: &Lab, millidegrees: u32) {
     let zone = sysfs(lab).join("class/thermal/thermal_zone0");
-    fs::create_dir_all(&zone).expect("mkdir");
-    fs::write(zone.join("type"), "cpu-thermal\n").expect("write type");
-    fs::write(zone.join("temp"), format!("{millidegrees}\n")).expect("write temp");
+    write_whole(&zone.join("type"), "cpu-thermal\n");
+    write_whole(&zone.join("temp"), &format!("{millidegrees}\n"));
 }
 
 /// Writes the firmware's flags as the Pi's sysfs node does (hexadecimal, no `0x`).
 fn set_throttled(lab: &Lab, hex: &str) {
     let f = sysfs(lab).join("devices/platform/soc/soc:firmware/get_throttled");
-    fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
-    fs::write(f, format!("{hex}\n")).expect("write flags");
+    write_whole(&f, &format!("{hex}\n"));
 }
 
 fn metrics(addr: &str) -> String {
@@ -778,7 +785,7 @@ fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
 
     // Jump back 56 years: the board "booted in 1970". Then the controller is down for a
     // while: the agent's backoff must not wait decades.
-    fs::write(&clock, "-56y\n").expect("jump back");
+    write_whole(&clock, "-56y\n");
     let s = agent.wait_for("an unset clock reported", SETTLE, |s| {
         has_problem(s, "clock_unset") && has_problem(s, "clock_skew")
     });
@@ -797,7 +804,7 @@ fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
     });
 
     // Jump forward 30 years past the real time.
-    fs::write(&clock, "+30y\n").expect("jump forward");
+    write_whole(&clock, "+30y\n");
     agent.wait_for("a plausible clock again", SETTLE, |s| {
         !has_problem(s, "clock_unset") && has_problem(s, "clock_skew")
     });
@@ -811,7 +818,7 @@ fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
 
     // Set right (NTP answered): every problem clears, and the controller heard each change in
     // order, numbered without a gap whatever the clock said.
-    fs::write(&clock, "+0\n").expect("set right");
+    write_whole(&clock, "+0\n");
     let s = agent.wait_for("clock problems cleared", SETTLE, |s| {
         !has_problem(s, "clock_unset") && !has_problem(s, "clock_skew")
     });
