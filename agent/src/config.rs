@@ -38,7 +38,7 @@
 //!   power_fail_command: [/usr/local/bin/ups-on-battery]   # optional: exit 0 = power failing
 //!   temperature_above: 80           # °C; overrides fleet.yaml `alerts.temperature_above`
 //!   temperature_hysteresis: 5       # °C below the threshold before updates resume
-//!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below`
+//!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below` (0: off)
 //!   clock_skew_max: 5m              # farther from the controller's clock is reported
 //!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
 //! ```

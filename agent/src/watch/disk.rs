@@ -39,5 +39,6 @@ mod tests {
         for (was, free, want) in cases {
             assert_eq!(low(was, free, t), want, "was {was}, {free:?}");
         }
+        assert!(!low(false, Some(0), 0), "a threshold of 0 turns it off");
     }
 }
