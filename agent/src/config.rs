@@ -30,6 +30,17 @@
 //!   request_timeout: 10s            # one HTTP request to the controller, connect to answer
 //!   long_poll: 25s                  # ask the controller to hold check-ins this long (0s: off)
 //!   ca_file: /etc/fleet/controller-ca.pem     # optional: trust only this CA (default: system roots)
+//! watch:                            # the device watchers (heat, power, disk, clock); all optional
+//!   interval: 15s                   # how often they sample (a few small file reads)
+//!   sysfs_root: /sys                # thermal zones: <root>/class/thermal/thermal_zone*/temp
+//!   throttled_file: /sys/devices/platform/soc/soc:firmware/get_throttled  # default under sysfs_root
+//!   power_fail_file: /run/ups/power-failing    # optional: present while power is failing
+//!   power_fail_command: [/usr/local/bin/ups-on-battery]   # optional: exit 0 = power failing
+//!   temperature_above: 80           # °C; overrides fleet.yaml `alerts.temperature_above`
+//!   temperature_hysteresis: 5       # °C below the threshold before updates resume
+//!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below` (0: off)
+//!   clock_skew_max: 5m              # farther from the controller's clock is reported
+//!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
 //! ```
 
 use std::net::SocketAddr;
@@ -139,6 +150,66 @@ pub struct AgentConfig {
     pub safe_mode_compose: PathBuf,
     /// `None`: standalone mode.
     pub controller: Option<ControllerConfig>,
+    /// The device watchers (heat, power, disk, clock): see [`crate::watch`].
+    pub watch: WatchConfig,
+}
+
+/// `watch:` in agent.yaml: what the device watchers read and, for this device only, thresholds
+/// that override the fleet's (`alerts:` in the running release's fleet.yaml, or the built-in
+/// defaults before the first release).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    /// How often the watchers sample.
+    pub interval: Duration,
+    /// The sysfs root: thermal zones are `<root>/class/thermal/thermal_zone*/temp`.
+    pub sysfs_root: PathBuf,
+    /// The Raspberry Pi firmware's throttled flags (`0x50005`, `50005` or `vcgencmd`'s
+    /// `throttled=0x50005`); `None`: `<sysfs_root>/devices/platform/soc/soc:firmware/get_throttled`.
+    /// A missing file means "not a Pi": nothing is reported.
+    pub throttled_file: Option<PathBuf>,
+    /// A file whose presence means "power is failing" (a UPS HAT daemon creates it).
+    pub power_fail_file: Option<PathBuf>,
+    /// A command (program and arguments) whose exit status 0 means "power is failing".
+    pub power_fail_command: Option<Vec<String>>,
+    /// °C above which no update starts; `None`: the fleet's `alerts.temperature_above`.
+    pub temperature_above: Option<f64>,
+    /// °C below the threshold the temperature must fall before updates resume.
+    pub temperature_hysteresis: f64,
+    /// Free bytes in the data directory below which the agent prunes and starts no update;
+    /// `None`: the fleet's `alerts.disk_free_below`.
+    pub disk_free_below: Option<u64>,
+    /// A clock farther than this from the controller's (its answers' `Date`) is reported.
+    pub clock_skew_max: Duration,
+    /// A crash loop this soon after an update this agent made rolls back (the release marked
+    /// bad); later, or with no previous release, it enters safe mode.
+    pub crash_loop_rollback_within: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            interval: defaults::WATCH_INTERVAL,
+            sysfs_root: PathBuf::from(defaults::sysfs_root()),
+            throttled_file: None,
+            power_fail_file: None,
+            power_fail_command: None,
+            temperature_above: None,
+            temperature_hysteresis: defaults::TEMPERATURE_HYSTERESIS,
+            disk_free_below: None,
+            clock_skew_max: defaults::CLOCK_SKEW_MAX,
+            crash_loop_rollback_within: defaults::CRASH_LOOP_ROLLBACK_WITHIN,
+        }
+    }
+}
+
+impl WatchConfig {
+    /// The throttled-flags file to read.
+    pub fn throttled_path(&self) -> PathBuf {
+        self.throttled_file.clone().unwrap_or_else(|| {
+            self.sysfs_root
+                .join("devices/platform/soc/soc:firmware/get_throttled")
+        })
+    }
 }
 
 /// Defaults, as named functions so the documentation and the code agree.
@@ -189,6 +260,18 @@ pub mod defaults {
     /// `controller.long_poll`: within the controller's default bound (50 s), and short enough
     /// that the running release is still supervised about every 30 s.
     pub const LONG_POLL: Duration = Duration::from_secs(25);
+    /// `watch.interval`: 15 s, a few file reads each (cheap on a Pi).
+    pub const WATCH_INTERVAL: Duration = Duration::from_secs(15);
+    /// `/sys`.
+    pub fn sysfs_root() -> &'static str {
+        "/sys"
+    }
+    /// 5 °C.
+    pub const TEMPERATURE_HYSTERESIS: f64 = 5.0;
+    /// 5 minutes.
+    pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
+    /// 1 hour.
+    pub const CRASH_LOOP_ROLLBACK_WITHIN: Duration = Duration::from_secs(3600);
 }
 
 /// The configuration could not be used.
@@ -234,7 +317,23 @@ const TOP_KEYS: &[&str] = &[
     "secrets_dir",
     "safe_mode_compose",
     "controller",
+    "watch",
 ];
+const WATCH_KEYS: &[&str] = &[
+    "interval",
+    "sysfs_root",
+    "throttled_file",
+    "power_fail_file",
+    "power_fail_command",
+    "temperature_above",
+    "temperature_hysteresis",
+    "disk_free_below",
+    "clock_skew_max",
+    "crash_loop_rollback_within",
+];
+/// Bounds of `watch.interval`.
+const WATCH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(300));
 const GIT_KEYS: &[&str] = &["endpoints", "branch", "failover_timeout"];
 const ENDPOINT_KEYS: &[&str] = &[
     "url",
@@ -490,6 +589,10 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
             }))
         })(),
     };
+    let watch = match f.get("watch") {
+        None => Some(WatchConfig::default()),
+        Some(n) => decode_watch(ctx, n),
+    };
     Some(AgentConfig {
         device_id: device_id?,
         data_dir: data_dir?,
@@ -505,6 +608,99 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         secrets_dir: secrets_dir?,
         safe_mode_compose: safe_mode_compose?,
         controller: controller?,
+        watch: watch?,
+    })
+}
+
+fn decode_watch(ctx: &mut Ctx<'_>, node: &yaml::Node) -> Option<WatchConfig> {
+    let f = ctx.map(node, "`watch`", WATCH_KEYS)?;
+    let d = WatchConfig::default();
+    let interval = match f.get("interval") {
+        None => Some(d.interval),
+        Some(n) => ctx.duration(n, "`watch.interval`").and_then(|v| {
+            let (min, max) = WATCH_INTERVAL_RANGE;
+            if v < min || v > max {
+                ctx.error(
+                    n.pos,
+                    format!(
+                        "`watch.interval` must be between {} and {}",
+                        fleet_config::units::format_duration(min),
+                        fleet_config::units::format_duration(max)
+                    ),
+                );
+                return None;
+            }
+            Some(v)
+        }),
+    };
+    let path = |ctx: &mut Ctx<'_>, key: &str| match f.get(key) {
+        None => Some(None),
+        Some(n) => path_field(ctx, n, &format!("`watch.{key}`")).map(Some),
+    };
+    let sysfs_root = path(ctx, "sysfs_root").map(|p| p.unwrap_or(d.sysfs_root.clone()));
+    let throttled_file = path(ctx, "throttled_file");
+    let power_fail_file = path(ctx, "power_fail_file");
+    let power_fail_command = match f.get("power_fail_command") {
+        None => Some(None),
+        Some(n) => ctx
+            .string_list(n, "`watch.power_fail_command`", false)
+            .and_then(|argv| {
+                let argv: Vec<String> = argv.into_iter().map(|(s, _)| s).collect();
+                if argv.is_empty() || argv[0].is_empty() {
+                    ctx.error(
+                        n.pos,
+                        "`watch.power_fail_command` needs a program, e.g. [/usr/local/bin/ups-on-battery]",
+                    );
+                    return None;
+                }
+                Some(Some(argv))
+            }),
+    };
+    let celsius = |ctx: &mut Ctx<'_>, key: &str, lo: f64, hi: f64| match f.get(key) {
+        None => Some(None),
+        Some(n) => ctx.number(n, &format!("`watch.{key}`")).and_then(|v| {
+            if !(lo..=hi).contains(&v) {
+                ctx.error(
+                    n.pos,
+                    format!("`watch.{key}` must be between {lo} and {hi} (°C), found {v}"),
+                );
+                return None;
+            }
+            Some(Some(v))
+        }),
+    };
+    let temperature_above = celsius(ctx, "temperature_above", 20.0, 150.0);
+    let temperature_hysteresis = celsius(ctx, "temperature_hysteresis", 0.0, 30.0)
+        .map(|v| v.unwrap_or(d.temperature_hysteresis));
+    let disk_free_below = match f.get("disk_free_below") {
+        None => Some(None),
+        Some(n) => ctx.size(n, "`watch.disk_free_below`").map(Some),
+    };
+    let clock_skew_max = match f.get("clock_skew_max") {
+        None => Some(d.clock_skew_max),
+        Some(n) => ctx.duration(n, "`watch.clock_skew_max`").and_then(|v| {
+            if v < Duration::from_secs(1) {
+                ctx.error(n.pos, "`watch.clock_skew_max` must be at least 1s");
+                return None;
+            }
+            Some(v)
+        }),
+    };
+    let crash_loop_rollback_within = match f.get("crash_loop_rollback_within") {
+        None => Some(d.crash_loop_rollback_within),
+        Some(n) => ctx.duration(n, "`watch.crash_loop_rollback_within`"),
+    };
+    Some(WatchConfig {
+        crash_loop_rollback_within: crash_loop_rollback_within?,
+        interval: interval?,
+        sysfs_root: sysfs_root?,
+        throttled_file: throttled_file?,
+        power_fail_file: power_fail_file?,
+        power_fail_command: power_fail_command?,
+        temperature_above: temperature_above?,
+        temperature_hysteresis: temperature_hysteresis?,
+        disk_free_below: disk_free_below?,
+        clock_skew_max: clock_skew_max?,
     })
 }
 
@@ -653,6 +849,51 @@ mod tests {
             lines[3].starts_with("agent.yaml:7:16: error: `poll_interval`: bad duration"),
             "{lines:#?}"
         );
+    }
+
+    #[test]
+    fn the_watch_section_has_defaults_overrides_and_checked_bounds() {
+        let base = "device_id: pi-01\ngit:\n  endpoints: [git://a/f.git]\n";
+        let c = AgentConfig::parse(base, "agent.yaml").expect("valid");
+        assert_eq!(c.watch, WatchConfig::default());
+        assert_eq!(c.watch.interval, Duration::from_secs(15));
+        assert_eq!(
+            c.watch.throttled_path(),
+            PathBuf::from("/sys/devices/platform/soc/soc:firmware/get_throttled")
+        );
+        let text = format!("{base}watch:\n  interval: 2s\n  sysfs_root: /tmp/sys\n  power_fail_file: /run/ups/failing\n  power_fail_command: [/usr/bin/ups, --on-battery]\n  temperature_above: 70\n  temperature_hysteresis: 3\n  disk_free_below: 200MB\n  clock_skew_max: 1m\n");
+        let c = AgentConfig::parse(&text, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let w = &c.watch;
+        assert_eq!(w.interval, Duration::from_secs(2));
+        assert_eq!(
+            w.throttled_path(),
+            PathBuf::from("/tmp/sys/devices/platform/soc/soc:firmware/get_throttled")
+        );
+        assert_eq!(w.power_fail_file, Some(PathBuf::from("/run/ups/failing")));
+        assert_eq!(
+            w.power_fail_command,
+            Some(vec!["/usr/bin/ups".to_string(), "--on-battery".to_string()])
+        );
+        assert_eq!(w.temperature_above, Some(70.0));
+        assert_eq!(w.temperature_hysteresis, 3.0);
+        assert_eq!(w.disk_free_below, Some(200 << 20));
+        assert_eq!(w.clock_skew_max, Duration::from_secs(60));
+        let bad = format!("{base}watch:\n  interval: 0s\n  sysfs_root: sys\n  temperature_above: 500\n  power_fail_command: []\n  tempreature_above: 1\n");
+        let ConfigError::Invalid(d) = AgentConfig::parse(&bad, "agent.yaml").expect_err("invalid")
+        else {
+            panic!("wrong error")
+        };
+        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+        let text = lines.join("\n");
+        for want in [
+            "agent.yaml:9:3: error: unknown key `tempreature_above` in `watch` (did you mean `temperature_above`?)",
+            "agent.yaml:5:13: error: `watch.interval` must be between 1s and 5m",
+            "agent.yaml:6:15: error: `watch.sysfs_root` must be an absolute path",
+            "agent.yaml:7:22: error: `watch.temperature_above` must be between 20 and 150",
+            "agent.yaml:8:23: error: `watch.power_fail_command` needs a program",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "missing `{want}` in\n{text}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 #[cfg(test)]
 mod crash_check;
+pub mod crash_loop;
 /// The Docker runtime, in its own crate so the safe-mode watchdog shares it without the agent.
 pub use fleet_docker as docker;
 pub mod events;
@@ -30,3 +31,4 @@ pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod update;
+pub mod watch;

@@ -51,6 +51,12 @@ pub struct Metrics {
     liveness: Mutex<Option<crate::liveness::Liveness>>,
     /// Active problems by kind (see [`crate::problems`]).
     problems: Mutex<BTreeMap<ProblemKind, u64>>,
+    /// The device watchers' gauges (see [`crate::watch`]).
+    watch: Mutex<crate::watch::Gauges>,
+    /// Restarts within the crash-loop window, by `stack/service`.
+    restarts_in_window: Mutex<BTreeMap<String, u64>>,
+    /// Crash loops acted on, by action (`rollback`, `safe_mode`).
+    crash_loops: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,6 +124,18 @@ impl Metrics {
     pub fn set_problems(&self, counts: &BTreeMap<ProblemKind, u64>) {
         *lock(&self.problems) = counts.clone();
     }
+    /// Records the device watchers' last readings.
+    pub fn set_watch(&self, gauges: crate::watch::Gauges) {
+        *lock(&self.watch) = gauges;
+    }
+    /// Records each service's restarts within the crash-loop window.
+    pub fn set_restarts_in_window(&self, by_service: BTreeMap<String, u64>) {
+        *lock(&self.restarts_in_window) = by_service;
+    }
+    /// Counts a crash loop acted on (`rollback` or `safe_mode`).
+    pub fn count_crash_loop(&self, action: &'static str) {
+        *lock(&self.crash_loops).entry(action).or_default() += 1;
+    }
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
         *lock(&self.last_update_seconds) = Some(s);
@@ -181,6 +199,23 @@ impl Metrics {
         }
         if let Some(s) = *lock(&self.last_update_seconds) {
             let _ = writeln!(out, "# HELP fleet_agent_last_update_duration_seconds How long the last update took.\n# TYPE fleet_agent_last_update_duration_seconds gauge\nfleet_agent_last_update_duration_seconds {s}");
+        }
+        lock(&self.watch).render(&mut out);
+        let _ = writeln!(out, "# HELP fleet_agent_crash_loops_total Crash loops of the running release acted on, by action.\n# TYPE fleet_agent_crash_loops_total counter");
+        for action in ["rollback", "safe_mode"] {
+            let n = lock(&self.crash_loops).get(action).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "fleet_agent_crash_loops_total{{action=\"{action}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_service_restarts_in_window Restarts of each service of the running release within alerts.crash_loop.within (Docker's and the agent's own).\n# TYPE fleet_agent_service_restarts_in_window gauge");
+        for (service, n) in lock(&self.restarts_in_window).iter() {
+            let s = service.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "fleet_agent_service_restarts_in_window{{service=\"{s}\"}} {n}"
+            );
         }
         host.render(&mut out);
         out

@@ -47,6 +47,20 @@ pub enum ProblemKind {
     GitEndpointDisabled,
     /// Boot recovery failed; it is retried.
     RecoveryFailed,
+    /// The CPU is hotter than `temperature_above`: no update starts ([`crate::watch`]).
+    Overheating,
+    /// The firmware reports under-voltage now: no update starts.
+    UnderVoltage,
+    /// The power-fail signal is present: data synced, no update starts.
+    PowerFailing,
+    /// Free disk below `disk_free_below`: the agent prunes, no update starts.
+    DiskLow,
+    /// The clock is far from the controller's.
+    ClockSkew,
+    /// The clock is before any plausible date (never set).
+    ClockUnset,
+    /// A service of the running release keeps restarting (subject: `stack/service`).
+    CrashLoop,
 }
 
 impl ProblemKind {
@@ -60,6 +74,13 @@ impl ProblemKind {
         ProblemKind::DockerUnreachable,
         ProblemKind::GitEndpointDisabled,
         ProblemKind::RecoveryFailed,
+        ProblemKind::Overheating,
+        ProblemKind::UnderVoltage,
+        ProblemKind::PowerFailing,
+        ProblemKind::DiskLow,
+        ProblemKind::ClockSkew,
+        ProblemKind::ClockUnset,
+        ProblemKind::CrashLoop,
     ];
 
     /// The label value.
@@ -73,6 +94,13 @@ impl ProblemKind {
             ProblemKind::DockerUnreachable => "docker_unreachable",
             ProblemKind::GitEndpointDisabled => "git_endpoint_disabled",
             ProblemKind::RecoveryFailed => "recovery_failed",
+            ProblemKind::Overheating => "overheating",
+            ProblemKind::UnderVoltage => "under_voltage",
+            ProblemKind::PowerFailing => "power_failing",
+            ProblemKind::DiskLow => "disk_low",
+            ProblemKind::ClockSkew => "clock_skew",
+            ProblemKind::ClockUnset => "clock_unset",
+            ProblemKind::CrashLoop => "crash_loop",
         }
     }
 }

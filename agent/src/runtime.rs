@@ -84,6 +84,14 @@ pub trait StackRuntime {
     async fn remove_images(&self, images: &[ImageRef]) -> usize;
     /// Releases whose directories running containers still bind-mount (never pruned).
     async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Each service of `stacks` as it is now: its container, whether it runs, Docker's restart
+    /// count (for [`crate::crash_loop`]). A runtime that cannot tell returns none.
+    async fn restarts(
+        &self,
+        _stacks: &[StackSpec<'_>],
+    ) -> Result<Vec<crate::crash_loop::ServiceRestarts>, RuntimeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The Docker engine as the transaction's runtime.
@@ -166,6 +174,25 @@ impl StackRuntime for DockerStacks {
 
     async fn remove_images(&self, images: &[ImageRef]) -> usize {
         self.docker.remove_images_if_unused(images).await.len()
+    }
+
+    async fn restarts(
+        &self,
+        stacks: &[StackSpec<'_>],
+    ) -> Result<Vec<crate::crash_loop::ServiceRestarts>, RuntimeError> {
+        let mut out = Vec::new();
+        for s in stacks {
+            let health = self.docker.health(s.name, s.compose).await?;
+            for (service, h) in health.services {
+                out.push(crate::crash_loop::ServiceRestarts {
+                    service: format!("{}/{service}", s.name),
+                    container_id: h.container_id,
+                    running: h.running,
+                    restart_count: h.restart_count,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError> {

@@ -64,8 +64,12 @@ where
         Ok(started) => {
             let mut updater = started.updater;
             tracing::info!(reason = %started.recovered, "recovered");
+            // A first reading before the first update decision, then the watchers' own task.
+            updater.watchers().sample().await;
+            updater.flush_problem_events();
+            let watch_task = tokio::spawn(updater.watchers().clone().run(shutdown.child_token()));
             metrics.with_liveness(|l| l.ready(&format!("recovered: {}", started.recovered)));
-            match cfg.controller.clone() {
+            let outcome = match cfg.controller.clone() {
                 // With a controller the agent only moves to a release the controller names; it
                 // never falls back to following the branch, which could push a release past the
                 // waves.
@@ -76,7 +80,9 @@ where
                     updater.run_standalone(shutdown.clone()).await;
                     Ok(())
                 }
-            }
+            };
+            watch_task.abort();
+            outcome
         }
         Err(StartupError::Shutdown) => Ok(()),
         Err(StartupError::AnotherAgent(e)) => Err(AgentError::Lock(e)),

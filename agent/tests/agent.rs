@@ -244,7 +244,10 @@ fn a_small_filesystem_skips_the_update_cleanly() {
     let _unmount = Unmount(data.clone());
     let _r1 = lab.release("v1");
     let eps = [lab.primary.url("fleet.git")];
-    let config = lab.config_with("small", &eps, &data, "").to_owned();
+    // The idle disk watcher set below the update's own check, so this is the check that acts.
+    let config = lab
+        .config_with("small", &eps, &data, "watch:\n  disk_free_below: 1MB\n")
+        .to_owned();
     // 64 MB filesystem, 100 MB wanted.
     let text = std::fs::read_to_string(&config)
         .expect("read")

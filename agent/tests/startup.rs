@@ -166,6 +166,11 @@ fn status_text(config: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// These filesystems are far smaller than the fleet's default `disk_free_below` (500 MiB): the
+/// idle disk watcher is off here (its own test is in `watchers.rs`), so the problems seen are
+/// the start-up ones under test.
+const IDLE_DISK_WATCHER_OFF: &str = "watch:\n  disk_free_below: 0\n";
+
 fn no_problems(s: &serde_json::Value) -> bool {
     s["problems"].as_array().is_some_and(Vec::is_empty) && s["starting"] == false
 }
@@ -183,7 +188,7 @@ fn an_agent_started_on_a_full_data_filesystem_waits_prunes_nothing_it_needs_and_
     };
     let data = fs.0.join("fleet");
     let eps = [lab.primary.url("fleet.git")];
-    let config = lab.config_with("full", &eps, &data, "");
+    let config = lab.config_with("full", &eps, &data, IDLE_DISK_WATCHER_OFF);
     let r1 = lab.release("v1");
     let mut agent = AgentProc::start(&config);
     agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
@@ -252,7 +257,7 @@ fn a_full_data_filesystem_is_pruned_before_the_journal_is_written() {
     };
     let data = fs.0.join("fleet");
     let eps = [lab.primary.url("fleet.git")];
-    let config = lab.config_with("prune", &eps, &data, "");
+    let config = lab.config_with("prune", &eps, &data, IDLE_DISK_WATCHER_OFF);
     let text = std::fs::read_to_string(&config)
         .expect("read")
         .replace("keep_releases: 3", "keep_releases: 10");
@@ -310,7 +315,7 @@ fn an_agent_started_on_a_read_only_data_filesystem_waits_and_recovers_when_it_is
     };
     let data = fs.0.join("fleet");
     let eps = [lab.primary.url("fleet.git")];
-    let config = lab.config_with("ro", &eps, &data, "");
+    let config = lab.config_with("ro", &eps, &data, IDLE_DISK_WATCHER_OFF);
     let r1 = lab.release("v1");
     let mut agent = AgentProc::start(&config);
     agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));

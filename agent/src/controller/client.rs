@@ -200,6 +200,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    /// The `Date` of the last answer (for the clock-skew watcher).
+    last_date: std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
 }
 
 impl Client {
@@ -245,6 +247,7 @@ impl Client {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
             timeout,
+            last_date: Default::default(),
         })
     }
 
@@ -267,6 +270,11 @@ impl Client {
     pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ControllerError> {
         self.post(paths::ENROLL_CLAIM, None, req, Duration::ZERO)
             .await
+    }
+
+    /// The controller's clock as its last answer's `Date` header gave it, if any.
+    pub fn last_date(&self) -> Option<std::time::SystemTime> {
+        *self.last_date.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `POST /api/v1/checkin` with the device token. A long poll (`req.long_poll_secs`) may
@@ -295,6 +303,14 @@ impl Client {
         }
         let mut resp = req.send().await.map_err(|e| transport(&url, e, timeout))?;
         let status = resp.status().as_u16();
+        if let Some(date) = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::watch::clock::parse_date)
+        {
+            *self.last_date.lock().unwrap_or_else(|e| e.into_inner()) = Some(date);
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -200,6 +200,7 @@ pub async fn run<R: StackRuntime>(
         if updater.handle_rollback_request().await.is_some() {
             next = Instant::now();
         }
+        updater.watch_turn().await;
         if Instant::now() >= next {
             // Credentials fixed or rotated take effect; problems met since go out with this
             // check-in.
@@ -350,6 +351,10 @@ impl ControllerLoop {
             }
         };
         self.succeeded();
+        if let Some(server) = self.client.last_date() {
+            u.watchers()
+                .observe_controller_clock(server, std::time::SystemTime::now());
+        }
         let now = now_ms();
         u.metrics().set_last_checkin_ms(now);
         self.status.succeeded(now);
@@ -384,14 +389,34 @@ impl ControllerLoop {
                 backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng)
             }
             Action::Update { release, digest } => {
+                if current.as_ref() == Some(&release) && u.in_crash_loop_safe_mode() {
+                    // Re-applying it would only loop again: another release, or an operator
+                    // (safe mode on, then off), takes the device out.
+                    self.status.last_decision = Some(format!(
+                        "in safe mode after a crash loop of {}: waiting for another release or an operator",
+                        release.short()
+                    ));
+                    return backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng);
+                }
+                if let Some(why) = u.watchers().hold_logged(&release) {
+                    // Heat, power or disk: asked again at the next check-in.
+                    self.status.last_decision = Some(why);
+                    return backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng);
+                }
                 tracing::info!(release = %release.short(), "updating to the release the controller names");
                 let result = match u.prepare(&release, Some(digest)).await {
                     Prepare::Done(result) => result,
-                    Prepare::Ready(prepared) => match self.gate(u, &release, token, shutdown).await
-                    {
-                        Ok(()) => u.commit(prepared).await,
-                        Err(why) => u.abandon(prepared, why),
-                    },
+                    Prepare::Ready(prepared) => {
+                        let watch = u.watchers().clone();
+                        let gate = match watch.before_swap().await {
+                            Ok(()) => self.gate(u, &release, token, shutdown).await,
+                            Err(why) => Err(why),
+                        };
+                        match gate {
+                            Ok(()) => u.commit(prepared).await,
+                            Err(why) => u.abandon(prepared, why),
+                        }
+                    }
                 };
                 tracing::info!(result = ?result, "update finished");
                 self.just_attempted = Some(release);

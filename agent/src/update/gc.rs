@@ -42,6 +42,42 @@ impl<R: StackRuntime> Updater<R> {
         ))
     }
 
+    /// The disk is low while idle (the watcher says so): prunes every release but `current`,
+    /// `previous` and those in use (rollback needs no more), their unused images, and the
+    /// leftovers of a Git cache set aside as corrupt (`git-cache.git.corrupt-*`).
+    pub(super) async fn relieve_disk(&mut self) {
+        let before = available_space(self.data.root()).ok();
+        self.collect_garbage(0, None).await;
+        let cache = self.data.git_cache();
+        let prefix = format!(
+            "{}.corrupt-",
+            cache
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        if let Ok(entries) = std::fs::read_dir(self.data.root()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    match remove_tree(&e.path()) {
+                        Ok(()) => {
+                            tracing::info!(path = %e.path().display(), "removed a corrupt Git cache set aside earlier")
+                        }
+                        Err(err) => {
+                            tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a corrupt Git cache set aside earlier")
+                        }
+                    }
+                }
+            }
+        }
+        let after = available_space(self.data.root()).ok();
+        tracing::info!(
+            free_before = before,
+            free_after = after,
+            "low on disk while idle: pruned"
+        );
+    }
+
     /// The releases never pruned: `current`, `previous`, the one being installed, and those
     /// whose directories running containers still bind-mount.
     async fn protected_releases(&self, target: Option<&ReleaseId>) -> Vec<ReleaseId> {

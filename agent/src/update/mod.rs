@@ -143,6 +143,14 @@ pub struct Updater<R> {
     /// The phase and safe-mode reason last recorded as events, to record changes only.
     recorded_phase: UpdatePhase,
     recorded_safe_mode: Option<String>,
+    /// The device watchers (heat, power, disk, clock), sampled by their own task.
+    watch: Arc<crate::watch::DeviceWatch>,
+    /// Restarts of the running release's services, for crash loops (see `supervise.rs`).
+    crash_loops: crate::crash_loop::Detector,
+    /// The release `crash_loops` counts for.
+    crash_loops_of: Option<ReleaseId>,
+    /// When this agent last committed an update (monotonic; `None` since it started).
+    committed_at: Option<tokio::time::Instant>,
     _lock: UpdateLock,
 }
 
@@ -262,7 +270,14 @@ impl<R: StackRuntime> Updater<R> {
             .ok()
             .flatten()
             .unwrap_or_else(|| Journal::idle(None));
+        let watch = Arc::new(crate::watch::DeviceWatch::new(
+            cfg.watch.clone(),
+            data.clone(),
+            problems.clone(),
+            metrics.clone(),
+        ));
         let mut updater = Updater {
+            watch,
             cfg,
             data,
             git: stores.git,
@@ -275,6 +290,9 @@ impl<R: StackRuntime> Updater<R> {
             journal,
             supervised: None,
             supervise_problem: None,
+            crash_loops: Default::default(),
+            crash_loops_of: None,
+            committed_at: None,
             events: stores.events,
             _lock: lock,
         };
@@ -305,6 +323,21 @@ impl<R: StackRuntime> Updater<R> {
         self.problems
             .clear_except(ProblemKind::GitEndpointDisabled, &still);
         self.endpoints = usable;
+    }
+
+    /// The device watchers; [`crate::watch::DeviceWatch::run`] samples them.
+    pub fn watchers(&self) -> &Arc<crate::watch::DeviceWatch> {
+        &self.watch
+    }
+
+    /// What the watchers ask of the update loop: pruning while the disk is low. Cheap when
+    /// nothing is asked; called on every turn of the loops.
+    pub async fn watch_turn(&mut self) {
+        if self.watch.take_prune() {
+            self.relieve_disk().await;
+            self.watch.sample().await;
+        }
+        self.flush_problem_events();
     }
 
     /// The problems this updater reports to.

@@ -1,5 +1,6 @@
 //! Standalone mode: the device follows its branch's head, never to a release marked bad on it,
-//! polling with jitter so a fleet does not poll in lockstep.
+//! polling with jitter so a fleet does not poll in lockstep, and never while the device
+//! watchers hold updates back (heat, power, disk: [`crate::watch`]).
 
 use std::time::Duration;
 
@@ -53,7 +54,21 @@ impl<R: StackRuntime> Updater<R> {
             tracing::debug!(release = %head.short(), "branch head is marked bad; waiting for a newer commit");
             return None;
         }
-        Some(self.update_to(&head, None).await)
+        if current.as_ref() == Some(&head) && self.in_crash_loop_safe_mode() {
+            tracing::debug!(release = %head.short(), "in safe mode after this release's crash loop; waiting for a newer commit");
+            return None;
+        }
+        if self.watch.hold_logged(&head).is_some() {
+            // Held back by heat, power or disk; tried again once the watchers clear.
+            return None;
+        }
+        Some(match self.prepare(&head, None).await {
+            super::Prepare::Done(result) => result,
+            super::Prepare::Ready(prepared) => match self.watch.clone().before_swap().await {
+                Ok(()) => self.commit(prepared).await,
+                Err(why) => self.abandon(prepared, why),
+            },
+        })
     }
 
     /// Standalone mode: poll the branch every `poll_interval` (with jitter) until `shutdown`;
@@ -63,6 +78,7 @@ impl<R: StackRuntime> Updater<R> {
         loop {
             self.metrics.loop_turn();
             self.handle_rollback_request().await;
+            self.watch_turn().await;
             if tokio::time::Instant::now() >= next_poll {
                 self.supervise().await;
                 self.refresh_endpoints();

@@ -266,6 +266,10 @@ impl<R: StackRuntime> Updater<R> {
         let result = self.finish(UpdateResult::Succeeded {
             release: target.clone(),
         });
+        self.committed_at = Some(tokio::time::Instant::now());
+        // Whatever crash-looped before runs no more.
+        self.problems
+            .clear_except(crate::problems::ProblemKind::CrashLoop, &[]);
         self.collect_garbage(self.cfg.keep_releases, None).await;
         tracing::info!(release = %target.short(), "release is running and healthy");
         result
