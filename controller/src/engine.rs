@@ -707,8 +707,8 @@ async fn pass_with(
     };
     let rollout = current.as_ref().map(|c| &c.rollout);
     let mut changes = Vec::new();
-    for d in cache.devices() {
-        let target = match cache.view_of(&d.id) {
+    for (d, v) in cache.devices_with_views() {
+        let target = match v {
             Some(v) => desired_for(
                 v,
                 d.pinned_release.as_ref().map(ReleaseId::as_str),

@@ -132,6 +132,14 @@ impl FleetCache {
             return Ok(n);
         };
         let changed = db.devices_changed_since(since - OVERLAP_MS).await?;
+        // Check-ins that changed nothing the engine sees but the time: the time alone.
+        for (id, seen) in db.checkins_since(since - OVERLAP_MS).await? {
+            if let Some(d) = self.devices.get_mut(&id) {
+                if d.last_seen_ms.is_none_or(|s| s < seen) {
+                    d.last_seen_ms = Some(seen);
+                }
+            }
+        }
         let page = db.devices_page(self.sweep_after.as_deref(), SWEEP).await?;
         let n = changed.len() + page.len();
         self.sweep_after = if (page.len() as i64) < SWEEP {
@@ -167,6 +175,24 @@ impl FleetCache {
     /// Brings the views up to `now`: made again if the fleet's members changed, and each one's
     /// online and silence flags set for the time.
     pub fn prepare_views(&mut self, now: i64, offline_after_ms: i64, silence_window_ms: i64) {
+        if !self.views_stale {
+            // The views are the fleet's rows in id order: walked side by side.
+            let mut rows = self.devices.values().filter(|d| in_fleet(d));
+            for v in &mut self.views {
+                match rows.next() {
+                    Some(d) if d.id == v.id => {
+                        set_clock(v, d, now, offline_after_ms, silence_window_ms)
+                    }
+                    _ => {
+                        self.views_stale = true;
+                        break;
+                    }
+                }
+            }
+            if rows.next().is_some() {
+                self.views_stale = true;
+            }
+        }
         if self.views_stale || self.views.is_empty() {
             self.views = self
                 .devices
@@ -181,13 +207,24 @@ impl FleetCache {
                 .map(|(i, v)| (v.id.clone(), i))
                 .collect();
             self.views_stale = false;
-            return;
         }
-        for v in &mut self.views {
-            if let Some(d) = self.devices.get(&v.id) {
-                set_clock(v, d, now, offline_after_ms, silence_window_ms);
+    }
+
+    /// Every device row, by id, with its view if it is in the fleet.
+    pub fn devices_with_views(&self) -> impl Iterator<Item = (&DeviceRow, Option<&DeviceView>)> {
+        let mut next = 0;
+        self.devices.values().map(move |d| {
+            if !in_fleet(d) {
+                return (d, None);
             }
-        }
+            match self.views.get(next).filter(|v| v.id == d.id) {
+                Some(v) => {
+                    next += 1;
+                    (d, Some(v))
+                }
+                None => (d, self.view_of(&d.id)),
+            }
+        })
     }
 
     /// The views of the devices in the fleet, by id (after [`FleetCache::prepare_views`]).

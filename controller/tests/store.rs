@@ -169,7 +169,9 @@ async fn exercise(store: Store) {
         long_poll_secs: 0,
     };
     assert_eq!(
-        db.record_checkin(&who, &req, now).await.expect("checkin"),
+        db.record_checkin(&who, &req, now, true)
+            .await
+            .expect("checkin"),
         2
     );
     let d = db.device("pi-1").await.expect("q").expect("row");
@@ -178,6 +180,27 @@ async fn exercise(store: Store) {
     assert_eq!(d.bad_releases.len(), 1);
     assert_eq!(d.agent_version, "v2");
     assert_eq!(d.last_seen_ms, Some(now));
+    // What the engine reads of it: the whole row after a check-in that changed what it sees;
+    // after one that changed nothing but the time, the time alone.
+    let stamp = fleet_controller::db::now_ms();
+    let changed = |rows: Vec<fleet_controller::db::DeviceRow>| rows.iter().any(|d| d.id == "pi-1");
+    assert!(changed(
+        db.devices_changed_since(stamp - 60_000).await.expect("q")
+    ));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let later = fleet_controller::db::now_ms();
+    db.record_checkin(&who, &req, now + 1, false)
+        .await
+        .expect("checkin");
+    assert!(
+        !changed(db.devices_changed_since(later).await.expect("q")),
+        "a check-in that changed nothing the engine sees leaves the row unchanged for it"
+    );
+    assert!(db
+        .checkins_since(now + 1)
+        .await
+        .expect("q")
+        .contains(&("pi-1".to_owned(), now + 1)));
 
     let mut inv = BTreeMap::new();
     inv.insert(

@@ -10,9 +10,11 @@ CREATE TABLE rollout_devices (
     record     TEXT NOT NULL,
     PRIMARY KEY (rollout_id, device_id)
 );
--- When anything of a device's row last changed: the leader's engine reads only the rows that
--- changed since its last pass.
+-- When a device's row last changed in what the rollout engine sees (a check-in that only says
+-- "still here" moves `last_seen_ms` alone): the leader's engine reads whole only the rows that
+-- changed since its last pass, and of the others their last check-in.
 ALTER TABLE devices ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX devices_changed ON devices (changed_ms);
+CREATE INDEX devices_last_seen ON devices (last_seen_ms);
 -- The engine's current rollout, found without reading the others.
 CREATE INDEX rollouts_created ON rollouts (created_ms, id);

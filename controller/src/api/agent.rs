@@ -281,7 +281,10 @@ async fn checkin_inner(
     }
     let now = now_ms();
     let wake_engine = who.changes_rollout_view(&req, now, state.offline_after_ms());
-    let acked = state.db.record_checkin(&who, &req, now).await?;
+    let acked = state
+        .db
+        .record_checkin(&who, &req, now, wake_engine)
+        .await?;
     let (desired, stop) = answer_of(&who, &req);
     if wake_engine {
         state.reconcile.notify_one();

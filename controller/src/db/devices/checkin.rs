@@ -71,7 +71,9 @@ impl CheckinIdentity {
 
 impl Db {
     /// Stores a check-in: the report, and its events (each `seq` once). Returns the highest
-    /// event sequence number stored for the device.
+    /// event sequence number stored for the device. `view_changed`: it changes what the
+    /// rollout engine sees ([`CheckinIdentity::changes_rollout_view`]), so the row is stamped
+    /// changed; a check-in that changes nothing else moves only `last_seen_ms`.
     ///
     /// One statement for the events (if any), then one for the report, each its own
     /// transaction: on SQLite every statement is a round trip to the connection's thread made
@@ -83,6 +85,7 @@ impl Db {
         who: &CheckinIdentity,
         req: &CheckinRequest,
         now_ms: i64,
+        view_changed: bool,
     ) -> Result<i64, DbError> {
         let _turn = self.write_turn().await;
         let mut acked = who.acked_seq;
@@ -142,7 +145,8 @@ impl Db {
         sqlx::query(
             "UPDATE devices SET last_seen_ms = $1, agent_version = $2, current_release = $3, \
              previous_release = $4, phase = $5, health = $6, last_result = $7, bad_releases = $8, \
-             telemetry = $9, acked_seq = $10, telemetry_sampled_ms = $11, changed_ms = $13 WHERE id = $12",
+             telemetry = $9, acked_seq = $10, telemetry_sampled_ms = $11, \
+             changed_ms = CASE WHEN $14 = 1 THEN $13 ELSE changed_ms END WHERE id = $12",
         )
         .bind(now_ms)
         .bind(&req.agent_version)
@@ -159,6 +163,7 @@ impl Db {
         // Stamped now, with the write lock held (not when the request came in, which may be
         // a while behind under load): the engine reads rows changed since its last pass.
         .bind(crate::db::now_ms())
+        .bind(i64::from(view_changed))
         .execute(&self.pool)
         .await
         .map_err(q("storing a check-in"))?;

@@ -67,6 +67,25 @@ impl Db {
         .collect()
     }
 
+    /// (id, last check-in) of the devices that checked in at or after `since_ms`: what the
+    /// engine reads of the rows whose check-ins changed nothing else.
+    pub async fn checkins_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, DbError> {
+        let e = || q("listing recent check-ins");
+        sqlx::query("SELECT id, last_seen_ms FROM devices WHERE last_seen_ms >= $1")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(e())?
+            .iter()
+            .map(|r| {
+                Ok((
+                    sqlx::Row::try_get(r, "id").map_err(e())?,
+                    sqlx::Row::try_get(r, "last_seen_ms").map_err(e())?,
+                ))
+            })
+            .collect()
+    }
+
     /// At most `limit` devices with an id after `after` (all from the start with `None`), by id:
     /// one page of the device list.
     pub async fn devices_page(
