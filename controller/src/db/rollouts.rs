@@ -323,36 +323,33 @@ impl Db {
     pub async fn rollout_heads(
         &self,
     ) -> Result<(Option<(String, i64)>, Option<(String, String)>), DbError> {
-        let e = || q("finding the current rollout");
-        let current = sqlx::query(
-            "SELECT id, version FROM rollouts WHERE state NOT IN ('superseded', 'quarantined') \
-             ORDER BY created_ms DESC, id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(e())?
-        .map(|r| {
-            Ok::<_, DbError>((
-                r.try_get("id").map_err(e())?,
-                r.try_get("version").map_err(e())?,
-            ))
-        })
-        .transpose()?;
-        let completed = sqlx::query(
-            "SELECT id, release FROM rollouts WHERE state = 'completed' \
-             ORDER BY created_ms DESC, id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(e())?
-        .map(|r| {
-            Ok::<_, DbError>((
-                r.try_get("id").map_err(e())?,
-                r.try_get("release").map_err(e())?,
-            ))
-        })
-        .transpose()?;
+        let current = self
+            .newest_rollout("state NOT IN ('superseded', 'quarantined')", "version")
+            .await?;
+        let completed = self
+            .newest_rollout("state = 'completed'", "release")
+            .await?;
         Ok((current, completed))
+    }
+
+    /// (id, `column`) of the newest rollout that matches `filter`.
+    async fn newest_rollout<T>(
+        &self,
+        filter: &str,
+        column: &str,
+    ) -> Result<Option<(String, T)>, DbError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        let e = || q("finding the current rollout");
+        sqlx::query(&format!(
+            "SELECT id, {column} FROM rollouts WHERE {filter} ORDER BY created_ms DESC, id DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e())?
+        .map(|r| Ok((r.try_get("id").map_err(e())?, r.try_get(column).map_err(e())?)))
+        .transpose()
     }
 
     /// How many rollouts are in each state (for `/metrics`), without reading them.
