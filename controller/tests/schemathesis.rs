@@ -10,7 +10,10 @@
 //!
 //! Without the venv the test skips loudly, unless `FLEET_REQUIRE_SCHEMATHESIS=1` (`make test`
 //! and CI): then it fails. `FLEET_SCHEMATHESIS_EXAMPLES` (default 100 per operation) and
-//! `FLEET_SCHEMATHESIS_SEED` (default fixed, so CI repeats) tune a run.
+//! `FLEET_SCHEMATHESIS_SEED` (default fixed, so CI repeats) tune a run;
+//! `FLEET_SCHEMATHESIS_CASSETTE=1` records every request and answer in the report directory.
+//! The JSON API and the dashboard's pages are fuzzed by two schemathesis processes at once
+//! (each is bound by one Python thread).
 
 mod support;
 
@@ -48,7 +51,7 @@ fn schemathesis() -> Option<PathBuf> {
 }
 
 /// The whole run may take this long before it counts as a hang.
-const RUN_LIMIT: Duration = Duration::from_secs(600);
+const RUN_LIMIT: Duration = Duration::from_secs(900);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
@@ -158,125 +161,156 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let seed = std::env::var("FLEET_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1313".into());
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("schemathesis");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let junit = artifacts.join("junit.xml");
-    let cassette = artifacts.join("cassette.yaml");
     eprintln!(
         "schemathesis: {} examples per operation, seed {seed} (FLEET_SCHEMATHESIS_SEED=… to change); report in {}",
         examples,
         artifacts.display()
     );
-    let mut cmd = Command::new(&exe);
-    cmd.arg("run")
-        .arg(c.url("/api/openapi.json"))
-        .args(["--experimental", "openapi-3.1"])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
-        ])
-        .args(["--data-generation-method", "all"])
-        .args(["--hypothesis-max-examples", &examples])
-        .args(["--hypothesis-seed", &seed])
-        .args(["--hypothesis-database", "none"])
-        .args(["--hypothesis-deadline", "300000"])
-        .args(["--hypothesis-suppress-health-check", "all"])
-        .args(["--request-timeout", "20000"])
-        .args(["--workers", "2"])
-        .args(["--generation-allow-x00", "true"])
-        .arg("--experimental-no-failfast")
-        .arg("--show-trace")
-        .args(["--code-sample-style", "curl"])
-        .args(["--sanitize-output", "false"])
-        .arg("--junit-xml")
-        .arg(&junit)
-        .arg("--cassette-path")
-        .arg(&cassette)
-        .args(["--schemathesis-io-telemetry", "false"])
-        .current_dir(&artifacts)
-        .env("SCHEMATHESIS_TELEMETRY", "false")
-        .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
-        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("FLEET_FUZZ_OPERATOR", &c.operator)
-        .env("FLEET_FUZZ_ADMIN", &c.admin)
-        .env("FLEET_FUZZ_BOOTSTRAP", &c.bootstrap)
-        .env("FLEET_FUZZ_DEVICE_ID", &devices[0].0)
-        .env("FLEET_FUZZ_DEVICE_TOKEN", &devices[0].1)
-        .env(
-            "FLEET_FUZZ_DEVICE_IDS",
-            devices[1..].iter().map(|d| d.0.as_str()).collect::<Vec<_>>().join(","),
-        )
-        .env("FLEET_FUZZ_ROLLOUT", &rollout)
-        .env("FLEET_FUZZ_BOOTSTRAP_ID", &bootstrap_id)
-        .env("FLEET_FUZZ_METRICS", "fuzz-metrics-token")
-        .env("FLEET_FUZZ_SESSION", &session_value)
-        .env("FLEET_FUZZ_CSRF", &csrf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Only loopback is ever asked: no proxy from the environment.
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    // Schemathesis is bound by one Python thread: the JSON API and the dashboard's pages go to
+    // two processes at once, one per core. FLEET_SCHEMATHESIS_CASSETTE=1 also records every
+    // request and answer (slower).
+    let parts: [(&str, [&str; 2]); 2] = [
+        ("api", ["--include-path-regex", "^/api/"]),
+        ("pages", ["--exclude-path-regex", "^/api/"]),
+    ];
+    let command = |name: &str, filter: [&str; 2]| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run")
+            .arg(c.url("/api/openapi.json"))
+            .args(["--experimental", "openapi-3.1"])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
+            ])
+            .args(["--data-generation-method", "all"])
+            .args(["--hypothesis-max-examples", &examples])
+            .args(["--hypothesis-seed", &seed])
+            .args(["--hypothesis-database", "none"])
+            .args(["--hypothesis-deadline", "300000"])
+            .args(["--hypothesis-suppress-health-check", "all"])
+            .args(["--request-timeout", "20000"])
+            .args(["--workers", "2"])
+            .args(["--generation-allow-x00", "true"])
+            .arg("--experimental-no-failfast")
+            .arg("--show-trace")
+            .args(["--code-sample-style", "curl"])
+            .args(["--sanitize-output", "false"])
+            .arg("--junit-xml")
+            .arg(artifacts.join(format!("junit-{name}.xml")))
+            .args(["--schemathesis-io-telemetry", "false"])
+            .current_dir(&artifacts)
+            .args(filter)
+            .env("SCHEMATHESIS_TELEMETRY", "false")
+            .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("FLEET_FUZZ_OPERATOR", &c.operator)
+            .env("FLEET_FUZZ_ADMIN", &c.admin)
+            .env("FLEET_FUZZ_BOOTSTRAP", &c.bootstrap)
+            .env("FLEET_FUZZ_DEVICE_ID", &devices[0].0)
+            .env("FLEET_FUZZ_DEVICE_TOKEN", &devices[0].1)
+            .env(
+                "FLEET_FUZZ_DEVICE_IDS",
+                devices[1..].iter().map(|d| d.0.as_str()).collect::<Vec<_>>().join(","),
+            )
+            .env("FLEET_FUZZ_ROLLOUT", &rollout)
+            .env("FLEET_FUZZ_BOOTSTRAP_ID", &bootstrap_id)
+            .env("FLEET_FUZZ_METRICS", "fuzz-metrics-token")
+            .env("FLEET_FUZZ_SESSION", &session_value)
+            .env("FLEET_FUZZ_CSRF", &csrf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("FLEET_SCHEMATHESIS_CASSETTE").is_some() {
+            cmd.arg("--cassette-path")
+                .arg(artifacts.join(format!("cassette-{name}.yaml")));
+        }
+        // Only loopback is ever asked: no proxy from the environment.
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    };
     let started = Instant::now();
-    let child = cmd.spawn().expect("start schemathesis");
-    let pid = child.id();
+    let mut running = Vec::new();
+    for (name, filter) in parts {
+        let child = command(name, filter).spawn().expect("start schemathesis");
+        running.push((name, child.id(), child));
+    }
+    let pids: Vec<u32> = running.iter().map(|r| r.1).collect();
     let waited = tokio::time::timeout(
         RUN_LIMIT,
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
+        tokio::task::spawn_blocking(move || {
+            running
+                .into_iter()
+                .map(|(name, _, child)| (name, child.wait_with_output()))
+                .collect::<Vec<_>>()
+        }),
     )
     .await;
-    let out = match waited {
-        Ok(joined) => joined.expect("join").expect("schemathesis output"),
+    let outputs = match waited {
+        Ok(joined) => joined.expect("join"),
         Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            for pid in pids {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
             panic!("schemathesis did not finish within {RUN_LIMIT:?}: something hangs");
         }
     };
-    let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(artifacts.join("output.txt"), format!("{stdout}\n{stderr}")).ok();
-    eprintln!("schemathesis took {:.0} s", took.as_secs_f64());
-    let tail: String = {
-        let lines: Vec<&str> = stdout.lines().collect();
-        lines[lines.len().saturating_sub(400)..].join("\n")
-    };
-    assert!(
-        out.status.success(),
-        "schemathesis found problems ({}):\n{tail}\n{stderr}\ncontroller log:\n{}",
-        out.status,
-        c.log()
+    eprintln!("schemathesis took {:.0} s", started.elapsed().as_secs_f64());
+    let mut passed = 0usize;
+    let mut summaries = Vec::new();
+    for (name, out) in outputs {
+        let out = out.expect("schemathesis output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        std::fs::write(
+            artifacts.join(format!("output-{name}.txt")),
+            format!("{stdout}\n{stderr}"),
+        )
+        .ok();
+        let tail: String = {
+            let lines: Vec<&str> = stdout.lines().collect();
+            lines[lines.len().saturating_sub(400)..].join("\n")
+        };
+        assert!(
+            out.status.success(),
+            "schemathesis ({name}) found problems ({}):\n{tail}\n{stderr}\ncontroller log:\n{}",
+            out.status,
+            c.log()
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+                .take(50)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let summary = stdout
             .lines()
-            .filter(|l| l.contains("ERROR") || l.contains("panicked"))
-            .take(50)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+            .rev()
+            .find(|l| l.contains(" passed"))
+            .unwrap_or_default()
+            .to_owned();
+        passed += summary
+            .split_whitespace()
+            .zip(summary.split_whitespace().skip(1))
+            .find(|(_, w)| w.starts_with("passed"))
+            .and_then(|(n, _)| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        summaries.push(format!("{name}: {summary}"));
+    }
     // It did test every operation of the document.
     let operations = fleet_controller::routes::table().len();
-    let summary = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains(" passed"))
-        .unwrap_or_default()
-        .to_owned();
-    let passed: usize = summary
-        .split_whitespace()
-        .zip(summary.split_whitespace().skip(1))
-        .find(|(_, w)| w.starts_with("passed"))
-        .and_then(|(n, _)| n.parse().ok())
-        .unwrap_or(0);
     assert_eq!(
         passed, operations,
-        "schemathesis should have tested each of the {operations} operations: {summary}\n{tail}"
+        "schemathesis should have tested each of the {operations} operations: {summaries:?}"
     );
     // And the controller lived through it, with no panic in its log.
     let r = http
