@@ -12,7 +12,7 @@
 //!     - url: ssh://git@backup.fleet.internal/fleet.git
 //!       ssh_key: /etc/fleet/id_ed25519
 //!   branch: main
-//!   failover_timeout: 30s           # give up on an endpoint after this long
+//!   failover_timeout: 30s           # give up on an endpoint silent this long (a slow transfer that keeps coming is waited for)
 //! poll_interval: 60s                # standalone mode: how often to look for a new commit
 //! health_window: 60s                # a new release must stay healthy this long
 //! min_free_disk: 500MB              # below it: prune, else skip the update

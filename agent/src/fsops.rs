@@ -81,7 +81,8 @@ pub fn mark(what: impl Into<String>) {
     });
 }
 
-fn recording() -> bool {
+/// True while a recorder is installed on this thread.
+pub fn recording() -> bool {
     RECORDER.with(|r| r.borrow().is_some())
 }
 

@@ -1,6 +1,7 @@
 //! The device agent: stages releases from Git, swaps them in atomically, applies them to
 //! Docker, health-checks them and rolls back on its own.
 
+pub mod blocking;
 pub mod config;
 pub mod controller;
 #[cfg(test)]

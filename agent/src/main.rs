@@ -173,7 +173,7 @@ fn run(cfg: AgentConfig) -> ExitCode {
         Err(code) => return code,
     };
     let host = cfg.docker_host();
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
         let connect = || docker(&host, ns.clone());
@@ -181,8 +181,16 @@ fn run(cfg: AgentConfig) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => agent_error(e),
         }
-    })
+    });
+    // A fetch from a silent Git server may still be running on a blocking thread after
+    // SIGTERM: its result is not needed (recovery takes the update from the journal at the next
+    // start), so the agent does not wait for it.
+    rt.shutdown_timeout(EXIT_WAIT);
+    code
 }
+
+/// How long the agent waits at exit for blocking work (a Git fetch) still under way.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 fn print_result(r: &UpdateResult) -> ExitCode {
     match r {

@@ -474,3 +474,106 @@ fn metrics_are_served_and_scraped_by_prometheus() {
     let result = prom.wait_for_query("fleet_agent_updates_total{result=\"succeeded\"}", SETTLE);
     assert_eq!(result[0]["value"][1], "1", "{result:#}");
 }
+
+/// Hex digits of a xorshift64 stream: about 4 bits of entropy per byte, so Git's compression
+/// leaves the pack at roughly half the text's size.
+fn noise_hex(len: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789abcdef"[(x >> 60) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_fetch_leaves_metrics_answering_and_sigterm_stops_it_on_the_old_release() {
+    if !ready("a_slow_fetch_leaves_metrics_answering_and_sigterm_stops_it_on_the_old_release") {
+        return;
+    }
+    use support::slow_link::{LinkShape, SlowLink};
+    let lab = Lab::new("slow-fetch");
+    let r1 = lab.release("v1");
+    // A cellular link: 64 KiB/s from the Git server.
+    let link = SlowLink::start(
+        ([127, 0, 0, 1], lab.primary.port()).into(),
+        LinkShape {
+            bytes_per_second: 64 * 1024,
+            stall_after: None,
+        },
+    );
+    let addr = format!("127.0.0.1:{}", support::git_daemon::free_port());
+    let config = lab.config_with("slow", &[link.url("fleet.git")], &lab.data_dir(), "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
+    std::fs::write(&config, text).expect("write");
+    let mut agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+
+    // A release with a 2 MB file: a pack of about a megabyte, some fifteen seconds on this
+    // link (five failover timeouts of the lab's configuration, which bound silence only).
+    let blob = noise_hex(2_000_000);
+    let r2 = lab.release_with("v2", &[("stacks/app/blob.txt", &blob)]);
+    let before = link.passed();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while link.passed() - before < 100_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never fetched release 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The agent answers a scrape while it fetches.
+    let (status, body) = support::prometheus::http_get(&addr, "/metrics")
+        .expect("/metrics answers during the fetch");
+    assert_eq!(status, 200);
+    assert!(body.contains("fleet_agent_update_phase"), "{body}");
+    let passed = link.passed() - before;
+    assert!(
+        passed < 900_000,
+        "the scrape should have been answered during the fetch ({passed} bytes passed)"
+    );
+
+    // SIGTERM during the fetch: the agent stops before the fetch ends, on release 1.
+    let pid = agent.pid().expect("running");
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while agent.exited().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let passed = link.passed() - before;
+    assert!(
+        passed < 900_000,
+        "the agent should have stopped before the fetch ended ({passed} bytes passed)"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("stopping during the update's fetch or staging"),
+        "{}",
+        support::lab::tail(&agent.log_text(), 40)
+    );
+    let s = agent.status();
+    assert_eq!(s["current"], r1.as_str(), "{s:#}");
+    wait_containers(&lab, "release 1 still running", |c| {
+        c.iter()
+            .any(|(svc, image, _, _, up)| svc == "web" && image == "fleet-test/app:v1" && *up)
+    });
+
+    // Started again, on a fast endpoint: it takes up the update and finishes it.
+    let fast = lab.config_with("slow", &[lab.primary.url("fleet.git")], &lab.data_dir(), "");
+    let agent = AgentProc::start(&fast);
+    agent.wait_for("release 2 running", SETTLE, |s| idle_on(s, &r2));
+}

@@ -27,7 +27,7 @@ pub const SOCKET_IO_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// `GitCache` holds only the path; every operation opens its own handle, so the value is `Send`
 /// and `Sync` and a fetch worker thread can use the repository without sharing a handle.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GitCache {
     path: PathBuf,
     recovery: Option<CacheRecovery>,

@@ -71,8 +71,9 @@ pub enum GitError {
         source: git2::Error,
     },
 
-    /// The endpoint did not answer, or did not finish, within the failover timeout.
-    #[error("fetch from {endpoint} did not finish within {after:?}")]
+    /// Nothing came from the endpoint for the failover timeout (no answer, or a transfer that
+    /// stopped making progress).
+    #[error("fetch from {endpoint} stalled: nothing received for {after:?}")]
     FetchTimedOut { endpoint: String, after: Duration },
 
     /// The endpoint answered but does not have the branch.
@@ -175,7 +176,7 @@ impl GitError {
         out
     }
 
-    /// True when the endpoint did not answer or finish in time.
+    /// True when the endpoint went silent for the failover timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, GitError::FetchTimedOut { .. })
     }
@@ -239,7 +240,7 @@ mod tests {
             err.to_string(),
             "all 2 Git endpoints failed: \
              [0] fetch from git://primary/fleet.git failed: connection refused; \
-             [1] fetch from git://mirror/fleet.git did not finish within 30s"
+             [1] fetch from git://mirror/fleet.git stalled: nothing received for 30s"
         );
     }
 }

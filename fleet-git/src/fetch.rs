@@ -3,27 +3,36 @@
 //!
 //! # How the failover timeout is enforced
 //!
-//! Each endpoint gets `failover_timeout` in total, from the start of the attempt to the branch
-//! head being in the cache. The attempt runs on its own worker thread and the caller waits for
-//! its answer with [`std::sync::mpsc::Receiver::recv_timeout`]: when the deadline passes, the
-//! caller records [`GitError::FetchTimedOut`] and moves to the next endpoint at once. That is the
-//! only mechanism that bounds every way a fetch can block: libgit2's socket timeouts do not
-//! cover name resolution (`getaddrinfo` blocks for as long as the resolver likes) nor SSH
-//! (libssh2 waits on its socket without a timeout), and progress callbacks are only called when
-//! bytes arrive, so they never fire for a server that accepts the connection and stays silent.
+//! `failover_timeout` bounds silence, not the whole transfer: an endpoint is given up when
+//! nothing has come from it for that long (no answer to the connection, no progress of the
+//! transfer), however long the transfer has taken so far. A first fetch of a large repository
+//! over a slow cellular link that keeps delivering is never cut off; a server that accepts the
+//! connection and stops sending is left after `failover_timeout` of silence. Progress is what
+//! libgit2 reports through its transfer and sideband callbacks (at most every half second
+//! while data arrives, once per complete protocol packet of up to 64 KiB), so the timeout must
+//! exceed the time one such packet takes on the slowest link (the default, 30 s, allows down to
+//! about 2 KiB/s).
+//!
+//! The attempt runs on its own worker thread and the caller waits for its answer with
+//! [`std::sync::mpsc::Receiver::recv_timeout`], looking at the time of the last progress each
+//! time it wakes: when the silence reaches the timeout, the caller records
+//! [`GitError::FetchTimedOut`] and moves to the next endpoint at once. That is the only
+//! mechanism that bounds every way a fetch can block: libgit2's socket timeouts do not cover
+//! name resolution (`getaddrinfo` blocks for as long as the resolver likes) nor SSH (libssh2
+//! waits on its socket without a timeout), and progress callbacks are only called when bytes
+//! arrive, so they never fire for a server that accepts the connection and stays silent.
 //!
 //! The abandoned worker is then stopped as soon as libgit2 gives it control: the abandoned mark
-//! (and the deadline) makes the progress and credential callbacks abort the transfer, and the
-//! process-wide socket timeouts ([`super::cache::SOCKET_CONNECT_TIMEOUT`],
+//! (and the silence bound) makes the progress and credential callbacks abort the transfer, and
+//! the process-wide socket timeouts ([`super::cache::SOCKET_CONNECT_TIMEOUT`],
 //! [`super::cache::SOCKET_IO_TIMEOUT`]) end a blocked connect or read. Until it ends it can at
 //! most write objects (content-addressed, harmless) and its own endpoint's tracking ref, which
-//! then says truthfully what that endpoint served; `FETCH_HEAD` is never written.
-//! [`abandoned_fetch_workers`] counts those still running.
-//!
-//! `failover_timeout` bounds the whole transfer, not only silence: an endpoint that is too slow
-//! to deliver the update in time is treated like one that is down.
+//! then says truthfully what that endpoint served; `FETCH_HEAD` is never written. A failed or
+//! abandoned fetch leaves the cache as it was: every commit and tracking ref fetched before stays,
+//! so the next attempt downloads only what is still missing. [`abandoned_fetch_workers`] counts
+//! the workers still running.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
@@ -78,13 +87,13 @@ pub struct CommitOutcome {
 }
 
 impl GitCache {
-    /// Fetches `refs/heads/<branch>` from the first endpoint that serves it within
-    /// `failover_timeout`, trying `endpoints` in order (primary first, then mirrors).
+    /// Fetches `refs/heads/<branch>` from the first endpoint that serves it without falling
+    /// silent for `failover_timeout`, trying `endpoints` in order (primary first, then mirrors).
     ///
     /// The fetch is incremental (objects already in the cache are not downloaded again) and
     /// stores the head in that endpoint's own tracking ref, so a mirror never overwrites what
     /// the primary said. An endpoint that refuses, fails, lacks the branch, or does not finish
-    /// in time (see the module docs) is recorded in [`FetchOutcome::failures`] and the next one
+    /// without a silence of `failover_timeout` (see the module docs) is recorded in [`FetchOutcome::failures`] and the next one
     /// is tried. When all fail: [`GitError::AllEndpointsFailed`] with one entry per endpoint;
     /// no tracking ref has changed then, except by a worker that finished after its deadline.
     #[tracing::instrument(
@@ -209,14 +218,13 @@ impl GitCache {
         branch: &str,
         timeout: Duration,
     ) -> Result<Fetched, GitError> {
-        let state = Arc::new(WorkerState::default());
+        let state = Arc::new(WorkerState::new());
         let job = FetchJob {
             repo: self.repo()?,
             endpoint: endpoint.clone(),
             index,
             branch: branch.to_string(),
             state: Arc::clone(&state),
-            deadline: Instant::now().checked_add(timeout),
             timeout,
         };
         let (answer, answered) = mpsc::sync_channel(1);
@@ -234,21 +242,30 @@ impl GitCache {
                 endpoint: endpoint.redacted_url(),
                 source,
             })?;
-        let answer = match answered.recv_timeout(timeout) {
-            Err(RecvTimeoutError::Timeout) if state.abandon() => {
+        let answer = loop {
+            let silent = state.silent_for();
+            if silent < timeout {
+                match answered.recv_timeout(timeout - silent) {
+                    // Woken by the deadline of the last progress seen: look again, progress
+                    // may have come meanwhile.
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Ok(result) => break Some(result),
+                    Err(RecvTimeoutError::Disconnected) => break None,
+                }
+            }
+            if state.abandon() {
                 tracing::warn!(
+                    silent_for = ?silent,
                     still_running = abandoned_fetch_workers(),
-                    "abandoned the fetch worker after the failover timeout"
+                    "abandoned the fetch worker: nothing came from the endpoint within the failover timeout"
                 );
                 return Err(GitError::FetchTimedOut {
                     endpoint: endpoint.redacted_url(),
                     after: timeout,
                 });
             }
-            // It finished just as the deadline passed: its answer is in the channel.
-            Err(RecvTimeoutError::Timeout) => answered.recv().ok(),
-            Ok(result) => Some(result),
-            Err(RecvTimeoutError::Disconnected) => None,
+            // It finished just as the silence reached the bound: its answer is in the channel.
+            break answered.recv().ok();
         };
         // The worker has answered or died; joining only reaps the thread.
         let _ = worker.join();
@@ -260,20 +277,46 @@ impl GitCache {
     }
 }
 
-/// Who gave up first: the caller (abandoned) or the worker (finished). Whichever comes second
-/// sees the other's mark, so the abandoned-worker count is exact.
-#[derive(Debug, Default)]
-struct WorkerState(AtomicU8);
+/// Who gave up first, the caller (abandoned) or the worker (finished), and when the worker last
+/// saw progress. Whichever of the two comes second sees the other's mark, so the
+/// abandoned-worker count is exact.
+#[derive(Debug)]
+struct WorkerState {
+    outcome: AtomicU8,
+    started: Instant,
+    /// Milliseconds from `started` to the last sign of life from the endpoint.
+    progress_ms: AtomicU64,
+}
 
 impl WorkerState {
     const RUNNING: u8 = 0;
     const ABANDONED: u8 = 1;
     const FINISHED: u8 = 2;
 
+    fn new() -> WorkerState {
+        WorkerState {
+            outcome: AtomicU8::new(Self::RUNNING),
+            started: Instant::now(),
+            progress_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The endpoint sent something: the silence starts again from now.
+    fn progressed(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// How long since the endpoint last sent anything (or since the attempt began).
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.progress_ms.load(Ordering::SeqCst));
+        self.started.elapsed().saturating_sub(last)
+    }
+
     /// The caller gives up; false if the worker had already finished.
     fn abandon(&self) -> bool {
         let abandoned = self
-            .0
+            .outcome
             .compare_exchange(
                 Self::RUNNING,
                 Self::ABANDONED,
@@ -289,13 +332,13 @@ impl WorkerState {
 
     /// The worker ends (after sending its answer).
     fn finish(&self) {
-        if self.0.swap(Self::FINISHED, Ordering::SeqCst) == Self::ABANDONED {
+        if self.outcome.swap(Self::FINISHED, Ordering::SeqCst) == Self::ABANDONED {
             ABANDONED_WORKERS.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     fn is_abandoned(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == Self::ABANDONED
+        self.outcome.load(Ordering::SeqCst) == Self::ABANDONED
     }
 }
 
@@ -313,8 +356,7 @@ struct FetchJob {
     index: usize,
     branch: String,
     state: Arc<WorkerState>,
-    /// `None` when the timeout is too large to be represented: no deadline then.
-    deadline: Option<Instant>,
+    /// The longest silence allowed from the endpoint.
     timeout: Duration,
 }
 
@@ -337,7 +379,7 @@ impl FetchJob {
             .credentials(|_url, username_from_url, allowed| {
                 if self.expired() {
                     return Err(git2::Error::from_str(
-                        "cancelled: the failover timeout passed",
+                        "cancelled: the endpoint was silent for the failover timeout",
                     ));
                 }
                 answer_credentials(
@@ -347,8 +389,8 @@ impl FetchJob {
                     allowed,
                 )
             })
-            .transfer_progress(|_| !self.expired())
-            .sideband_progress(|_| !self.expired());
+            .transfer_progress(|_| self.progressed())
+            .sideband_progress(|_| self.progressed());
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(callbacks)
@@ -387,8 +429,18 @@ impl FetchJob {
         })
     }
 
+    /// Called when data arrived; false (abort the transfer) once the caller gave up.
+    fn progressed(&self) -> bool {
+        if self.expired() {
+            return false;
+        }
+        self.state.progressed();
+        true
+    }
+
+    /// The caller gave up, or the endpoint has been silent for the whole timeout.
     fn expired(&self) -> bool {
-        self.state.is_abandoned() || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.state.is_abandoned() || self.state.silent_for() >= self.timeout
     }
 
     fn fetch_error(&self, endpoint: &str, source: git2::Error) -> GitError {

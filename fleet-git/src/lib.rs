@@ -7,7 +7,7 @@
 //!    what can be fetched again);
 //! 2. fetches with [`GitCache::fetch`] (standalone mode: follow the branch head) or makes sure the
 //!    release the controller named is present with [`GitCache::fetch_commit`], trying the
-//!    [`Endpoint`]s in order, each for at most `failover_timeout`;
+//!    [`Endpoint`]s in order, each until it falls silent for `failover_timeout`;
 //! 3. writes that exact commit's tree into a new staging directory with [`GitCache::checkout`].
 //!
 //! The sha pins the content: a mirror can be down, late or wrong, but it cannot make a sha name

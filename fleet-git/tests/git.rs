@@ -11,6 +11,7 @@ use fleet_git::{abandoned_fetch_workers, Endpoint, GitCache, GitError, MAX_TREE_
 use fleet_testkit::git_daemon::{
     git, git_available, git_with_input, init_bare, Entry, GitDaemon, HangingServer, WorkRepo,
 };
+use fleet_testkit::slow_link::{LinkShape, SlowLink};
 use tempfile::TempDir;
 
 /// Short, so the tests are quick; the agent's default is 30 s.
@@ -257,6 +258,121 @@ fn hanging_endpoint_is_abandoned_after_failover_timeout() {
     // Its worker is still blocked on the silent server, counted until it ends.
     assert!(abandoned_fetch_workers() >= 1);
     assert_eq!(lab.cache.tracking_head(0, "main").expect("ref"), None);
+}
+
+/// Incompressible bytes (xorshift64), so a pack holding them is as large as they are.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The failover timeout of the slow-link tests: shorter than their transfers take.
+const SLOW_FAILOVER: Duration = Duration::from_secs(2);
+
+#[test]
+fn slow_transfer_that_keeps_coming_is_not_cut_off_by_the_failover_timeout() {
+    if !git_available("slow_transfer_that_keeps_coming_is_not_cut_off_by_the_failover_timeout") {
+        return;
+    }
+    let lab = Lab::new();
+    let big = noise(1_500_000, 7);
+    let sha = lab.release("a large release", &[("blob.bin", Entry::File(&big))]);
+    // 256 KiB/s: the 1.5 MB pack takes about six seconds, three failover timeouts.
+    let link = SlowLink::start(
+        ([127, 0, 0, 1], lab.primary.port()).into(),
+        LinkShape {
+            bytes_per_second: 256 * 1024,
+            stall_after: None,
+        },
+    );
+    let started = Instant::now();
+    let outcome = lab
+        .cache
+        .fetch_commit(
+            &[Endpoint::new(link.url(REPO))],
+            &sha,
+            "main",
+            SLOW_FAILOVER,
+        )
+        .expect("a slow transfer that keeps coming is waited for");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed > SLOW_FAILOVER * 2,
+        "the transfer should have outlasted the failover timeout: {elapsed:?}"
+    );
+    assert!(link.passed() > 1_500_000, "passed {}", link.passed());
+    let fetched = outcome.fetched.expect("it was fetched");
+    assert_eq!(fetched.endpoint_index, 0);
+    assert!(fetched.failures.is_empty(), "{:?}", fetched.failures);
+    assert!(lab.cache.has_commit(&sha).expect("lookup"));
+}
+
+#[test]
+fn transfer_that_stalls_half_way_is_given_up_after_the_silence_and_the_cache_is_kept() {
+    if !git_available(
+        "transfer_that_stalls_half_way_is_given_up_after_the_silence_and_the_cache_is_kept",
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    let first = lab.release("first", &[("compose.yaml", Entry::File(b"v: 1\n"))]);
+    lab.cache
+        .fetch(&lab.endpoints(), "main", FAILOVER)
+        .expect("first fetch");
+    let big = noise(1_500_000, 11);
+    let second = lab.release("a large release", &[("blob.bin", Entry::File(&big))]);
+    // The primary's answer stops after 300 kB: the link is up, nothing more comes.
+    let link = SlowLink::start(
+        ([127, 0, 0, 1], lab.primary.port()).into(),
+        LinkShape {
+            bytes_per_second: 1024 * 1024,
+            stall_after: Some(300_000),
+        },
+    );
+    let endpoints = vec![
+        Endpoint::new(link.url(REPO)),
+        Endpoint::new(lab.mirror.url(REPO)),
+    ];
+    let started = Instant::now();
+    let outcome = lab
+        .cache
+        .fetch_commit(&endpoints, &second, "main", SLOW_FAILOVER)
+        .expect("the mirror serves it");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= SLOW_FAILOVER, "gave up early: {elapsed:?}");
+    assert!(elapsed < SLOW_FAILOVER + MARGIN, "took {elapsed:?}");
+    assert_eq!(link.passed(), 300_000, "the link passed part of the pack");
+    let fetched = outcome.fetched.expect("fetched");
+    assert_eq!(fetched.endpoint_index, 1);
+    assert_eq!(fetched.failures.len(), 1);
+    assert!(
+        matches!(fetched.failures[0].error, GitError::FetchTimedOut { after, .. } if after == SLOW_FAILOVER),
+        "{:?}",
+        fetched.failures[0].error
+    );
+    assert!(
+        fetched.failures[0]
+            .error
+            .to_string()
+            .contains("nothing received for 2s"),
+        "{}",
+        fetched.failures[0].error
+    );
+    // What was fetched before the stall is still there, and so is the new release.
+    assert!(lab.cache.has_commit(&first).expect("lookup"));
+    assert!(lab.cache.has_commit(&second).expect("lookup"));
+    assert_eq!(
+        lab.cache.tracking_head(0, "main").expect("ref"),
+        Some(first),
+        "the stalled endpoint's ref still says what it served last"
+    );
 }
 
 #[test]

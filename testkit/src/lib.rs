@@ -5,10 +5,12 @@
 //! - [`docker_guard`]: a label namespace per test, removed when the test ends.
 //! - [`images`]: the test images built from Debian's busybox, and the Docker check.
 //! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
+//! - [`slow_link`]: a rate-limited TCP proxy in front of a server, that can stall half-way.
 //! - [`tls`]: a lab certificate authority and server certificates for loopback, made on the fly.
 
 pub mod docker_guard;
 pub mod git_daemon;
 pub mod images;
 pub mod prometheus;
+pub mod slow_link;
 pub mod tls;

@@ -404,7 +404,17 @@ impl ControllerLoop {
                     return backoff::jitter(self.interval, backoff::INTERVAL_JITTER, &mut self.rng);
                 }
                 tracing::info!(release = %release.short(), "updating to the release the controller names");
-                let result = match u.prepare(&release, Some(digest)).await {
+                // SIGTERM during the fetch or staging: stop at once. Nothing running was
+                // touched yet; the next start's recovery finds the interrupted update as it
+                // would after a power cut and leaves the device on its release.
+                let prepared = tokio::select! {
+                    p = u.prepare(&release, Some(digest)) => p,
+                    _ = shutdown.cancelled() => {
+                        tracing::warn!(release = %release.short(), "stopping during the update's fetch or staging; the device stays on its release");
+                        return Duration::ZERO;
+                    }
+                };
+                let result = match prepared {
                     Prepare::Done(result) => result,
                     Prepare::Ready(prepared) => {
                         let watch = u.watchers().clone();

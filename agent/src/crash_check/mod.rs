@@ -390,7 +390,7 @@ async fn every_crash_state_of_the_update_transaction_recovers() {
     let mut installed = Vec::new();
     for i in 0..3 {
         let id = if i == 0 {
-            u.branch_head().expect("head")
+            u.branch_head().await.expect("head")
         } else {
             fleet.release(&format!("release {i}"))
         };

@@ -39,7 +39,7 @@ impl Device {
             controller,
         };
         let mut u = d.boot().await;
-        let first = u.branch_head().expect("head");
+        let first = u.branch_head().await.expect("head");
         let r = d.update(&mut u, &first).await;
         assert!(matches!(r, UpdateResult::Succeeded { .. }), "{r:?}");
         Some((d, first))
@@ -273,7 +273,7 @@ async fn a_cut_first_install_leaves_nothing_running_unsupervised() {
     };
     let mut u = open();
     u.recover().await.expect("recover");
-    let first = u.branch_head().expect("head");
+    let first = u.branch_head().await.expect("head");
     runtime
         .state()
         .faults

@@ -11,23 +11,25 @@ use crate::runtime::StackRuntime;
 use fleet_git::GitError;
 
 impl<R: StackRuntime> Updater<R> {
-    /// Standalone mode: the branch head, from the first endpoint that answers.
-    pub fn branch_head(&self) -> Result<ReleaseId, String> {
-        let outcome = self
-            .git
-            .fetch(
-                &self.endpoints,
-                &self.cfg.git.branch,
-                self.cfg.git.failover_timeout,
-            )
-            .map_err(|e| {
-                if let GitError::AllEndpointsFailed { attempts, .. } = &e {
-                    for a in attempts {
-                        self.metrics.count_git_failure(&a.endpoint);
-                    }
+    /// Standalone mode: the branch head, from the first endpoint that answers (fetched on a
+    /// blocking thread).
+    pub async fn branch_head(&self) -> Result<ReleaseId, String> {
+        let (git, endpoints) = (self.git.clone(), self.endpoints.clone());
+        let branch = self.cfg.git.branch.clone();
+        let silence = self.cfg.git.failover_timeout;
+        let fetched = crate::blocking::run("the Git fetch", move || {
+            git.fetch(&endpoints, &branch, silence)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let outcome = fetched.map_err(|e| {
+            if let GitError::AllEndpointsFailed { attempts, .. } = &e {
+                for a in attempts {
+                    self.metrics.count_git_failure(&a.endpoint);
                 }
-                e.to_string()
-            })?;
+            }
+            e.to_string()
+        })?;
         for f in &outcome.failures {
             self.metrics.count_git_failure(&f.endpoint);
         }
@@ -39,7 +41,7 @@ impl<R: StackRuntime> Updater<R> {
 
     /// One standalone pass: fetch the branch head and update to it if it is new.
     pub async fn poll_once(&mut self) -> Option<UpdateResult> {
-        let head = match self.branch_head() {
+        let head = match self.branch_head().await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the branch head; keeping the current release");
@@ -82,7 +84,16 @@ impl<R: StackRuntime> Updater<R> {
             if tokio::time::Instant::now() >= next_poll {
                 self.supervise().await;
                 self.refresh_endpoints();
-                if let Some(result) = self.poll_once().await {
+                // SIGTERM during a fetch or staging stops at once: nothing running was touched
+                // before the swap, and recovery takes up an interrupted update at the next start.
+                let polled = tokio::select! {
+                    polled = self.poll_once() => polled,
+                    _ = shutdown.cancelled() => {
+                        tracing::warn!("stopping during the update's fetch or staging; the device stays on its release");
+                        break;
+                    }
+                };
+                if let Some(result) = polled {
                     tracing::info!(result = ?result, "update finished");
                 }
                 next_poll = tokio::time::Instant::now() + jittered(self.cfg.poll_interval);

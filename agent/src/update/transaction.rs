@@ -106,12 +106,19 @@ impl<R: StackRuntime> Updater<R> {
         if let Err(e) = self.save() {
             return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
-        let fetched = self.git.fetch_commit(
-            &self.endpoints,
-            target.as_str(),
-            &self.cfg.git.branch,
-            self.cfg.git.failover_timeout,
-        );
+        let fetched = {
+            let (git, endpoints) = (self.git.clone(), self.endpoints.clone());
+            let (sha, branch) = (target.as_str().to_owned(), self.cfg.git.branch.clone());
+            let silence = self.cfg.git.failover_timeout;
+            crate::blocking::run("the Git fetch", move || {
+                git.fetch_commit(&endpoints, &sha, &branch, silence)
+            })
+            .await
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => return Err(self.abort_before_swap(e.to_string(), false)),
+        };
         match fetched {
             Ok(outcome) => {
                 if let Some(f) = outcome.fetched {
@@ -136,12 +143,23 @@ impl<R: StackRuntime> Updater<R> {
         if let Err(e) = self.save() {
             return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
-        let git = &self.git;
-        let staged = match stage::stage(&self.data, target, expected, &self.cfg.device_id, |dst| {
-            git.checkout(target.as_str(), dst)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }) {
+        let staged = {
+            let (git, data) = (self.git.clone(), self.data.clone());
+            let (id, device) = (target.clone(), self.cfg.device_id.clone());
+            crate::blocking::run("staging the release", move || {
+                stage::stage(&data, &id, expected, &device, |dst| {
+                    git.checkout(id.as_str(), dst)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .await
+        };
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => return Err(self.abort_before_swap(e.to_string(), false)),
+        };
+        let staged = match staged {
             Ok(s) => s,
             Err(e @ stage::StageError::Fs { .. }) | Err(e @ stage::StageError::Checkout { .. }) => {
                 return Err(self.abort_before_swap(e.to_string(), false));
@@ -155,9 +173,19 @@ impl<R: StackRuntime> Updater<R> {
         if let Err(e) = self.save() {
             return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
-        if let Err(e) = stage::publish(&self.data, &staged) {
-            return Err(self.abort_before_swap(e.to_string(), false));
-        }
+        let published = {
+            let data = self.data.clone();
+            crate::blocking::run("publishing the release", move || {
+                let published = stage::publish(&data, &staged);
+                (staged, published)
+            })
+            .await
+        };
+        let staged = match published {
+            Ok((staged, Ok(()))) => staged,
+            Ok((_, Err(e))) => return Err(self.abort_before_swap(e.to_string(), false)),
+            Err(e) => return Err(self.abort_before_swap(e.to_string(), false)),
+        };
         // Step 4: images, before touching anything running.
         self.journal.phase = UpdatePhase::Pulling;
         if let Err(e) = self.save() {

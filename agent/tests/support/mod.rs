@@ -5,7 +5,7 @@
 pub mod lab;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus};
+pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus, slow_link};
 
 /// The `fleet-agent` binary Cargo built for this test run, or `FLEET_AGENT_BIN` (the
 /// benchmark measures the device build with it: `target/device/fleet-agent`). A relative
