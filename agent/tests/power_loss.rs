@@ -4,8 +4,11 @@
 //! anything else, the journal is consistent, and once recovered the running containers match
 //! `current`.
 //!
-//! The instants come from a seeded generator; the seed is printed, and
-//! `FLEET_POWER_LOSS_SEED=<seed>` replays a run. `FLEET_POWER_LOSS_ITERATIONS` changes the count.
+//! The cuts are shared by two devices (two labs, two agents) cut at the same time by two test
+//! threads, so the hundred cuts take about half as long. The instants come from a seeded
+//! generator; the run's seed is printed, and `FLEET_POWER_LOSS_SEED=<seed>` replays it.
+//! `FLEET_POWER_LOSS_ITERATIONS` changes the total count (`--test-threads=1` runs the devices one
+//! after the other).
 
 mod support;
 
@@ -59,30 +62,50 @@ fn wait_log(agent: &AgentProc, needle: &str, timeout: Duration) {
     }
 }
 
+// The cuts are shared by two devices, each with its own lab and seed, cut at once: two test
+// threads, so the run takes about half as long as one device cut a hundred times.
 #[test]
 fn power_loss_at_random_instants_never_leaves_a_broken_device() {
-    if !support::git_daemon::git_available("power_loss") || !docker_available("power_loss") {
+    power_loss_run("power-loss-a", 0);
+}
+
+#[test]
+fn power_loss_at_random_instants_never_leaves_a_second_device_broken() {
+    power_loss_run("power-loss-b", 1);
+}
+
+/// `FLEET_POWER_LOSS_ITERATIONS` cuts in all (default 100), shared by the two devices.
+fn power_loss_run(name: &str, device: u64) {
+    if !support::git_daemon::git_available(name) || !docker_available(name) {
         return;
     }
     build_test_images();
-    let seed: u64 = std::env::var("FLEET_POWER_LOSS_SEED")
+    // One base seed for the run; each device draws from its own (base + device).
+    let base: u64 = std::env::var("FLEET_POWER_LOSS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
+            // The same base for both test threads of this run: the process start time.
+            static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+            *BASE.get_or_init(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    | 1
+            })
         });
-    let iterations: usize = std::env::var("FLEET_POWER_LOSS_ITERATIONS")
+    let seed = base.wrapping_add(device);
+    let total: usize = std::env::var("FLEET_POWER_LOSS_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    eprintln!("power-loss test: seed {seed} ({iterations} kills); replay with FLEET_POWER_LOSS_SEED={seed}");
+    // Device 0 takes the odd one out.
+    let iterations = total / 2 + if device == 0 { total % 2 } else { 0 };
+    eprintln!("power-loss test, {name}: {iterations} of {total} kills, seed {seed}; replay the run with FLEET_POWER_LOSS_SEED={base}");
     let mut rng = Rng(seed);
 
-    let lab = Lab::new("power-loss");
+    let lab = Lab::new(name);
     let good = lab.config();
     let mut tags: HashMap<String, &str> = HashMap::new();
     let first = lab.release("v1");
