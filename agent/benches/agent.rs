@@ -3,6 +3,7 @@
 //! - commit-to-running latency in standalone mode (push → new container running, and → the
 //!   release committed after its health window);
 //! - rollback time after a failed health window (the agent's own `rollback_ms`);
+//! - `/metrics` scraped during a slow fetch (a release of about a megabyte over a 64 KiB/s link);
 //! - idle RSS and CPU over `FLEET_BENCH_IDLE_SECS` (default 600), and peak RSS during updates.
 //!
 //! `cargo bench -p fleet-agent --bench agent`; the device build (BENCHMARKS.md):
@@ -157,8 +158,50 @@ fn main() {
         peak_rss as f64 / 1024.0
     );
 
-    // Idle: a fresh agent with the default 60 s poll interval, settled on a release.
+    // /metrics during a slow fetch: a 64 KiB/s link to the Git server and a release of about
+    // a megabyte packed (some fifteen seconds of transfer); scraped every 200 ms until it runs.
     drop(agent);
+    {
+        let link = lab.cellular_link();
+        let addr = format!("127.0.0.1:{}", support::git_daemon::free_port());
+        let slow_cfg = lab.config_with("slow", &[link.url("fleet.git")], &lab.data_dir(), "");
+        support::lab::listen_metrics(&slow_cfg, &addr);
+        let slow = AgentProc::start(&slow_cfg);
+        let head = lab.release("v1");
+        slow.wait_for("slow-link agent settled", SETTLE, |s| idle_on(s, &head));
+        let big = lab.big_release("v2");
+        let before = link.passed();
+        let t0 = Instant::now();
+        let mut during = Vec::new();
+        let mut worst = 0.0f64;
+        loop {
+            let fetching = link.passed() - before > 0 && link.passed() - before < 900_000;
+            let s0 = Instant::now();
+            let answered = support::prometheus::http_get(&addr, "/metrics").map(|r| r.0);
+            let ms = s0.elapsed().as_secs_f64() * 1000.0;
+            if fetching {
+                assert_eq!(answered, Some(200), "/metrics during the fetch");
+                during.push(ms);
+                worst = worst.max(ms);
+            }
+            if idle_on(&slow.status(), &big) {
+                break;
+            }
+            assert!(t0.elapsed() < SETTLE * 2, "the slow fetch did not finish");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!(
+            "/metrics scraped during a slow fetch ({:.0} KB over 64 KiB/s, {:.1} s to running): median {:.1} ms, max {:.1} ms, n={}",
+            (link.passed() - before) as f64 / 1000.0,
+            t0.elapsed().as_secs_f64(),
+            median(&mut during.clone()),
+            worst,
+            during.len()
+        );
+    }
+
+    // Idle: a fresh agent with the default 60 s poll interval, settled on a release. The
+    // device watchers run at their default 15 s interval.
     let idle_cfg = lab.config_with(
         "idle",
         &[lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")],

@@ -15,6 +15,7 @@
 //!   failover_timeout: 30s           # give up on an endpoint silent this long (a slow transfer that keeps coming is waited for)
 //! poll_interval: 60s                # standalone mode: how often to look for a new commit
 //! health_window: 60s                # a new release must stay healthy this long
+//! pull_stall_timeout: 2m            # an image pull that receives nothing this long fails (a slow one is waited for)
 //! min_free_disk: 500MB              # below it: prune, else skip the update
 //! keep_releases: 3                  # staged releases kept on disk (current and previous always)
 //! metrics_listen: 127.0.0.1:9101    # Prometheus /metrics (loopback)
@@ -41,6 +42,7 @@
 //!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below` (0: off)
 //!   clock_skew_max: 5m              # farther from the controller's clock is reported
 //!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
+//!   drift_check_every: 10m          # re-digest `current` against the journal (1s..24h; 0s: boot only)
 //! ```
 
 use std::net::SocketAddr;
@@ -129,6 +131,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// How long a new release must stay healthy.
     pub health_window: Duration,
+    /// An image pull that receives nothing for this long fails (see `update/stuck.rs`).
+    pub pull_stall_timeout: Duration,
     /// Free disk needed to start an update, bytes.
     pub min_free_disk: u64,
     /// Staged releases kept on disk.
@@ -183,6 +187,9 @@ pub struct WatchConfig {
     /// A crash loop this soon after an update this agent made rolls back (the release marked
     /// bad); later, or with no previous release, it enters safe mode.
     pub crash_loop_rollback_within: Duration,
+    /// How often, while idle, `current`'s tree is digested again and compared with the digest
+    /// the journal recorded (config drift); zero: only at boot.
+    pub drift_check_every: Duration,
 }
 
 impl Default for WatchConfig {
@@ -198,6 +205,7 @@ impl Default for WatchConfig {
             disk_free_below: None,
             clock_skew_max: defaults::CLOCK_SKEW_MAX,
             crash_loop_rollback_within: defaults::CRASH_LOOP_ROLLBACK_WITHIN,
+            drift_check_every: defaults::DRIFT_CHECK_EVERY,
         }
     }
 }
@@ -229,6 +237,8 @@ pub mod defaults {
     pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
     /// 60 s.
     pub const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+    /// 2 min.
+    pub const PULL_STALL_TIMEOUT: Duration = Duration::from_secs(120);
     /// 500 MB.
     pub const MIN_FREE_DISK: u64 = 500 << 20;
     /// 3.
@@ -272,6 +282,8 @@ pub mod defaults {
     pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(5 * 60);
     /// 1 hour.
     pub const CRASH_LOOP_ROLLBACK_WITHIN: Duration = Duration::from_secs(3600);
+    /// `watch.drift_check_every`.
+    pub const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(600);
 }
 
 /// The configuration could not be used.
@@ -308,6 +320,7 @@ const TOP_KEYS: &[&str] = &[
     "git",
     "poll_interval",
     "health_window",
+    "pull_stall_timeout",
     "min_free_disk",
     "keep_releases",
     "metrics_listen",
@@ -330,7 +343,11 @@ const WATCH_KEYS: &[&str] = &[
     "disk_free_below",
     "clock_skew_max",
     "crash_loop_rollback_within",
+    "drift_check_every",
 ];
+/// Bounds of a non-zero `watch.drift_check_every`.
+const DRIFT_CHECK_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 /// Bounds of `watch.interval`.
 const WATCH_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(300));
@@ -468,6 +485,12 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         defaults::HEALTH_WINDOW,
         Duration::from_secs(1),
     );
+    let pull_stall_timeout = dur(
+        ctx,
+        "pull_stall_timeout",
+        defaults::PULL_STALL_TIMEOUT,
+        Duration::from_secs(1),
+    );
     let min_free_disk = match f.get("min_free_disk") {
         None => Some(defaults::MIN_FREE_DISK),
         Some(n) => ctx.size(n, "`min_free_disk`"),
@@ -599,6 +622,7 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         git: git?,
         poll_interval: poll_interval?,
         health_window: health_window?,
+        pull_stall_timeout: pull_stall_timeout?,
         min_free_disk: min_free_disk?,
         keep_releases: keep_releases?,
         metrics_listen: metrics_listen?,
@@ -690,8 +714,23 @@ fn decode_watch(ctx: &mut Ctx<'_>, node: &yaml::Node) -> Option<WatchConfig> {
         None => Some(d.crash_loop_rollback_within),
         Some(n) => ctx.duration(n, "`watch.crash_loop_rollback_within`"),
     };
+    let drift_check_every = match f.get("drift_check_every") {
+        None => Some(d.drift_check_every),
+        Some(n) => ctx.duration(n, "`watch.drift_check_every`").and_then(|v| {
+            let (lo, hi) = DRIFT_CHECK_RANGE;
+            if !v.is_zero() && !(lo..=hi).contains(&v) {
+                ctx.error(
+                    n.pos,
+                    "`watch.drift_check_every` must be 0s (boot only) or between 1s and 24h",
+                );
+                return None;
+            }
+            Some(v)
+        }),
+    };
     Some(WatchConfig {
         crash_loop_rollback_within: crash_loop_rollback_within?,
+        drift_check_every: drift_check_every?,
         interval: interval?,
         sysfs_root: sysfs_root?,
         throttled_file: throttled_file?,
@@ -861,7 +900,7 @@ mod tests {
             c.watch.throttled_path(),
             PathBuf::from("/sys/devices/platform/soc/soc:firmware/get_throttled")
         );
-        let text = format!("{base}watch:\n  interval: 2s\n  sysfs_root: /tmp/sys\n  power_fail_file: /run/ups/failing\n  power_fail_command: [/usr/bin/ups, --on-battery]\n  temperature_above: 70\n  temperature_hysteresis: 3\n  disk_free_below: 200MB\n  clock_skew_max: 1m\n");
+        let text = format!("{base}watch:\n  interval: 2s\n  sysfs_root: /tmp/sys\n  power_fail_file: /run/ups/failing\n  power_fail_command: [/usr/bin/ups, --on-battery]\n  temperature_above: 70\n  temperature_hysteresis: 3\n  disk_free_below: 200MB\n  clock_skew_max: 1m\n  drift_check_every: 30s\n");
         let c = AgentConfig::parse(&text, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));
         let w = &c.watch;
         assert_eq!(w.interval, Duration::from_secs(2));
@@ -878,7 +917,16 @@ mod tests {
         assert_eq!(w.temperature_hysteresis, 3.0);
         assert_eq!(w.disk_free_below, Some(200 << 20));
         assert_eq!(w.clock_skew_max, Duration::from_secs(60));
-        let bad = format!("{base}watch:\n  interval: 0s\n  sysfs_root: sys\n  temperature_above: 500\n  power_fail_command: []\n  tempreature_above: 1\n");
+        assert_eq!(w.drift_check_every, Duration::from_secs(30));
+        assert_eq!(c.watch.drift_check_every, Duration::from_secs(30));
+        assert_eq!(
+            WatchConfig::default().drift_check_every,
+            Duration::from_secs(600)
+        );
+        let boot_only = format!("{base}watch:\n  drift_check_every: 0s\n");
+        let c = AgentConfig::parse(&boot_only, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.watch.drift_check_every, Duration::ZERO);
+        let bad = format!("{base}watch:\n  interval: 0s\n  sysfs_root: sys\n  temperature_above: 500\n  power_fail_command: []\n  tempreature_above: 1\n  drift_check_every: 2d\n");
         let ConfigError::Invalid(d) = AgentConfig::parse(&bad, "agent.yaml").expect_err("invalid")
         else {
             panic!("wrong error")
@@ -891,6 +939,7 @@ mod tests {
             "agent.yaml:6:15: error: `watch.sysfs_root` must be an absolute path",
             "agent.yaml:7:22: error: `watch.temperature_above` must be between 20 and 150",
             "agent.yaml:8:23: error: `watch.power_fail_command` needs a program",
+            "agent.yaml:10:22: error: `watch.drift_check_every` must be 0s (boot only) or between 1s and 24h",
         ] {
             assert!(lines.iter().any(|l| l.starts_with(want)), "missing `{want}` in\n{text}");
         }

@@ -29,6 +29,10 @@ struct Track {
     container_id: Option<String>,
     restart_count: i64,
     restarts: VecDeque<Instant>,
+    /// Restarts the last observation counted.
+    counted_last: usize,
+    /// Supervision put a new container in place (drift): the next one seen is the baseline.
+    rebase: bool,
 }
 
 /// A service restarted at least the threshold's number of times within the window.
@@ -52,6 +56,19 @@ impl Detector {
         self.services.clear();
     }
 
+    /// Supervision had to replace or create `service`'s container because it differed from
+    /// the release or was missing (config drift, [`crate::drift`]), not because it crashed:
+    /// what the last observation counted (it saw the container put in by hand, perhaps not yet
+    /// running) is taken back, and the container the next observation finds is its baseline.
+    pub fn rebase(&mut self, service: &str) {
+        if let Some(t) = self.services.get_mut(service) {
+            for _ in 0..std::mem::take(&mut t.counted_last) {
+                t.restarts.pop_back();
+            }
+            t.rebase = true;
+        }
+    }
+
     /// Restarts of `service` within the window at the last observation.
     pub fn restarts(&self, service: &str) -> usize {
         self.services.get(service).map_or(0, |t| t.restarts.len())
@@ -59,8 +76,8 @@ impl Detector {
 
     /// Takes one observation at `now`; returns the services with at least `threshold` restarts
     /// within `window`. A restart is: Docker's count rising on the same container; a service
-    /// found stopped (supervision starts it again); a container replaced by another since the
-    /// last observation.
+    /// whose container is found stopped (supervision starts it again); a container replaced by
+    /// another since the last observation, unless supervision put it there ([`Detector::rebase`]).
     pub fn observe(
         &mut self,
         seen: &[ServiceRestarts],
@@ -73,19 +90,26 @@ impl Detector {
             let first = !self.services.contains_key(&s.service);
             let t = self.services.entry(s.service.clone()).or_default();
             let mut restarts = 0i64;
-            if !first {
-                if s.container_id.is_some() && s.container_id == t.container_id {
+            match &s.container_id {
+                // Not there: removed, not crashed (crashed ones stay, stopped). That is drift,
+                // which supervision puts back (see [`Detector::rebase`]).
+                None => {}
+                Some(_) if first => restarts += i64::from(!s.running),
+                Some(_) if s.container_id == t.container_id => {
                     restarts += (s.restart_count - t.restart_count).max(0);
-                } else if s.container_id.is_some() {
-                    restarts += 1;
+                    restarts += i64::from(!s.running);
                 }
+                // Another container, running or not: one restart, unless supervision put it
+                // there; then only found stopped (it crashed) counts.
+                Some(_) if !t.rebase => restarts += 1,
+                Some(_) => restarts += i64::from(!s.running),
             }
-            if !s.running {
-                restarts += 1;
-            }
-            for _ in 0..restarts.min(1000) {
+            t.rebase = false;
+            let restarts = restarts.clamp(0, 1000) as usize;
+            for _ in 0..restarts {
                 t.restarts.push_back(now);
             }
+            t.counted_last = restarts;
             t.container_id = s.container_id.clone();
             t.restart_count = s.restart_count;
             while t
@@ -185,6 +209,51 @@ mod tests {
         assert_eq!(d.restarts("app/web"), 0, "quiet for longer than the window");
         d.reset();
         assert_eq!(d.restarts("app/web"), 0);
+    }
+
+    #[test]
+    fn containers_put_back_after_drift_are_not_restarts() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let w = Duration::from_secs(300);
+        let mut d = Detector::default();
+        assert!(d.observe(&obs("c1", true, 0), at(0), w, 2).is_empty());
+        // Removed by hand: not there, which is no crash; supervision creates c2.
+        let gone = [ServiceRestarts {
+            service: "app/web".into(),
+            container_id: None,
+            running: false,
+            restart_count: 0,
+        }];
+        assert!(d.observe(&gone, at(1), w, 2).is_empty());
+        assert_eq!(
+            d.restarts("app/web"),
+            0,
+            "a missing container did not crash"
+        );
+        d.rebase("app/web");
+        assert!(d.observe(&obs("c2", true, 0), at(2), w, 2).is_empty());
+        assert_eq!(
+            d.restarts("app/web"),
+            0,
+            "the container supervision created"
+        );
+        // A look-alike put in by hand is seen first, not yet running (another container: one
+        // restart), then supervision replaces it by c4 and says so: taken back.
+        assert!(d.observe(&obs("c3", false, 0), at(3), w, 2).is_empty());
+        assert_eq!(d.restarts("app/web"), 1);
+        d.rebase("app/web");
+        assert_eq!(d.restarts("app/web"), 0);
+        assert!(d.observe(&obs("c4", true, 0), at(4), w, 2).is_empty());
+        // Crashes still count as before.
+        assert!(d.observe(&obs("c4", false, 0), at(5), w, 2).is_empty());
+        assert_eq!(
+            d.observe(&obs("c4", true, 1), at(6), w, 2),
+            [CrashLoop {
+                service: "app/web".into(),
+                restarts: 2
+            }]
+        );
     }
 
     #[test]

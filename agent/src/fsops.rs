@@ -36,6 +36,14 @@ pub enum Op {
         /// The new name (replaced if present).
         to: PathBuf,
     },
+    /// Two names exchanged atomically (`renameat2(RENAME_EXCHANGE)`): each names what the
+    /// other did, and neither is ever missing.
+    Exchange {
+        /// One name.
+        a: PathBuf,
+        /// The other.
+        b: PathBuf,
+    },
     /// A file or symlink unlinked.
     Unlink(PathBuf),
     /// A symlink created.

@@ -156,6 +156,25 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Exchanges two existing names atomically (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+): at
+/// every instant each name holds one complete tree, the old or the new (durable after
+/// [`fsync_dir`] of their parents).
+pub fn exchange(a: &Path, b: &Path) -> Result<(), FsError> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| ctx("exchange", b)(io::Error::from(e)))?;
+    fsops::record(Op::Exchange {
+        a: a.to_owned(),
+        b: b.to_owned(),
+    });
+    Ok(())
+}
+
 /// Creates a directory and its missing parents (durable after [`fsync_dir`] of each parent).
 pub fn create_dir_all(dir: &Path) -> Result<(), FsError> {
     let mut missing = Vec::new();

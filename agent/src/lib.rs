@@ -9,10 +9,12 @@ mod crash_check;
 pub mod crash_loop;
 /// The Docker runtime, in its own crate so the safe-mode watchdog shares it without the agent.
 pub use fleet_docker as docker;
+pub mod drift;
 pub mod events;
 pub mod fsops;
 pub mod fsutil;
 pub mod gc;
+pub mod git_health;
 pub mod host;
 pub mod journal;
 pub mod layout;

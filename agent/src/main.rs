@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleet_agent::config::{AgentConfig, ConfigError, DockerHost};
-use fleet_agent::docker::{Namespace, Runtime};
+use fleet_agent::docker::{Namespace, Runtime, RuntimeOptions};
 use fleet_agent::journal::Journal;
 use fleet_agent::layout::DataDir;
 use fleet_agent::lock::{LockError, UpdateLock};
@@ -98,10 +98,18 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-async fn docker(host: &DockerHost, ns: Namespace) -> Result<DockerStacks, String> {
+async fn docker(
+    host: &DockerHost,
+    ns: Namespace,
+    pull_stall: Duration,
+) -> Result<DockerStacks, String> {
     let docker = Runtime::connect_to(host, ns)
         .await
-        .map_err(|e| fleet_agent::problems::chain(&e))?;
+        .map_err(|e| fleet_agent::problems::chain(&e))?
+        .with_options(RuntimeOptions {
+            pull_stall,
+            ..RuntimeOptions::default()
+        });
     Ok(DockerStacks {
         docker,
         health_poll: Duration::from_secs(1),
@@ -151,7 +159,7 @@ where
         Err(code) => return code,
     };
     rt.block_on(async {
-        match docker(&cfg.docker_host(), ns).await {
+        match docker(&cfg.docker_host(), ns, cfg.pull_stall_timeout).await {
             Ok(runtime) => body(cfg, runtime).await,
             Err(e) => {
                 eprintln!("fleet-agent: cannot reach the Docker engine: {e}");
@@ -173,10 +181,11 @@ fn run(cfg: AgentConfig) -> ExitCode {
         Err(code) => return code,
     };
     let host = cfg.docker_host();
+    let pull_stall = cfg.pull_stall_timeout;
     let code = rt.block_on(async {
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
-        let connect = || docker(&host, ns.clone());
+        let connect = || docker(&host, ns.clone(), pull_stall);
         match service::run(cfg, connect, token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => agent_error(e),

@@ -23,7 +23,8 @@ const PHASES: &[UpdatePhase] = &[
     UpdatePhase::SafeMode,
 ];
 
-fn phase_name(p: UpdatePhase) -> String {
+/// The phase as its label value (`rolling_back`).
+pub(crate) fn phase_name(p: UpdatePhase) -> String {
     serde_json::to_value(p)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -39,6 +40,8 @@ pub struct Metrics {
     updates: Mutex<BTreeMap<String, u64>>,
     /// Git fetch failures by endpoint.
     git_failures: Mutex<BTreeMap<String, u64>>,
+    /// Consecutive Git fetch failures by endpoint.
+    git_streaks: Mutex<BTreeMap<String, u32>>,
     last_checkin_ms: AtomicU64,
     /// Failed check-ins (and enrollment requests) by reason.
     checkin_failures: Mutex<BTreeMap<String, u64>>,
@@ -57,7 +60,14 @@ pub struct Metrics {
     restarts_in_window: Mutex<BTreeMap<String, u64>>,
     /// Crash loops acted on, by action (`rollback`, `safe_mode`).
     crash_loops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Config drift found and acted on, by kind (`files`, `services`).
+    drift: Mutex<BTreeMap<&'static str, u64>>,
+    /// Updates found stuck, by phase.
+    stuck: Mutex<BTreeMap<String, u64>>,
 }
+
+/// The kinds of [`Metrics::count_drift`].
+pub const DRIFT_KINDS: [&str; 2] = ["files", "services"];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a metrics lock leaves plain data; keep serving it.
@@ -105,6 +115,10 @@ impl Metrics {
             .entry(endpoint.to_owned())
             .or_default() += 1;
     }
+    /// Every endpoint's consecutive fetch failures ([`crate::git_health`]).
+    pub fn set_git_streaks(&self, streaks: BTreeMap<String, u32>) {
+        *lock(&self.git_streaks) = streaks;
+    }
     /// Records a successful check-in with the controller.
     pub fn set_last_checkin_ms(&self, ms: u64) {
         self.last_checkin_ms.store(ms, Ordering::Relaxed);
@@ -136,6 +150,15 @@ impl Metrics {
     pub fn count_crash_loop(&self, action: &'static str) {
         *lock(&self.crash_loops).entry(action).or_default() += 1;
     }
+    /// Counts config drift found and acted on: `files` under `current`, or `services` whose
+    /// container had to be put back.
+    pub fn count_drift(&self, kind: &'static str) {
+        *lock(&self.drift).entry(kind).or_default() += 1;
+    }
+    /// Counts an update stuck in `phase`.
+    pub fn count_stuck(&self, phase: &str) {
+        *lock(&self.stuck).entry(phase.to_owned()).or_default() += 1;
+    }
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
         *lock(&self.last_update_seconds) = Some(s);
@@ -165,10 +188,18 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP fleet_agent_git_fetch_failures_total Git fetch failures by endpoint.\n# TYPE fleet_agent_git_fetch_failures_total counter");
         for (endpoint, n) in lock(&self.git_failures).iter() {
-            let e = endpoint.replace('\\', "\\\\").replace('"', "\\\"");
+            let e = label_value(endpoint);
             let _ = writeln!(
                 out,
                 "fleet_agent_git_fetch_failures_total{{endpoint=\"{e}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_git_consecutive_failures Git fetch failures in a row by endpoint (0 after it served one).\n# TYPE fleet_agent_git_consecutive_failures gauge");
+        for (endpoint, n) in lock(&self.git_streaks).iter() {
+            let e = label_value(endpoint);
+            let _ = writeln!(
+                out,
+                "fleet_agent_git_consecutive_failures{{endpoint=\"{e}\"}} {n}"
             );
         }
         let _ = writeln!(out, "# HELP fleet_agent_safe_mode 1 while the device runs the safe-mode stack.\n# TYPE fleet_agent_safe_mode gauge\nfleet_agent_safe_mode {}", self.safe_mode.load(Ordering::Relaxed));
@@ -209,9 +240,34 @@ impl Metrics {
                 "fleet_agent_crash_loops_total{{action=\"{action}\"}} {n}"
             );
         }
+        let _ = writeln!(out, "# HELP fleet_agent_drift_detected_total Config drift of the running release found and repaired, by kind (files under current, services whose container was put back).\n# TYPE fleet_agent_drift_detected_total counter");
+        for kind in DRIFT_KINDS {
+            let n = lock(&self.drift).get(kind).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "fleet_agent_drift_detected_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP fleet_agent_updates_stuck_total Updates given up (before the swap) or rolled back (after it) because a phase passed its bound, by phase.\n# TYPE fleet_agent_updates_stuck_total counter");
+        {
+            let stuck = lock(&self.stuck);
+            for phase in [
+                "staging",
+                "pulling",
+                "switching",
+                "verifying",
+                "rolling_back",
+            ] {
+                let n = stuck.get(phase).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "fleet_agent_updates_stuck_total{{phase=\"{phase}\"}} {n}"
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP fleet_agent_service_restarts_in_window Restarts of each service of the running release within alerts.crash_loop.within (Docker's and the agent's own).\n# TYPE fleet_agent_service_restarts_in_window gauge");
         for (service, n) in lock(&self.restarts_in_window).iter() {
-            let s = service.replace('\\', "\\\\").replace('"', "\\\"");
+            let s = label_value(service);
             let _ = writeln!(
                 out,
                 "fleet_agent_service_restarts_in_window{{service=\"{s}\"}} {n}"
@@ -220,6 +276,13 @@ impl Metrics {
         host.render(&mut out);
         out
     }
+}
+
+/// `v` escaped for a label value of the text exposition format.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -234,6 +297,8 @@ mod tests {
         m.count_checkin_failure("unreachable");
         m.count_checkin_failure("unauthorized");
         m.set_events_dropped(3);
+        m.count_drift("files");
+        m.count_drift("files");
         let text = m.render(&crate::host::HostStats::default());
         for line in [
             "fleet_agent_last_checkin_timestamp_seconds 1700000000.5",
@@ -242,6 +307,9 @@ mod tests {
             "fleet_agent_checkin_failures_total{reason=\"unauthorized\"} 1",
             "fleet_agent_checkin_failures_total{reason=\"server\"} 0",
             "fleet_agent_events_dropped_total 3",
+            "# TYPE fleet_agent_drift_detected_total counter",
+            "fleet_agent_drift_detected_total{kind=\"files\"} 2",
+            "fleet_agent_drift_detected_total{kind=\"services\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -61,6 +61,14 @@ pub enum ProblemKind {
     ClockUnset,
     /// A service of the running release keeps restarting (subject: `stack/service`).
     CrashLoop,
+    /// `current`'s files drifted from its release and could not be put back (the commit is not
+    /// in the Git cache, or re-staging failed): it keeps running as it is, retried at the next
+    /// drift check (subject: the release).
+    DriftUnrepaired,
+    /// A Git endpoint failed `alerts.git_fetch_failures` fetches in a row (subject: its URL).
+    GitFetchFailing,
+    /// A phase of an update passed its bound (subject: the phase); see `update/stuck.rs`.
+    UpdateStuck,
 }
 
 impl ProblemKind {
@@ -81,6 +89,9 @@ impl ProblemKind {
         ProblemKind::ClockSkew,
         ProblemKind::ClockUnset,
         ProblemKind::CrashLoop,
+        ProblemKind::DriftUnrepaired,
+        ProblemKind::GitFetchFailing,
+        ProblemKind::UpdateStuck,
     ];
 
     /// The label value.
@@ -101,6 +112,9 @@ impl ProblemKind {
             ProblemKind::ClockSkew => "clock_skew",
             ProblemKind::ClockUnset => "clock_unset",
             ProblemKind::CrashLoop => "crash_loop",
+            ProblemKind::DriftUnrepaired => "drift_unrepaired",
+            ProblemKind::GitFetchFailing => "git_fetch_failing",
+            ProblemKind::UpdateStuck => "update_stuck",
         }
     }
 }
@@ -183,6 +197,8 @@ pub struct Problems {
     metrics: Arc<Metrics>,
     /// `<run_dir>/agent.json`, when the agent publishes its state.
     publish: Option<PathBuf>,
+    /// Woken when an event is queued ([`Problems::event_queued`]).
+    queued: tokio::sync::Notify,
 }
 
 impl Problems {
@@ -192,6 +208,7 @@ impl Problems {
             state: Mutex::new(State::default()),
             metrics,
             publish: run_dir.map(|d| d.join(STATE_FILE)),
+            queued: tokio::sync::Notify::new(),
         }
     }
 
@@ -229,6 +246,7 @@ impl Problems {
             },
         );
         self.changed(&mut st);
+        self.queued.notify_one();
     }
 
     /// `kind` (about `subject`) is over, if it was active.
@@ -250,6 +268,7 @@ impl Problems {
             },
         );
         self.changed(&mut st);
+        self.queued.notify_one();
     }
 
     /// Clears every problem of `kind` whose subject is not in `keep`.
@@ -283,6 +302,13 @@ impl Problems {
             st.starting = starting;
             self.changed(&mut st);
         }
+    }
+
+    /// Returns once an event was queued since the last call returned (at once if one was
+    /// queued meanwhile): the controller loop hands it to the buffer on disk then, also while
+    /// a check-in is out.
+    pub async fn event_queued(&self) {
+        self.queued.notified().await;
     }
 
     /// The events not yet handed to the event buffer, oldest first.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use fleet_config::compose::{ComposeFile, ImageRef};
 
+pub use crate::docker::ApplyReport;
+
 /// A runtime operation failed; the message names the stack, service or image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -16,6 +18,9 @@ pub struct RuntimeError {
     /// The runtime did not answer at all (the engine is down or still starting): retrying the
     /// same thing later may work, so it says nothing about the release.
     pub transient: bool,
+    /// An image pull stopped progressing (the registry stopped sending): a stuck update, not a
+    /// refused one.
+    pub stalled: bool,
 }
 
 impl RuntimeError {
@@ -24,6 +29,7 @@ impl RuntimeError {
         RuntimeError {
             message: message.into(),
             transient: false,
+            stalled: false,
         }
     }
 
@@ -32,6 +38,7 @@ impl RuntimeError {
         RuntimeError {
             message: message.into(),
             transient: true,
+            stalled: false,
         }
     }
 }
@@ -40,6 +47,7 @@ impl From<crate::docker::DockerError> for RuntimeError {
     fn from(e: crate::docker::DockerError) -> RuntimeError {
         RuntimeError {
             transient: e.engine_unavailable(),
+            stalled: matches!(e, crate::docker::DockerError::PullStalled { .. }),
             message: e.to_string(),
         }
     }
@@ -68,7 +76,9 @@ pub trait StackRuntime {
     /// is touched.
     async fn ensure_images(&self, images: &[ImageRef]) -> Result<(), RuntimeError>;
     /// Reconciles one stack: unchanged services keep running, changed ones are replaced.
-    async fn apply(&self, stack: &StackSpec<'_>) -> Result<(), RuntimeError>;
+    /// Returns what it did to each service (a runtime that cannot tell returns an empty
+    /// report), from which supervision tells container drift ([`crate::drift`]).
+    async fn apply(&self, stack: &StackSpec<'_>) -> Result<ApplyReport, RuntimeError>;
     /// Stops and removes a stack the release no longer runs.
     async fn remove_stack(&self, name: &str) -> Result<(), RuntimeError>;
     /// Names of the stacks currently deployed by this agent.
@@ -84,6 +94,12 @@ pub trait StackRuntime {
     async fn remove_images(&self, images: &[ImageRef]) -> usize;
     /// Releases whose directories running containers still bind-mount (never pruned).
     async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Restarts the running containers that bind-mount `dir` or something under it (a release
+    /// directory replaced under them: they see the new one once started again); returns their
+    /// names. A runtime without bind mounts restarts none.
+    async fn restart_mounting(&self, _dir: &Path) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
     /// Each service of `stacks` as it is now: its container, whether it runs, Docker's restart
     /// count (for [`crate::crash_loop`]). A runtime that cannot tell returns none.
     async fn restarts(
@@ -110,7 +126,7 @@ impl StackRuntime for DockerStacks {
             .map_err(RuntimeError::from)
     }
 
-    async fn apply(&self, stack: &StackSpec<'_>) -> Result<(), RuntimeError> {
+    async fn apply(&self, stack: &StackSpec<'_>) -> Result<ApplyReport, RuntimeError> {
         let report = self
             .docker
             .apply(
@@ -123,7 +139,7 @@ impl StackRuntime for DockerStacks {
             .await
             .map_err(RuntimeError::from)?;
         tracing::info!(stack = stack.name, changes = ?report.services, removed = ?report.removed, "stack applied");
-        Ok(())
+        Ok(report)
     }
 
     async fn remove_stack(&self, name: &str) -> Result<(), RuntimeError> {
@@ -193,6 +209,13 @@ impl StackRuntime for DockerStacks {
             }
         }
         Ok(out)
+    }
+
+    async fn restart_mounting(&self, dir: &Path) -> Result<Vec<String>, RuntimeError> {
+        self.docker
+            .restart_mounting(dir)
+            .await
+            .map_err(RuntimeError::from)
     }
 
     async fn releases_in_use(&self) -> Result<Vec<String>, RuntimeError> {

@@ -82,6 +82,11 @@ where
                 }
             };
             watch_task.abort();
+            let _ = watch_task.await;
+            // What the watchers and the loop raised or cleared since the loop's last turn (a
+            // check-in hanging on a dead link holds the loop for up to its request timeout)
+            // goes into the buffer before the process ends, not lost with it.
+            updater.flush_problem_events();
             outcome
         }
         Err(StartupError::Shutdown) => Ok(()),

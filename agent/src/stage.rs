@@ -15,7 +15,8 @@ use fleet_config::protocol::ReleaseId;
 use fleet_config::{digest_dir, validate_dir, FleetRepo, Severity, TreeDigest};
 
 use crate::fsutil::{
-    fsync_dir, fsync_tree, make_tree_read_only, remove_dir_aside, remove_tree, rename, FsError,
+    exchange, fsync_dir, fsync_tree, make_tree_read_only, remove_dir_aside, remove_tree, rename,
+    FsError,
 };
 use crate::layout::DataDir;
 
@@ -138,6 +139,32 @@ pub fn publish(data: &DataDir, staged: &Staged) -> Result<(), StageError> {
     }
     rename(&staging, &final_dir).map_err(fs_err)?;
     fsync_dir(&data.releases()).map_err(fs_err)
+}
+
+/// Puts a fresh checkout staged for a release that is already published in place of the
+/// directory under its name (config drift: that copy was changed): the two names are exchanged
+/// atomically, so `releases/<sha>` names a complete tree at every instant (the drifted one or
+/// the fresh one), then the drifted copy, now under the staging name that boot recovery clears,
+/// is removed. Returns after the exchange is durable; a drifted copy that cannot be removed is
+/// logged and left to recovery.
+pub fn replace(data: &DataDir, staged: &Staged) -> Result<(), StageError> {
+    let id = &staged.id;
+    let fs_err = |source| StageError::Fs {
+        sha: id.clone(),
+        source,
+    };
+    let staging = data.staging(id);
+    let final_dir = data.release(id);
+    if std::fs::symlink_metadata(&final_dir).is_err() {
+        rename(&staging, &final_dir).map_err(fs_err)?;
+        return fsync_dir(&data.releases()).map_err(fs_err);
+    }
+    exchange(&staging, &final_dir).map_err(fs_err)?;
+    fsync_dir(&data.releases()).map_err(fs_err)?;
+    if let Err(e) = remove_tree(&staging) {
+        tracing::warn!(release = %id.short(), error = %e, "cannot remove the drifted copy of a release; boot recovery removes it");
+    }
+    Ok(())
 }
 
 /// Digest, validation and inventory checks on a checked-out tree.
@@ -273,6 +300,38 @@ mod tests {
         assert_eq!(digest_dir(&dir).expect("digest"), s.digest);
         assert!(dir.join("stacks").is_dir());
         assert!(!d.trash(&sha('a')).exists() && !d.staging(&sha('a')).exists());
+    }
+
+    #[test]
+    fn a_drifted_release_directory_is_exchanged_for_a_fresh_checkout() {
+        let (_tmp, d) = data();
+        let s = stage(&d, &sha('a'), None, "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect("staged");
+        publish(&d, &s).expect("published");
+        let dir = d.release(&sha('a'));
+        crate::fsutil::set_mode(&dir, 0o755).expect("chmod");
+        fs::write(dir.join("added.txt"), "not in the release").expect("drift");
+        assert_ne!(digest_dir(&dir).expect("digest"), s.digest);
+        let fresh = stage(&d, &sha('a'), Some(s.digest), "pi-lab-01", |dst| {
+            copy_dir(&example(), dst)
+        })
+        .expect("re-staged");
+        crate::fsops::start_recording();
+        replace(&d, &fresh).expect("replaced");
+        let ops = crate::fsops::stop_recording();
+        assert_eq!(digest_dir(&dir).expect("digest"), s.digest);
+        assert!(!dir.join("added.txt").exists());
+        assert!(!d.staging(&sha('a')).exists(), "the drifted copy is gone");
+        // One exchange, never a rename that leaves the name empty for an instant.
+        assert!(
+            matches!(ops.first(), Some(crate::fsops::Op::Exchange { .. })),
+            "{ops:?}"
+        );
+        assert!(!ops
+            .iter()
+            .any(|op| matches!(op, crate::fsops::Op::Rename { to, .. } if *to == dir)));
     }
 
     #[test]

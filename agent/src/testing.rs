@@ -10,7 +10,7 @@ use std::time::Duration;
 use fleet_config::compose::ImageRef;
 
 use crate::config::AgentConfig;
-use crate::runtime::{RuntimeError, StackRuntime, StackSpec};
+use crate::runtime::{ApplyReport, RuntimeError, StackRuntime, StackSpec};
 
 /// A runtime that accepts everything and runs nothing.
 pub struct NoRuntime;
@@ -19,8 +19,8 @@ impl StackRuntime for NoRuntime {
     async fn ensure_images(&self, _: &[ImageRef]) -> Result<(), RuntimeError> {
         Ok(())
     }
-    async fn apply(&self, _: &StackSpec<'_>) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn apply(&self, _: &StackSpec<'_>) -> Result<ApplyReport, RuntimeError> {
+        Ok(ApplyReport::default())
     }
     async fn remove_stack(&self, _: &str) -> Result<(), RuntimeError> {
         Ok(())
@@ -129,7 +129,7 @@ impl StackRuntime for FaultRuntime {
         }
         Ok(())
     }
-    async fn apply(&self, stack: &StackSpec<'_>) -> Result<(), RuntimeError> {
+    async fn apply(&self, stack: &StackSpec<'_>) -> Result<ApplyReport, RuntimeError> {
         self.gone()?;
         let hang = self
             .state()
@@ -151,7 +151,7 @@ impl StackRuntime for FaultRuntime {
             .insert(stack.name.to_owned(), stack.release.to_owned());
         st.applied
             .push((stack.name.to_owned(), stack.release.to_owned()));
-        Ok(())
+        Ok(ApplyReport::default())
     }
     async fn remove_stack(&self, name: &str) -> Result<(), RuntimeError> {
         self.gone()?;

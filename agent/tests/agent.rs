@@ -150,6 +150,38 @@ fn the_mirror_serves_when_the_primary_is_down() {
     lab.push_mirror();
     // failover_timeout is 3 s in the lab; a refused connection fails over at once.
     agent.wait_for("release 2 from the mirror", SETTLE, |s| idle_on(s, &r2));
+    // The device is fine, but on-call must learn that the primary keeps failing: after
+    // alerts.git_fetch_failures (3 by default) polls in a row, a problem names it.
+    let primary = lab.primary.url("fleet.git");
+    let failing = |s: &serde_json::Value| {
+        s["problems"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["problem"] == "git_fetch_failing" && p["subject"] == primary.as_str())
+        })
+    };
+    let s = agent.wait_for("the primary reported failing", SETTLE, failing);
+    let problem = s["problems"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["problem"] == "git_fetch_failing"))
+        .cloned()
+        .unwrap_or_default();
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("in a row from") && detail.contains("alerts.git_fetch_failures: 3"),
+        "{problem:#}"
+    );
+    assert_eq!(
+        s["problems"].as_array().map(Vec::len),
+        Some(1),
+        "only the primary: the mirror serves {s:#}"
+    );
+    // The primary back (with release 2, so it does not send the device back to 1): its next
+    // fetch clears the problem.
+    lab.push_primary();
+    lab.primary.restart();
+    agent.wait_for("the primary serving again", SETTLE, |s| {
+        !failing(s) && idle_on(s, &r2)
+    });
 }
 
 #[test]
@@ -446,10 +478,7 @@ fn metrics_are_served_and_scraped_by_prometheus() {
     let addr = format!("127.0.0.1:{port}");
     let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
     let config = lab.config_with("metrics", &eps, &lab.data_dir(), "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
-    std::fs::write(&config, text).expect("write");
+    support::lab::listen_metrics(&config, &addr);
     let agent = AgentProc::start(&config);
     agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
     let (status, body) = support::prometheus::http_get(&addr, "/metrics").expect("GET /metrics");
@@ -475,49 +504,23 @@ fn metrics_are_served_and_scraped_by_prometheus() {
     assert_eq!(result[0]["value"][1], "1", "{result:#}");
 }
 
-/// Hex digits of a xorshift64 stream: about 4 bits of entropy per byte, so Git's compression
-/// leaves the pack at roughly half the text's size.
-fn noise_hex(len: usize) -> String {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b"0123456789abcdef"[(x >> 60) as usize])
-        })
-        .collect()
-}
-
 #[test]
 fn a_slow_fetch_leaves_metrics_answering_and_sigterm_stops_it_on_the_old_release() {
     if !ready("a_slow_fetch_leaves_metrics_answering_and_sigterm_stops_it_on_the_old_release") {
         return;
     }
-    use support::slow_link::{LinkShape, SlowLink};
     let lab = Lab::new("slow-fetch");
     let r1 = lab.release("v1");
-    // A cellular link: 64 KiB/s from the Git server.
-    let link = SlowLink::start(
-        ([127, 0, 0, 1], lab.primary.port()).into(),
-        LinkShape {
-            bytes_per_second: 64 * 1024,
-            stall_after: None,
-        },
-    );
+    let link = lab.cellular_link();
     let addr = format!("127.0.0.1:{}", support::git_daemon::free_port());
     let config = lab.config_with("slow", &[link.url("fleet.git")], &lab.data_dir(), "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
-    std::fs::write(&config, text).expect("write");
+    support::lab::listen_metrics(&config, &addr);
     let mut agent = AgentProc::start(&config);
     agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
 
     // A release with a 2 MB file: a pack of about a megabyte, some fifteen seconds on this
     // link (five failover timeouts of the lab's configuration, which bound silence only).
-    let blob = noise_hex(2_000_000);
-    let r2 = lab.release_with("v2", &[("stacks/app/blob.txt", &blob)]);
+    let r2 = lab.big_release("v2");
     let before = link.passed();
     let deadline = std::time::Instant::now() + SETTLE;
     while link.passed() - before < 100_000 {
@@ -576,4 +579,117 @@ fn a_slow_fetch_leaves_metrics_answering_and_sigterm_stops_it_on_the_old_release
     let fast = lab.config_with("slow", &[lab.primary.url("fleet.git")], &lab.data_dir(), "");
     let agent = AgentProc::start(&fast);
     agent.wait_for("release 2 running", SETTLE, |s| idle_on(s, &r2));
+}
+
+#[test]
+fn an_image_pull_that_stalls_is_given_up_and_the_device_stays_on_its_release() {
+    if !ready("an_image_pull_that_stalls_is_given_up_and_the_device_stays_on_its_release") {
+        return;
+    }
+    let lab = Lab::new("pullstall");
+    let r1 = lab.release("v1");
+    let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
+    let config = lab.config_with("agent", &eps, &lab.data_dir(), "pull_stall_timeout: 3s\n");
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+    // Release 2's web image is on a registry that stops sending half-way through its layer.
+    let registry = support::registry::StalledRegistry::start();
+    let compose = format!(
+        "services:\n  web:\n    image: {}\n    restart: unless-stopped\n  side:\n    image: fleet-test/app:v1\n    restart: unless-stopped\n",
+        registry.image()
+    );
+    let r2 = lab.release_with("v1", &[("stacks/app/compose.yaml", &compose)]);
+    let stuck = |s: &serde_json::Value| {
+        s["problems"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["problem"] == "update_stuck" && p["subject"] == "pulling")
+        })
+    };
+    let s = agent.wait_for("the stalled pull given up", SETTLE, |s| {
+        stuck(s) && s["last_result"]["result"] == "skipped"
+    });
+    let reason = s["last_result"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&registry.image()) && reason.contains("stalled: no progress for 3s"),
+        "{s:#}"
+    );
+    assert!(registry.layer_requests() >= 1);
+    // Nothing running was touched: the device runs release 1, not marked bad on its way.
+    assert_eq!(s["current"], r1.as_str(), "{s:#}");
+    assert_eq!(s["bad_releases"], serde_json::json!([]), "{s:#}");
+    let running = wait_containers(&lab, "release 1's containers", |c| {
+        c.len() == 2 && c.iter().all(|(_, _, release, _, up)| *up && release == &r1)
+    });
+    assert_eq!(running.len(), 2);
+    assert_ne!(r1, r2);
+}
+
+#[test]
+fn a_device_keeps_checking_in_while_a_slow_fetch_runs() {
+    if !ready("a_device_keeps_checking_in_while_a_slow_fetch_runs") {
+        return;
+    }
+    use fleet_config::protocol::{Desired, ReleaseId};
+    let lab = Lab::new("slow-checkin");
+    let r1 = lab.release("v1");
+    let link = lab.cellular_link();
+    // The controller (a stand-in that answers every check-in, next in 1 s) names release 1.
+    let ctl = support::standin::Controller::start();
+    let desire = |sha: &str| {
+        let dir = lab.root.path().join(format!("digest-{sha}"));
+        support::git_daemon::git(
+            lab.root.path(),
+            &[
+                "clone",
+                "-q",
+                &lab.primary.url("fleet.git"),
+                &dir.display().to_string(),
+            ],
+        );
+        support::git_daemon::git(&dir, &["checkout", "-q", sha]);
+        std::fs::remove_dir_all(dir.join(".git")).expect("remove .git");
+        let desired = Desired::Release {
+            release: sha.parse::<ReleaseId>().expect("sha"),
+            digest: fleet_config::digest_dir(&dir).expect("digest"),
+        };
+        let json = serde_json::to_string(&desired).expect("json");
+        ctl.with(|s| s.desired = Some(json));
+    };
+    desire(&r1);
+    let token = lab.root.path().join("ctl-token");
+    std::fs::write(&token, "device-token\n").expect("token");
+    let config = lab.config_with(
+        "slow",
+        &[link.url("fleet.git")],
+        &lab.data_dir(),
+        &format!(
+            "controller:\n  url: {}\n  token_file: {}\n  long_poll: 0s\n",
+            ctl.url,
+            token.display()
+        ),
+    );
+    let agent = AgentProc::start(&config);
+    agent.wait_for("release 1 running", SETTLE, |s| idle_on(s, &r1));
+
+    // Release 2 carries a 2 MB file: about fifteen seconds over the link, during which the
+    // device must not fall silent (a controller would call it offline).
+    let r2 = lab.big_release("v2");
+    desire(&r2);
+    let before = link.passed();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while link.passed() - before < 100_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fetch of release 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fetching_from = ctl.with(|s| s.phases.len());
+    agent.wait_for("release 2 running", SETTLE * 2, |s| idle_on(s, &r2));
+    let phases = ctl.with(|s| s.phases[fetching_from..].to_vec());
+    let during = phases.iter().filter(|p| *p == "fetching").count();
+    assert!(
+        during >= 3,
+        "the device should have checked in during its fetch (1 s interval): {phases:?}"
+    );
 }

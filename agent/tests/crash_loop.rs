@@ -36,10 +36,7 @@ fn crashing_compose(flags: &Path) -> String {
 fn config(lab: &Lab, name: &str, addr: &str, watch: &str) -> std::path::PathBuf {
     let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
     let config = lab.config_with(name, &eps, &lab.data_dir(), watch);
-    let text = fs::read_to_string(&config)
-        .expect("read")
-        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
-    fs::write(&config, text).expect("write");
+    support::lab::listen_metrics(&config, addr);
     config
 }
 

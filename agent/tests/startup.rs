@@ -360,10 +360,7 @@ fn an_agent_started_before_the_docker_engine_answers_waits_for_it_and_applies_it
     let addr = format!("127.0.0.1:{port}");
     let eps = [lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")];
     let config = lab.config_with("no-engine", &eps, &lab.data_dir(), "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
-    std::fs::write(&config, text).expect("write");
+    support::lab::listen_metrics(&config, &addr);
     let host = format!("unix://{}", socket.display());
     let mut agent = AgentProc::start_with_env(&config, &[("DOCKER_HOST", &host)]);
     let s = wait_for_problem(&mut agent, "docker_unreachable", &host);

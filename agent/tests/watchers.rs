@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::images::{build_test_images, docker_available};
 use support::lab::{idle_on, tail, AgentProc, Lab};
+use support::standin;
 
 /// Generous: the machine is shared and noisy. Timings are measured in benchmarks, not here.
 const SETTLE: Duration = Duration::from_secs(90);
@@ -45,10 +46,7 @@ fn watched_config_with(
         sysfs(lab).display()
     );
     let config = lab.config_with(name, &eps, data, &watch);
-    let text = fs::read_to_string(&config)
-        .expect("read")
-        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
-    fs::write(&config, text).expect("write");
+    support::lab::listen_metrics(&config, &addr);
     (config, addr)
 }
 
@@ -526,115 +524,6 @@ fn a_disk_filling_up_while_idle_is_pruned_and_holds_updates_until_freed() {
     healthy_on(&lab, &r5);
 }
 
-/// A controller stand-in for the clock tests: it answers check-ins (`hold`, next in 1 s) with
-/// a `Date` header `offset_secs` away from the real time, acknowledges every event and keeps
-/// what the agent sent, decoded as the real controller decodes it ([`CheckinRequest`]).
-mod standin {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime};
-
-    use fleet_config::protocol::{CheckinRequest, DeviceEvent};
-
-    #[derive(Default)]
-    pub struct Seen {
-        /// Check-ins answered.
-        pub checkins: u64,
-        /// Every event received, in arrival order (resent ones once).
-        pub events: Vec<DeviceEvent>,
-        /// Seconds the `Date` header is off the real time.
-        pub offset_secs: i64,
-        /// Answer this many more check-ins with 503 (an outage).
-        pub fail_next: u64,
-    }
-
-    pub struct Controller {
-        pub url: String,
-        pub seen: Arc<Mutex<Seen>>,
-    }
-
-    impl Controller {
-        pub fn start() -> Controller {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            let url = format!("http://{}", listener.local_addr().expect("addr"));
-            let seen = Arc::new(Mutex::new(Seen::default()));
-            let shared = seen.clone();
-            std::thread::spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let _ = answer(stream, &shared);
-                }
-            });
-            Controller { url, seen }
-        }
-
-        pub fn with<T>(&self, f: impl FnOnce(&mut Seen) -> T) -> T {
-            f(&mut self.seen.lock().expect("lock"))
-        }
-    }
-
-    fn answer(stream: std::net::TcpStream, seen: &Mutex<Seen>) -> std::io::Result<()> {
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut len = 0usize;
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line)?;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body)?;
-        let mut st = seen.lock().expect("lock");
-        let (status, reply) = if !request_line.contains("/api/v1/checkin") {
-            ("404 Not Found", "{}".to_string())
-        } else if st.fail_next > 0 {
-            st.fail_next -= 1;
-            (
-                "503 Service Unavailable",
-                "{\"error\":\"down\"}".to_string(),
-            )
-        } else {
-            let req: CheckinRequest = serde_json::from_slice(&body).expect("a valid check-in");
-            st.checkins += 1;
-            for e in req.events {
-                if !st.events.iter().any(|s| s.seq == e.seq) {
-                    st.events.push(e);
-                }
-            }
-            let acked = st.events.iter().map(|e| e.seq).max().unwrap_or(0);
-            (
-                "200 OK",
-                format!("{{\"desired\":{{\"action\":\"hold\"}},\"emergency_stop\":false,\"safe_mode\":false,\"acked_seq\":{acked},\"next_checkin_secs\":1}}"),
-            )
-        };
-        let now = SystemTime::now();
-        let date = if st.offset_secs >= 0 {
-            now + Duration::from_secs(st.offset_secs as u64)
-        } else {
-            now - Duration::from_secs(st.offset_secs.unsigned_abs())
-        };
-        drop(st);
-        let mut out = stream;
-        write!(
-            out,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDate: {}\r\nConnection: close\r\n\r\n{reply}",
-            reply.len(),
-            httpdate::fmt_http_date(date)
-        )?;
-        out.flush()
-    }
-}
-
 /// The problem events (`raised`/`cleared`, kind) the stand-in received, in order.
 fn problem_events(ctl: &standin::Controller) -> Vec<(String, String)> {
     use fleet_config::protocol::EventKind;
@@ -740,27 +629,13 @@ fn a_controller_whose_clock_differs_by_years_is_reported_and_cleared() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
 }
 
-/// libfaketime's preload library from Debian's `faketime` package.
-fn libfaketime(test: &str) -> Option<&'static str> {
-    const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    if Path::new(LIB).is_file() {
-        return Some(LIB);
-    }
-    assert!(
-        std::env::var("FLEET_REQUIRE_FAKETIME").as_deref() != Ok("1"),
-        "{LIB} missing (FLEET_REQUIRE_FAKETIME=1): install Debian's faketime"
-    );
-    eprintln!("\n*** SKIP {test}: {LIB} missing (apt-get install faketime) ***\n");
-    None
-}
-
 #[test]
 fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
     const TEST: &str = "the_agent_keeps_working_through_clock_jumps_of_decades_both_ways";
     if !ready(TEST) {
         return;
     }
-    let Some(lib) = libfaketime(TEST) else {
+    let Some(lib) = support::faketime::libfaketime(TEST) else {
         return;
     };
     let lab = Lab::new("watch-jump");
@@ -856,4 +731,115 @@ fn the_agent_keeps_working_through_clock_jumps_of_decades_both_ways() {
         "{clock_events:?}"
     );
     assert!(agent.log_text().contains("fleet-agent starting"));
+}
+
+/// The kinds of the events buffered in `data`'s `events/`, oldest first.
+fn buffered_problem_events(data: &Path) -> Vec<(String, String)> {
+    use fleet_config::protocol::{DeviceEvent, EventKind};
+    let mut files: Vec<PathBuf> = fs::read_dir(data.join("events"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| fs::read(p).ok())
+        .filter_map(|b| serde_json::from_slice::<DeviceEvent>(&b).ok())
+        .filter_map(|e| match e.kind {
+            EventKind::ProblemRaised { problem, .. } => Some(("raised".into(), problem)),
+            EventKind::ProblemCleared { problem, .. } => Some(("cleared".into(), problem)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How the agent ends while its check-in hangs.
+enum Cut {
+    /// SIGTERM, at once after the problem cleared.
+    Stop,
+    /// SIGKILL (a power cut), once the events are on disk, with the check-in still hanging.
+    PowerCut,
+}
+
+/// A check-in held unanswered while the CPU overheats and cools down again; the agent ends
+/// (`cut`) before the check-in gives up; both events must be on disk, and reach the controller
+/// once the link is back.
+fn problem_met_while_a_check_in_hangs(test: &str, cut: Cut) {
+    if !ready(test) {
+        return;
+    }
+    let lab = Lab::new("watch-hang");
+    set_temperature(&lab, 50_000);
+    let ctl = standin::Controller::start();
+    let (config, _) = controller_config(&lab, &ctl, "hang");
+    let text = fs::read_to_string(&config).expect("read").replace(
+        "  long_poll: 0s\n",
+        "  long_poll: 0s\n  request_timeout: 5m\n",
+    );
+    fs::write(&config, text).expect("write");
+    let mut agent = AgentProc::start(&config);
+    wait_until("a check-in", &agent, || ctl.with(|s| s.checkins) >= 1);
+
+    // The link dies: the next check-in is never answered (it would time out in 5 minutes),
+    // and meanwhile the CPU overheats and cools down again.
+    ctl.with(|s| s.hang = true);
+    wait_until("a check-in held", &agent, || ctl.with(|s| s.hanging) >= 1);
+    set_temperature(&lab, 85_000);
+    agent.wait_for("overheating reported", SETTLE, |s| {
+        has_problem(s, "overheating")
+    });
+    set_temperature(&lab, 70_000);
+    agent.wait_for("overheating cleared", SETTLE, |s| {
+        !has_problem(s, "overheating")
+    });
+    let ev = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let both = [ev("raised", "overheating"), ev("cleared", "overheating")];
+    match cut {
+        Cut::Stop => agent.stop(),
+        Cut::PowerCut => {
+            wait_until("both events on disk during the check-in", &agent, || {
+                buffered_problem_events(&lab.data_dir()) == both
+            });
+            assert!(ctl.with(|s| s.hanging) >= 1, "the check-in still hangs");
+            agent.kill9();
+        }
+    }
+    assert!(
+        ctl.with(|s| s.hanging) >= 1,
+        "ended before the check-in gave up"
+    );
+    assert_eq!(
+        buffered_problem_events(&lab.data_dir()),
+        both,
+        "\n--- agent log ---\n{}",
+        tail(&agent.log_text(), 30)
+    );
+
+    // The link is back: the next agent delivers them, once each, in order.
+    ctl.with(|s| s.hang = false);
+    let agent = AgentProc::start(&config);
+    wait_until("both events reach the controller", &agent, || {
+        problem_events(&ctl).len() >= 2
+    });
+    assert_eq!(problem_events(&ctl), both);
+}
+
+#[test]
+fn a_problem_met_while_a_check_in_hangs_is_buffered_before_the_agent_stops() {
+    problem_met_while_a_check_in_hangs(
+        "a_problem_met_while_a_check_in_hangs_is_buffered_before_the_agent_stops",
+        Cut::Stop,
+    );
+}
+
+#[test]
+fn a_problem_met_while_a_check_in_hangs_is_on_disk_before_the_check_in_gives_up() {
+    problem_met_while_a_check_in_hangs(
+        "a_problem_met_while_a_check_in_hangs_is_on_disk_before_the_check_in_gives_up",
+        Cut::PowerCut,
+    );
 }

@@ -19,7 +19,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +27,11 @@ use fleet_config::protocol::{Desired, ReleaseId};
 use fleet_controller::config::{ControllerConfig, GitSource};
 use fleet_controller::db::Db;
 use serde_json::{json, Value};
+// Each replica reaches PostgreSQL through a proxy of its own the test can freeze.
+use fleet_testkit::partition::Partition as Proxy;
 use support::fleet_repo::{device_ids, FleetRepo};
 use support::process::{config_yaml, free_addr, ControllerProcess};
 use support::test_config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const REPLICAS: usize = 3;
 const DEVICES: usize = 20;
@@ -44,89 +42,6 @@ const LEASE: Duration = Duration::from_secs(3);
 const SLACK: Duration = Duration::from_millis(1500);
 /// Any one phase of the test (a rollout converging).
 const PHASE: Duration = Duration::from_secs(120);
-
-// ---------------------------------------------------------------------------------------------
-// A TCP proxy to PostgreSQL that can be frozen.
-
-/// Forwards loopback connections to `upstream`; frozen, it stops moving bytes in both
-/// directions (and accepts without connecting on), closing nothing.
-struct Proxy {
-    addr: SocketAddr,
-    frozen: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Waits while the proxy is frozen.
-async fn thawed(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|frozen| !*frozen).await;
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        thawed(&mut frozen).await;
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                // The close, too, waits for the thaw: frozen means nothing gets through.
-                thawed(&mut frozen).await;
-                let _ = to.shutdown().await;
-                return;
-            }
-            Ok(n) => n,
-        };
-        thawed(&mut frozen).await;
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let (frozen, rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let mut rx = rx.clone();
-                tokio::spawn(async move {
-                    thawed(&mut rx).await;
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::spawn(pump(cr, sw, rx.clone()));
-                    tokio::spawn(pump(sr, cw, rx));
-                });
-            }
-        });
-        Proxy { addr, frozen, task }
-    }
-
-    fn freeze(&self) {
-        self.frozen.send_replace(true);
-    }
-
-    fn heal(&self) {
-        self.frozen.send_replace(false);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// `host:port` of a `postgres://user@host:port/db` URL, and the URL with it replaced.
 fn split_url(url: &str) -> (String, String, String) {
@@ -153,7 +68,7 @@ struct Replica {
 
 impl Replica {
     fn reachable(&self) -> bool {
-        !self.killed && !*self.proxy.frozen.borrow()
+        !self.killed && !self.proxy.is_frozen()
     }
 }
 

@@ -474,6 +474,7 @@ async fn real_answers_validate_against_the_declared_schemas() {
                 {"seq": 2, "at_ms": 2000, "event": "phase_changed", "phase": "fetching", "release": sha},
                 {"seq": 3, "at_ms": 3000, "event": "problem_raised", "problem": "disk_full", "detail": "d"},
                 {"seq": 4, "at_ms": 4000, "event": "update_finished", "result": {"result": "rolled_back", "release": sha, "reason": "r"}},
+                {"seq": 5, "at_ms": 5000, "event": "drift_detected", "release": sha, "files": ["stacks/app/app.conf"], "services": ["app/web"]},
             ],
         });
         let answer = conforms(
@@ -488,7 +489,7 @@ async fn real_answers_validate_against_the_declared_schemas() {
                 .expect("checkin"),
         )
         .await;
-        assert_eq!(answer["acked_seq"], 4, "device {i}");
+        assert_eq!(answer["acked_seq"], 5, "device {i}");
     }
 
     // A release and its rollout, when Git is here.
@@ -537,7 +538,19 @@ async fn real_answers_validate_against_the_declared_schemas() {
     .await;
     assert_eq!(
         device["events"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
+        "{device}"
+    );
+    // The newest first: the drift a device reported, as it reported it.
+    assert_eq!(device["events"][0]["event"], "drift_detected", "{device}");
+    assert_eq!(
+        device["events"][0]["files"],
+        serde_json::json!(["stacks/app/app.conf"]),
+        "{device}"
+    );
+    assert_eq!(
+        device["events"][0]["services"],
+        serde_json::json!(["app/web"]),
         "{device}"
     );
     if repo.is_some() {

@@ -6,15 +6,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_controller::config::GitSource;
 use serde_json::Value;
-use support::docker_guard::NamespaceGuard;
-use support::git_daemon::{git_available, init_bare, Entry, GitDaemon, WorkRepo};
+use support::fleet::{Device, Repo};
+use support::git_daemon::git_available;
 use support::images::{build_test_images, docker_available};
-use support::lab::{app_compose, idle_on, tail, AgentProc};
+use support::lab::{idle_on, tail};
 use support::process::{free_addr, ControllerProcess};
 
 const DEVICES: [&str; 3] = ["dev-1", "dev-2", "dev-3"];
@@ -22,125 +21,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 const FLEET: &str = "name: e2e\nrelease_branch: main\nrollout:\n  waves:\n    - { name: canary, select: { ring: canary } }\n    - { name: five-percent, percent: 5 }\n    - { name: quarter, percent: 25 }\n    - { name: all, percent: 100 }\n  bake: 2s\n  health_timeout: 90s\n  max_failure_rate: 5%\n  fleet_unhealthy_stop: 50%\n";
 const INVENTORY: &str = "devices:\n  - id: dev-1\n    labels: { ring: canary }\n  - id: dev-2\n  - id: dev-3\nstacks:\n  - { name: app, select: {} }\n";
-
-/// The fleet repository: a working copy pushed to a primary and a mirror.
-struct Repo {
-    work: WorkRepo,
-    primary: GitDaemon,
-    mirror: GitDaemon,
-    primary_bare: PathBuf,
-    mirror_bare: PathBuf,
-}
-
-impl Repo {
-    fn new(root: &Path) -> Repo {
-        let pbase = root.join("primary");
-        let mbase = root.join("mirror");
-        std::fs::create_dir_all(&pbase).expect("mkdir");
-        std::fs::create_dir_all(&mbase).expect("mkdir");
-        let primary_bare = init_bare(&pbase, "fleet.git");
-        let mirror_bare = init_bare(&mbase, "fleet.git");
-        Repo {
-            work: WorkRepo::init(&root.join("work")),
-            primary: GitDaemon::start(&pbase),
-            mirror: GitDaemon::start(&mbase),
-            primary_bare,
-            mirror_bare,
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        vec![self.primary.url("fleet.git"), self.mirror.url("fleet.git")]
-    }
-
-    /// Commits a release whose `web` runs `fleet-test/app:<web>` and pushes it to both.
-    fn release(&self, web: &str) -> String {
-        let compose = app_compose(web);
-        let sha = self.work.commit(
-            &format!("release web {web}"),
-            &[
-                ("fleet.yaml", Entry::File(FLEET.as_bytes())),
-                ("devices.yaml", Entry::File(INVENTORY.as_bytes())),
-                ("stacks/app/compose.yaml", Entry::File(compose.as_bytes())),
-            ],
-        );
-        self.work.push(&self.primary_bare, "main");
-        self.work.push(&self.mirror_bare, "main");
-        sha
-    }
-}
-
-/// One device: its data directory, its own Docker label namespace, its agent process.
-struct Device {
-    id: &'static str,
-    config: PathBuf,
-    ns: NamespaceGuard,
-    agent: AgentProc,
-}
-
-impl Device {
-    fn start(
-        root: &Path,
-        id: &'static str,
-        repo: &Repo,
-        controller: &str,
-        bootstrap: &Path,
-    ) -> Device {
-        let dir = root.join(id);
-        std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
-        std::fs::write(
-            dir.join("safe-mode.yaml"),
-            "services:\n  rescue:\n    image: fleet-test/app:v1\n    restart: always\n",
-        )
-        .expect("safe-mode stack");
-        let ns = NamespaceGuard::new(&format!("e2e-{id}"));
-        let eps: String = repo
-            .endpoints()
-            .iter()
-            .map(|u| format!("    - url: {u}\n"))
-            .collect();
-        let text = format!(
-            "device_id: {id}\ndata_dir: {data}\ngit:\n  endpoints:\n{eps}  branch: main\n  failover_timeout: 3s\npoll_interval: 1s\nhealth_window: 2s\nmin_free_disk: 1MB\nkeep_releases: 3\nmetrics_listen: null\ndocker_namespace: {ns}\nsecrets_dir: {secrets}\nsafe_mode_compose: {safe}\ncontroller:\n  url: {controller}\n  token_file: {token}\n  bootstrap_token_file: {bootstrap}\n  request_timeout: 10s\n",
-            data = dir.join("data").display(),
-            ns = ns.name,
-            secrets = dir.join("secrets").display(),
-            safe = dir.join("safe-mode.yaml").display(),
-            token = dir.join("device-token").display(),
-            bootstrap = bootstrap.display(),
-        );
-        let config = dir.join("agent.yaml");
-        std::fs::write(&config, text).expect("agent config");
-        let agent = AgentProc::start(&config);
-        Device {
-            id,
-            config,
-            ns,
-            agent,
-        }
-    }
-
-    /// `web` containers of this device: (image, release label, running).
-    fn web(&self) -> Vec<(String, String, bool)> {
-        let out = std::process::Command::new("docker")
-            .args(["ps", "-a", "--filter", &self.ns.filter(), "--filter"])
-            .arg("label=fleet.service=web")
-            .arg("--format")
-            .arg("{{.Image}}|{{.Label \"fleet.release\"}}|{{.State}}")
-            .output()
-            .expect("docker ps");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let p: Vec<&str> = l.split('|').collect();
-                (p.len() == 3).then(|| (p[0].to_owned(), p[1].to_owned(), p[2] == "running"))
-            })
-            .collect()
-    }
-
-    fn status(&self) -> Value {
-        self.agent.status()
-    }
-}
 
 async fn get(c: &ControllerProcess, path: &str) -> Value {
     support::client()
@@ -211,7 +91,7 @@ async fn a_pushed_commit_reaches_three_real_agents_through_the_waves() {
     }
     build_test_images();
     let root = tempfile::tempdir().expect("tempdir");
-    let repo = Repo::new(root.path());
+    let repo = Repo::new(root.path(), FLEET, INVENTORY);
     let v1 = repo.release("v1");
 
     let mut cfg = fleet_controller::config::ControllerConfig {
@@ -341,7 +221,7 @@ async fn a_pushed_commit_reaches_the_canary_in_seconds_by_webhook_and_long_poll(
         .unwrap_or(3)
         .max(1);
     let root = tempfile::tempdir().expect("tempdir");
-    let repo = Repo::new(root.path());
+    let repo = Repo::new(root.path(), FLEET, INVENTORY);
     let v1 = repo.release("v1");
     let secret = b"e2e webhook secret".to_vec();
     let secret_file = root.path().join("webhook.secret");

@@ -285,7 +285,28 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subject: Option<String>,
     },
+    /// Config drift: the running release no longer matched what was staged (files under
+    /// `current` changed, or containers whose configuration differed or were missing), and the
+    /// agent put it back (files re-staged from the Git cache, the stack re-applied).
+    DriftDetected {
+        /// The release that drifted (still the one running).
+        release: ReleaseId,
+        /// Files that differed, relative to the release directory (added, removed or changed),
+        /// at most [`DRIFT_FILES_LISTED`] of them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
+        /// How many more files differed than `files` lists.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more_files: u64,
+        /// Services (`stack/service`) whose container was replaced because its configuration
+        /// differed from the release's, or created because it was missing.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<String>,
+    },
 }
+
+/// At most this many file names in a [`EventKind::DriftDetected`] event.
+pub const DRIFT_FILES_LISTED: usize = 50;
 
 /// A summary of the device's resources at check-in.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -464,6 +485,35 @@ mod tests {
     use super::*;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_drift_event_reads_as_the_controller_stores_it() {
+        let e = DeviceEvent {
+            seq: 7,
+            at_ms: 1,
+            kind: EventKind::DriftDetected {
+                release: SHA.parse().expect("sha"),
+                files: vec!["stacks/app/app.conf".into()],
+                more_files: 0,
+                services: vec!["app/web".into()],
+            },
+        };
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"seq": 7, "at_ms": 1, "event": "drift_detected", "release": SHA,
+                "files": ["stacks/app/app.conf"], "services": ["app/web"]})
+        );
+        let back: DeviceEvent = serde_json::from_value(v).expect("parse");
+        assert_eq!(back, e);
+        let only_services: DeviceEvent = serde_json::from_value(serde_json::json!({
+            "seq": 8, "at_ms": 2, "event": "drift_detected", "release": SHA, "services": ["app/side"]
+        }))
+        .expect("parse");
+        assert!(
+            matches!(only_services.kind, EventKind::DriftDetected { ref files, more_files: 0, .. } if files.is_empty())
+        );
+    }
 
     #[test]
     fn release_ids() {

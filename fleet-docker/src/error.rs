@@ -67,6 +67,14 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A pull stopped progressing: the engine sent nothing for `after`.
+    #[error("pulling image `{image}` stalled: no progress for {}", fleet_config::units::format_duration(*.after))]
+    PullStalled {
+        /// The image reference.
+        image: String,
+        /// The silence.
+        after: std::time::Duration,
+    },
     /// Secrets the stack needs are not provisioned on the device; nothing was touched.
     #[error("stack `{stack}` needs secrets the device does not have: {}; provision them and retry", list_missing(.missing))]
     MissingSecrets {

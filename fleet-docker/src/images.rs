@@ -25,9 +25,15 @@ pub(crate) async fn is_present(docker: &Docker, image: &str) -> Result<bool, Doc
     }
 }
 
-/// Pulls `image`, logging the engine's status lines at most every [`PULL_LOG_INTERVAL`].
+/// Pulls `image`, logging the engine's status lines at most every [`PULL_LOG_INTERVAL`]. Fails
+/// when the engine sends nothing for `stall` (the engine reports progress as bytes arrive, so
+/// silence means the registry stopped sending); dropping the request cancels the engine's pull.
 #[tracing::instrument(skip(docker), fields(image = %image), err)]
-pub(crate) async fn pull(docker: &Docker, image: &ImageRef) -> Result<(), DockerError> {
+pub(crate) async fn pull(
+    docker: &Docker,
+    image: &ImageRef,
+    stall: Duration,
+) -> Result<(), DockerError> {
     let name = image.to_string();
     let repo = match &image.domain {
         Some(d) => format!("{d}/{}", image.path),
@@ -47,7 +53,19 @@ pub(crate) async fn pull(docker: &Docker, image: &ImageRef) -> Result<(), Docker
     let mut stream = docker.create_image(Some(options), None, None);
     let mut last_log: Option<Instant> = None;
     let mut last_status = String::new();
-    while let Some(item) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, stream.next()).await else {
+            tracing::warn!(
+                stall_s = stall.as_secs_f64(),
+                last = %last_status,
+                "image pull stalled; giving up"
+            );
+            return Err(DockerError::PullStalled {
+                image: name,
+                after: stall,
+            });
+        };
+        let Some(item) = next else { break };
         let info = item.map_err(|source| DockerError::Pull {
             image: name.clone(),
             source,
@@ -79,7 +97,7 @@ impl super::Runtime {
             if is_present(&self.docker, &name).await? {
                 tracing::debug!(image = %name, "image present");
             } else {
-                pull(&self.docker, image).await?;
+                pull(&self.docker, image, self.options.pull_stall).await?;
                 if !is_present(&self.docker, &name).await? {
                     return Err(DockerError::Pull {
                         image: name,

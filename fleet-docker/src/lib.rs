@@ -30,6 +30,7 @@ pub mod labels;
 mod order;
 mod plan;
 mod probe;
+mod restart;
 pub mod secrets;
 pub mod spec;
 
@@ -62,6 +63,10 @@ pub struct RuntimeOptions {
     /// How long a stack may take to become healthy before its health window starts; a stack
     /// still starting (healthcheck "starting", probe in its grace) after this fails.
     pub startup_timeout: Duration,
+    /// An image pull that receives nothing from the engine for this long (no progress: a
+    /// registry that stopped sending) fails; one that keeps progressing, however slowly, is
+    /// waited for.
+    pub pull_stall: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -71,6 +76,7 @@ impl Default for RuntimeOptions {
             dependency_poll: Duration::from_millis(500),
             probe_start_grace: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(120),
+            pull_stall: Duration::from_secs(120),
         }
     }
 }

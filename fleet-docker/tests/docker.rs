@@ -89,6 +89,7 @@ async fn env(test: &str) -> Option<Env> {
             dependency_poll: Duration::from_millis(200),
             probe_start_grace: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(30),
+            pull_stall: Duration::from_secs(5),
         });
     Some(Env { rt, guard })
 }
@@ -612,6 +613,39 @@ async fn ensure_images_uses_local_images_and_names_the_one_it_cannot_pull() {
         }
         other => panic!("expected a Pull error, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_stops_progressing_fails_after_the_stall_bound_and_leaves_no_image() {
+    let Some(e) = env("pull_stall").await else {
+        return;
+    };
+    let registry = fleet_testkit::registry::StalledRegistry::start();
+    let image = ImageRef::parse(&registry.image()).unwrap_or_else(|e| panic!("{e}"));
+    // The env's stall bound is 5 s; without one the engine would wait on the silent registry
+    // for ever (it has no timeout of its own for a body that stops coming).
+    let result = tokio::time::timeout(Duration::from_secs(120), e.rt.ensure_images(&[image]))
+        .await
+        .unwrap_or_else(|_| panic!("a stalled pull must fail, not hang"));
+    match result {
+        Err(err @ DockerError::PullStalled { .. }) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&registry.image()) && msg.contains("no progress for 5s"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a stalled pull, got {other:?}"),
+    }
+    assert!(
+        registry.layer_requests() >= 1,
+        "the engine got as far as the layer"
+    );
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", &registry.image()])
+        .output()
+        .unwrap_or_else(|e| panic!("docker image inspect: {e}"));
+    assert!(!inspect.status.success(), "a stalled pull left an image");
 }
 
 /// Runs `sh -c script` in a running container and returns its trimmed stdout.

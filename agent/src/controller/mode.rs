@@ -327,9 +327,21 @@ impl ControllerLoop {
         // A long poll: the controller answers as soon as it has something new for this
         // device (a new release reaches it in seconds), else after this long.
         req.long_poll_secs = self.cfg.long_poll.as_secs();
-        let answer = tokio::select! {
-            a = self.client.checkin(token, &req) => a,
-            _ = shutdown.cancelled() => return Exchange::Shutdown,
+        // While the request is out (up to `request_timeout` on a dead link), what the
+        // watchers raise or clear still goes to the buffer on disk as it happens: a power cut
+        // during a hanging check-in does not take those events with it. They follow with the
+        // next check-in.
+        let problems = u.problems().clone();
+        let answer = {
+            let checkin = self.client.checkin(token, &req);
+            tokio::pin!(checkin);
+            loop {
+                tokio::select! {
+                    a = &mut checkin => break a,
+                    _ = shutdown.cancelled() => return Exchange::Shutdown,
+                    _ = problems.event_queued() => u.flush_problem_events(),
+                }
+            }
         };
         let resp = match answer {
             Ok(resp) => resp,
@@ -406,12 +418,25 @@ impl ControllerLoop {
                 tracing::info!(release = %release.short(), "updating to the release the controller names");
                 // SIGTERM during the fetch or staging: stop at once. Nothing running was
                 // touched yet; the next start's recovery finds the interrupted update as it
-                // would after a power cut and leaves the device on its release.
-                let prepared = tokio::select! {
-                    p = u.prepare(&release, Some(digest)) => p,
-                    _ = shutdown.cancelled() => {
-                        tracing::warn!(release = %release.short(), "stopping during the update's fetch or staging; the device stays on its release");
-                        return Duration::ZERO;
+                // would after a power cut and leaves the device on its release. A download
+                // over a slow link may take longer than the controller waits before it calls a
+                // device offline: the device keeps checking in meanwhile (its phase, no events).
+                let data = u.data().clone();
+                let metrics = u.metrics().clone();
+                let prepared = {
+                    let prepare = u.prepare(&release, Some(digest));
+                    tokio::pin!(prepare);
+                    let period = self.interval;
+                    let mut beat = tokio::time::interval_at(Instant::now() + period, period);
+                    loop {
+                        tokio::select! {
+                            p = &mut prepare => break p,
+                            _ = shutdown.cancelled() => {
+                                tracing::warn!(release = %release.short(), "stopping during the update's fetch or staging; the device stays on its release");
+                                return Duration::ZERO;
+                            }
+                            _ = beat.tick() => self.heartbeat(&data, &metrics, token, shutdown).await,
+                        }
                     }
                 };
                 let result = match prepared {
@@ -441,6 +466,50 @@ impl ControllerLoop {
                 tracing::info!(result = ?result, "leaving safe mode finished");
                 self.just_attempted = current;
                 Duration::ZERO
+            }
+        }
+    }
+
+    /// A check-in while an update downloads: the device's state read from disk (the journal is
+    /// written at every phase), no events (the updater owns their buffer; they go with the
+    /// next full check-in) and no long poll. The answer is not acted on here: a stop or another
+    /// release is obeyed at the check-in before the swap.
+    async fn heartbeat(
+        &mut self,
+        data: &crate::layout::DataDir,
+        metrics: &crate::metrics::Metrics,
+        token: &str,
+        shutdown: &CancellationToken,
+    ) {
+        let journal = match Journal::load(&data.journal()) {
+            Ok(Some(j)) => j,
+            Ok(None) | Err(_) => return,
+        };
+        let host = HostStats::read(data.root());
+        let cpu = self.cpu.sample(host.cpu_ticks);
+        let req = build_request(
+            &self.device_id,
+            data,
+            &journal,
+            false,
+            telemetry(&host, cpu),
+            Vec::new(),
+        );
+        let answer = tokio::select! {
+            a = self.client.checkin(token, &req) => a,
+            _ = shutdown.cancelled() => return,
+        };
+        match answer {
+            Ok(_) => {
+                self.succeeded();
+                let now = now_ms();
+                metrics.set_last_checkin_ms(now);
+                self.status.succeeded(now);
+                tracing::debug!(phase = ?journal.phase, "checked in during the update's download");
+            }
+            Err(e) => {
+                metrics.count_checkin_failure(e.kind());
+                tracing::debug!(error = %e, "check-in during the update's download failed");
             }
         }
     }

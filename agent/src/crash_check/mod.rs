@@ -3,7 +3,9 @@
 //!
 //! 1. A workload runs for real on a data directory with the file-system seam recording
 //!    ([`crate::fsops`]): an update to a healthy release (which commits and prunes an old one),
-//!    and an update to an unhealthy one (which rolls back).
+//!    an update to an unhealthy one (which rolls back), and a boot that finds `current`'s files
+//!    drifted and re-stages them from the Git cache (an atomic exchange of directories; the
+//!    cache, left out of the states, is copied into each before it is recovered).
 //! 2. For every crash point of the trace, and at each point the choices of the operations no
 //!    fsync had made durable yet ([`model::crash_states`]), the state a power cut may leave is
 //!    built and written to a fresh directory.
@@ -100,6 +102,24 @@ struct Checker {
     seen_recovery: BTreeSet<u64>,
     failures: Vec<String>,
     next_dir: usize,
+    /// A Git cache copied into each crash state before it is recovered (the states leave the
+    /// cache out: [`SKIP`]), for workloads whose recovery reads it.
+    git_cache: Option<std::path::PathBuf>,
+}
+
+/// Copies a tree (a bare Git repository) as plain files.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), dst)?;
+        }
+    }
+    Ok(())
 }
 
 fn journal_text(dir: &Path) -> String {
@@ -120,6 +140,13 @@ impl Checker {
         what: &str,
         record: bool,
     ) -> Option<Vec<Op>> {
+        if let Some(cache) = &self.git_cache {
+            if let Err(e) = copy_tree(cache, &dir.join("git-cache.git")) {
+                self.failures
+                    .push(format!("{what}: cannot copy the Git cache: {e}"));
+                return None;
+            }
+        }
         let runtime = FaultRuntime::default();
         let open = Updater::open(
             self.fleet.config(dir, false),
@@ -423,6 +450,7 @@ async fn every_crash_state_of_the_update_transaction_recovers() {
         seen_recovery: BTreeSet::new(),
         failures: Vec::new(),
         next_dir: 0,
+        git_cache: None,
     };
 
     // Workload 1: the healthy release commits; the oldest release is pruned.
@@ -461,6 +489,44 @@ async fn every_crash_state_of_the_update_transaction_recovers() {
         // What passed its window in this workload is a good release for the next.
         let annotated = base.annotate(&data_dir, &trace, 0);
         checker.truth.healthy_before = checker.truth.healthy_at(&annotated, annotated.len());
+    }
+
+    // Workload 3: a file of `current` changed while the agent was down (by hand, or a bad
+    // sector); boot recovery re-stages the release from the Git cache and exchanges the fresh
+    // copy for the drifted one. A cut anywhere must leave `current` naming a complete tree.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data = DataDir::new(&data_dir);
+        let current = data.current().release().cloned().expect("current");
+        let dir = data.release(&current);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let notes = dir.join("release-notes");
+        std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(&notes, "changed on the device").expect("tamper");
+        let base = Model::snapshot(&data_dir, SKIP);
+        let mut u = Updater::open(
+            checker.fleet.config(&data_dir, false),
+            runtime.clone(),
+            Arc::default(),
+        )
+        .expect("open");
+        fsops::start_recording();
+        u.recover().await.expect("recover");
+        let trace = fsops::stop_recording();
+        drop(u);
+        assert_eq!(
+            fleet_config::digest_dir(&dir).ok(),
+            checker.truth.digests.get(&current).copied(),
+            "the workload restores the release"
+        );
+        assert!(
+            trace.iter().any(|op| matches!(op, Op::Exchange { .. })),
+            "the workload exchanges the directories"
+        );
+        checker.git_cache = Some(data.git_cache());
+        checker
+            .explore("drift repaired at boot", &base, &data_dir, &trace)
+            .await;
     }
 
     let s = &checker.stats;

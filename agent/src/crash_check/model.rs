@@ -137,6 +137,12 @@ impl Model {
                     d.dedup();
                     (None, d)
                 }
+                Op::Exchange { a, b } => {
+                    let mut d: Vec<Ino> = m.ino(&parent(a)).into_iter().collect();
+                    d.extend(m.ino(&parent(b)));
+                    d.dedup();
+                    (None, d)
+                }
                 Op::Mark(_) => (None, Vec::new()),
             };
             let a = Annotated { op, ino, dirs };
@@ -216,6 +222,32 @@ impl Model {
                     .collect();
                 for (k, v) in moved {
                     self.names.remove(&k);
+                    let rest = k.strip_prefix(from).unwrap_or(Path::new(""));
+                    let new = if rest.as_os_str().is_empty() {
+                        to.clone()
+                    } else {
+                        to.join(rest)
+                    };
+                    self.names.insert(new, v);
+                }
+            }
+            Op::Exchange { a: x, b: y } => {
+                if self.ino(x).is_none() || self.ino(y).is_none() || x == y {
+                    return;
+                }
+                // Every name under `x` moves under `y` and the other way round, at once.
+                let under = |k: &Path, p: &Path| k.starts_with(p);
+                let moved: Vec<(PathBuf, Ino)> = self
+                    .names
+                    .iter()
+                    .filter(|(k, _)| under(k, x) || under(k, y))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                for (k, _) in &moved {
+                    self.names.remove(k);
+                }
+                for (k, v) in moved {
+                    let (from, to) = if under(&k, x) { (x, y) } else { (y, x) };
                     let rest = k.strip_prefix(from).unwrap_or(Path::new(""));
                     let new = if rest.as_os_str().is_empty() {
                         to.clone()
@@ -307,6 +339,10 @@ fn relative(op: &Op, root: &Path) -> Op {
             from: rel(from, root),
             to: rel(to, root),
         },
+        Op::Exchange { a, b } => Op::Exchange {
+            a: rel(a, root),
+            b: rel(b, root),
+        },
         Op::Unlink(p) => Op::Unlink(rel(p, root)),
         Op::Symlink { link, target } => Op::Symlink {
             link: rel(link, root),
@@ -338,7 +374,8 @@ pub fn durable(trace: &[Annotated], i: usize, k: usize) -> bool {
         | Op::Rmdir(_)
         | Op::Unlink(_)
         | Op::Symlink { .. }
-        | Op::Rename { .. } => {
+        | Op::Rename { .. }
+        | Op::Exchange { .. } => {
             !a.dirs.is_empty()
                 && a.dirs.iter().all(|d| {
                     later

@@ -7,7 +7,8 @@
 //! out, in an order a second cut cannot break: `current` is put back (durably) before the
 //! journal says the device rests on it, so a cut in between only repeats this recovery. The
 //! release to run is verified against its journaled digest first; one that fails falls back to
-//! `previous`, and only when neither can run does the device enter safe mode. A runtime that
+//! `previous`, and only when neither can run does the device enter safe mode. Before that, a
+//! `current` whose files drifted is re-staged from the Git cache ([`super::drift`]). A runtime that
 //! does not answer yet (Docker still starting after a power cut) is no reason for either: the
 //! release is left in place and supervision starts it once the engine answers.
 
@@ -123,10 +124,15 @@ impl<R: StackRuntime> Updater<R> {
 
     /// Runs `id` at boot: verified first; if it cannot run, `previous`; if neither, safe mode.
     async fn start_at_boot(&mut self, id: ReleaseId) {
+        // Files changed while the agent was down (or by the cut itself) are put back from the Git
+        // cache first; a release that cannot be put back fails verification below.
+        self.check_files(&id).await;
+        self.next_drift_check =
+            Some(tokio::time::Instant::now() + self.cfg.watch.drift_check_every);
         let problem = match self.load_staged(&id) {
             Err(e) => format!("release {} on disk is unusable: {e}", id.short()),
             Ok(staged) => match self.apply_release(&staged).await {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(e) if e.transient => {
                     tracing::warn!(release = %id.short(), error = %e, "the runtime does not answer yet: supervision starts the release when it does");
                     self.supervise_problem = Some(e.to_string());
@@ -148,7 +154,7 @@ impl<R: StackRuntime> Updater<R> {
                         }
                         self.metrics.set_current(Some(previous.as_str()));
                         match self.apply_release(&staged).await {
-                            Ok(()) => return,
+                            Ok(_) => return,
                             Err(e) if e.transient => {
                                 self.supervise_problem = Some(e.to_string());
                                 return;

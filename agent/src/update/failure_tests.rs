@@ -218,11 +218,10 @@ async fn the_safe_stack_starts_before_anything_is_removed_and_is_retried_until_i
     assert!(u.supervise_problem().is_none());
 }
 
-#[tokio::test]
-async fn a_damaged_current_release_falls_back_to_previous_not_safe_mode() {
-    let Some((d, first)) = Device::installed("damaged_current", false).await else {
-        return;
-    };
+/// A device on its second release (the first is `previous`), the agent stopped, and a file of
+/// the running release changed on disk (someone, or a bad sector).
+async fn drifted_while_down(test: &str) -> Option<(Device, ReleaseId, ReleaseId)> {
+    let (d, first) = Device::installed(test, true).await?;
     let second = d.fleet.release("second");
     let mut u = d.boot().await;
     let r = d.update(&mut u, &second).await;
@@ -230,15 +229,187 @@ async fn a_damaged_current_release_falls_back_to_previous_not_safe_mode() {
     assert_eq!(u.data().previous().release(), Some(&first));
     let dir = u.data().release(&second);
     drop(u);
-    // Someone (or a bad sector) changed a file of the running release.
     make_writable(&dir);
     std::fs::write(dir.join("release-notes"), "changed on the device").expect("tamper");
+    Some((d, first, second))
+}
+
+fn drift_events(u: &Updater<FaultRuntime>) -> Vec<fleet_config::protocol::EventKind> {
+    u.events()
+        .expect("controller mode")
+        .pending(10_000)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| matches!(k, fleet_config::protocol::EventKind::DriftDetected { .. }))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_damaged_current_release_is_restored_from_the_git_cache_at_boot() {
+    let Some((d, _first, second)) = drifted_while_down("damaged_current").await else {
+        return;
+    };
     let u = d.boot().await;
     assert_eq!(u.journal().phase, UpdatePhase::Idle, "{:?}", u.journal());
+    assert_eq!(u.data().current().release(), Some(&second));
+    let dir = u.data().release(&second);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("release-notes")).expect("read"),
+        "second"
+    );
+    assert_eq!(
+        fleet_config::digest_dir(&dir).ok(),
+        u.journal().staged_digest(&second)
+    );
+    assert_eq!(
+        d.runtime.state().deployed.get("app").map(String::as_str),
+        Some(second.as_str())
+    );
+    assert_eq!(
+        drift_events(&u),
+        [fleet_config::protocol::EventKind::DriftDetected {
+            release: second.clone(),
+            files: vec!["release-notes".into()],
+            more_files: 0,
+            services: vec![],
+        }]
+    );
+    let metrics = u.metrics().render(&crate::host::HostStats::default());
+    assert!(
+        metrics.contains("fleet_agent_drift_detected_total{kind=\"files\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(!d.data.join("releases").read_dir().expect("ls").any(|e| e
+        .expect("entry")
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
+}
+
+#[tokio::test]
+async fn a_damaged_current_release_not_in_the_git_cache_falls_back_to_previous_not_safe_mode() {
+    let Some((d, first, second)) = drifted_while_down("damaged_uncached").await else {
+        return;
+    };
+    // The cache lost the commit (rebuilt empty): nothing to restore the release from.
+    std::fs::remove_dir_all(d.data.join("git-cache.git")).expect("drop the cache");
+    let mut u = d.boot().await;
+    assert_eq!(u.journal().phase, UpdatePhase::Idle, "{:?}", u.journal());
+    assert!(u.journal().safe_mode.is_none(), "{:?}", u.journal());
     assert_eq!(u.data().current().release(), Some(&first));
     assert_eq!(
         d.runtime.state().deployed.get("app").map(String::as_str),
         Some(first.as_str())
+    );
+    let problems = u.problems().active();
+    assert!(
+        problems.iter().any(
+            |p| p.problem == crate::problems::ProblemKind::DriftUnrepaired
+                && p.subject.as_deref() == Some(second.as_str())
+                && p.detail.contains("not in the Git cache")
+        ),
+        "{problems:?}"
+    );
+    assert!(drift_events(&u).is_empty());
+    // The next drift check finds the release that runs now as staged: nothing is left drifted.
+    u.next_drift_check = None;
+    u.supervise().await;
+    let problems = u.problems().active();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[tokio::test]
+async fn files_changed_while_idle_are_restored_by_supervision_and_reported() {
+    let Some((d, _first)) = Device::installed("drift_idle", true).await else {
+        return;
+    };
+    let mut u = d.boot().await;
+    let current = u.data().current().release().cloned().expect("current");
+    let dir = u.data().release(&current);
+    let notes_before = std::fs::read(dir.join("release-notes")).expect("read");
+    make_writable(&dir);
+    std::fs::write(dir.join("release-notes"), "edited by hand").expect("tamper");
+    std::fs::write(dir.join("stray.txt"), "added by hand").expect("add");
+    // The boot check scheduled the next one `drift_check_every` (10 min) later: not yet.
+    u.supervise().await;
+    assert!(dir.join("stray.txt").exists(), "checked before it was due");
+    u.next_drift_check = None;
+    u.supervise().await;
+    assert_eq!(
+        std::fs::read(dir.join("release-notes")).expect("read"),
+        notes_before
+    );
+    assert!(!dir.join("stray.txt").exists());
+    assert_eq!(u.data().current().release(), Some(&current));
+    assert_eq!(
+        drift_events(&u),
+        [fleet_config::protocol::EventKind::DriftDetected {
+            release: current.clone(),
+            files: vec!["release-notes".into(), "stray.txt".into()],
+            more_files: 0,
+            services: vec![],
+        }]
+    );
+    // Checked again at the next due pass: clean now, nothing more reported.
+    u.next_drift_check = None;
+    u.supervise().await;
+    assert_eq!(drift_events(&u).len(), 1);
+}
+
+#[tokio::test]
+async fn drift_that_cannot_be_repaired_keeps_the_release_running_is_raised_and_retried() {
+    let Some((d, _first)) = Device::installed("drift_unrepaired", true).await else {
+        return;
+    };
+    let mut u = d.boot().await;
+    let current = u.data().current().release().cloned().expect("current");
+    let dir = u.data().release(&current);
+    make_writable(&dir);
+    std::fs::write(dir.join("release-notes"), "edited by hand").expect("tamper");
+    // The cache rebuilt empty (as after corruption): the commit is not in it.
+    std::fs::remove_dir_all(d.data.join("git-cache.git")).expect("drop the cache");
+    fleet_git::GitCache::open_or_init(d.data.join("git-cache.git")).expect("an empty cache");
+    u.next_drift_check = None;
+    u.supervise().await;
+    assert_eq!(u.data().current().release(), Some(&current));
+    assert_eq!(
+        d.runtime.state().deployed.get("app").map(String::as_str),
+        Some(current.as_str())
+    );
+    assert!(u.journal().safe_mode.is_none());
+    let problems = u.problems().active();
+    assert!(
+        problems.iter().any(
+            |p| p.problem == crate::problems::ProblemKind::DriftUnrepaired
+                && p.detail.contains("not in the Git cache")
+        ),
+        "{problems:?}"
+    );
+    assert!(drift_events(&u).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("release-notes")).expect("read"),
+        "edited by hand",
+        "nothing touched"
+    );
+    // Retried at the next check: once a fetch has brought the commit back, it is put back.
+    u.branch_head().await.expect("fetch");
+    u.supervise().await;
+    assert!(
+        dir.join("release-notes").exists() && drift_events(&u).is_empty(),
+        "not before the next check is due"
+    );
+    u.next_drift_check = None;
+    u.supervise().await;
+    assert_eq!(
+        fleet_config::digest_dir(&dir).ok(),
+        u.journal().staged_digest(&current)
+    );
+    assert_eq!(drift_events(&u).len(), 1);
+    assert!(
+        u.problems().active().is_empty(),
+        "{:?}",
+        u.problems().active()
     );
 }
 
@@ -337,4 +508,167 @@ fn make_writable(dir: &Path) {
 fn set_mtime_to_epoch(path: &Path) {
     let f = std::fs::File::open(path).expect("open dir");
     f.set_modified(std::time::UNIX_EPOCH).expect("set mtime");
+}
+
+/// Where an update hangs, in [`stuck_phase`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hang {
+    /// Applying the new release never returns (an engine that stopped answering mid-apply).
+    Apply,
+    /// The health window never ends.
+    Window,
+    /// Applying the new release hangs, and so does re-applying the old one in the rollback.
+    ApplyAndRollback,
+}
+
+/// The update to a new release hangs where `hang` says; time is paused once it is prepared,
+/// so the phase deadlines (minutes) pass at once.
+async fn stuck_phase(hang: Hang) -> Option<Stuck> {
+    let (d, first) = Device::installed(&format!("stuck_{hang:?}"), true).await?;
+    let next = d.fleet.release("hangs");
+    // Booted first: boot recovery re-applies `current`.
+    let mut u = d.boot().await;
+    {
+        let mut st = d.runtime.state();
+        match hang {
+            Hang::Apply => st.faults.hang_in_apply.push(next.to_string()),
+            Hang::Window => st.faults.hang_in_window.push(next.to_string()),
+            Hang::ApplyAndRollback => {
+                st.faults.hang_in_apply.push(next.to_string());
+                st.faults.hang_in_apply.push(first.to_string());
+            }
+        }
+    }
+    let prepared = match u.prepare(&next, None).await {
+        Prepare::Ready(p) => p,
+        Prepare::Done(r) => panic!("not prepared: {r:?}"),
+    };
+    // Nothing but the deadlines' timers is left to wait for.
+    tokio::time::pause();
+    let r = u.commit(prepared).await;
+    tokio::time::resume();
+    Some(Stuck {
+        r,
+        u,
+        d,
+        first,
+        next,
+    })
+}
+
+/// What [`stuck_phase`] came to.
+struct Stuck {
+    r: UpdateResult,
+    u: Updater<FaultRuntime>,
+    d: Device,
+    first: ReleaseId,
+    next: ReleaseId,
+}
+
+fn metric(u: &Updater<FaultRuntime>, line: &str) -> bool {
+    u.metrics()
+        .render(&crate::host::HostStats::default())
+        .lines()
+        .any(|l| l == line)
+}
+
+#[tokio::test]
+async fn an_apply_that_never_returns_is_cut_at_the_switching_deadline_and_rolled_back() {
+    // `_d` keeps the data directory (a temporary directory) to the end.
+    let Some(Stuck {
+        r,
+        u,
+        d: _d,
+        first,
+        next,
+    }) = stuck_phase(Hang::Apply).await
+    else {
+        return;
+    };
+    let UpdateResult::RolledBack { release, reason } = &r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(release, &next);
+    assert_eq!(
+        reason, "stuck: applying the release took longer than 5m",
+        "{r:?}"
+    );
+    assert!(u.journal().is_bad(&next));
+    assert_eq!(u.journal().phase, UpdatePhase::Idle);
+    assert_eq!(u.data().current().release(), Some(&first));
+    assert!(metric(
+        &u,
+        "fleet_agent_updates_stuck_total{phase=\"switching\"} 1"
+    ));
+    assert!(metric(
+        &u,
+        "fleet_agent_problem{problem=\"update_stuck\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn a_health_window_that_never_ends_is_cut_at_its_deadline_and_rolled_back() {
+    let Some(Stuck {
+        r,
+        mut u,
+        d,
+        first,
+        next,
+    }) = stuck_phase(Hang::Window).await
+    else {
+        return;
+    };
+    // The window is 60 s (the default): its deadline a minute more.
+    assert_eq!(
+        r,
+        UpdateResult::RolledBack {
+            release: next.clone(),
+            reason: "stuck: the health window took longer than 2m".into()
+        }
+    );
+    assert_eq!(u.data().current().release(), Some(&first));
+    assert!(metric(
+        &u,
+        "fleet_agent_updates_stuck_total{phase=\"verifying\"} 1"
+    ));
+    assert!(metric(
+        &u,
+        "fleet_agent_problem{problem=\"update_stuck\"} 1"
+    ));
+    // The next release that goes through clears the problem.
+    let good = d.fleet.release("good");
+    let r = d.update(&mut u, &good).await;
+    assert!(matches!(r, UpdateResult::Succeeded { .. }), "{r:?}");
+    assert!(metric(
+        &u,
+        "fleet_agent_problem{problem=\"update_stuck\"} 0"
+    ));
+    assert!(metric(
+        &u,
+        "fleet_agent_updates_stuck_total{phase=\"verifying\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn a_rollback_that_hangs_too_ends_in_safe_mode() {
+    let Some(Stuck {
+        r, u, d: _d, next, ..
+    }) = stuck_phase(Hang::ApplyAndRollback).await
+    else {
+        return;
+    };
+    assert!(
+        matches!(&r, UpdateResult::RolledBack { release, .. } if release == &next),
+        "{r:?}"
+    );
+    let reason = u.journal().safe_mode.clone().unwrap_or_default();
+    assert_eq!(
+        reason,
+        "rollback failed: re-applying the previous release took longer than 5m"
+    );
+    assert!(metric(
+        &u,
+        "fleet_agent_updates_stuck_total{phase=\"rolling_back\"} 1"
+    ));
+    assert!(u.journal().is_bad(&next));
 }

@@ -8,6 +8,8 @@
 //! - `safe_mode.rs`: entering and leaving safe mode.
 //! - `gc.rs`: free disk before an update, pruning of old releases and their images after one.
 //! - `supervise.rs`: keeping `current` running while idle, and rollback by hand.
+//! - `drift.rs`: config drift: `current`'s files re-digested while idle and at boot, re-staged
+//!   from the Git cache when they changed; containers that supervision had to put back.
 //! - `standalone.rs`: the standalone loop (no controller).
 //!
 //! This file holds the updater itself and what every job shares: the journal's writes, running a
@@ -20,11 +22,13 @@
 //! nobody drains would only wear the flash.
 
 mod boot;
+mod drift;
 #[cfg(test)]
 mod failure_tests;
 mod gc;
 mod safe_mode;
 mod standalone;
+mod stuck;
 mod supervise;
 #[cfg(test)]
 mod tests;
@@ -96,6 +100,8 @@ pub struct Prepared {
     staged: Staged,
     from: Option<ReleaseId>,
     started: Instant,
+    /// What is left of the update's bound (see `stuck.rs`).
+    clock: stuck::StuckClock,
 }
 
 impl Prepared {
@@ -151,6 +157,10 @@ pub struct Updater<R> {
     crash_loops_of: Option<ReleaseId>,
     /// When this agent last committed an update (monotonic; `None` since it started).
     committed_at: Option<tokio::time::Instant>,
+    /// When supervision next digests `current` for config drift (`None`: at its next pass).
+    next_drift_check: Option<tokio::time::Instant>,
+    /// Consecutive fetch failures of each Git endpoint ([`crate::git_health`]).
+    git_streaks: crate::git_health::FailureStreaks,
     _lock: UpdateLock,
 }
 
@@ -293,6 +303,8 @@ impl<R: StackRuntime> Updater<R> {
             crash_loops: Default::default(),
             crash_loops_of: None,
             committed_at: None,
+            next_drift_check: None,
+            git_streaks: Default::default(),
             events: stores.events,
             _lock: lock,
         };
@@ -323,6 +335,53 @@ impl<R: StackRuntime> Updater<R> {
         self.problems
             .clear_except(ProblemKind::GitEndpointDisabled, &still);
         self.endpoints = usable;
+    }
+
+    /// What one fetch said of the endpoints: each failure is counted and recorded (a
+    /// `git_fetch_failed` event), and an endpoint failing `alerts.git_fetch_failures` times in a
+    /// row raises `git_fetch_failing` about it, which `served_by`'s next success clears
+    /// ([`crate::git_health`]).
+    fn git_results(&mut self, failures: &[fleet_git::EndpointFailure], served_by: Option<&str>) {
+        use crate::git_health::Streak;
+        let threshold = self.watch.thresholds().0.git_fetch_failures;
+        for f in failures {
+            self.metrics.count_git_failure(&f.endpoint);
+            self.record(EventKind::GitFetchFailed {
+                endpoint: f.endpoint.clone(),
+                error: f.error.to_string(),
+            });
+            if let Streak::Failed {
+                in_a_row,
+                failing: true,
+            } = self.git_streaks.failed(&f.endpoint, threshold)
+            {
+                self.problems.raise(
+                    ProblemKind::GitFetchFailing,
+                    Some(&f.endpoint),
+                    format!(
+                        "{in_a_row} fetches in a row from {} failed (alerts.git_fetch_failures: {threshold}); last: {}",
+                        f.endpoint,
+                        crate::problems::chain(&f.error)
+                    ),
+                );
+            }
+        }
+        if let Some(endpoint) = served_by {
+            if let Streak::Served { was } = self.git_streaks.served(endpoint) {
+                if was > 0 {
+                    tracing::info!(
+                        endpoint,
+                        failures_before = was,
+                        "the Git endpoint serves again"
+                    );
+                }
+            }
+            self.problems
+                .clear(ProblemKind::GitFetchFailing, Some(endpoint));
+        }
+        self.metrics
+            .set_git_streaks(self.git_streaks.current().clone());
+        self.flush_problem_events();
     }
 
     /// The device watchers; [`crate::watch::DeviceWatch::run`] samples them.
@@ -532,13 +591,17 @@ impl<R: StackRuntime> Updater<R> {
             .collect()
     }
 
-    /// Applies every stack of a staged release and removes stacks it no longer runs.
-    async fn apply_release(&self, staged: &Staged) -> Result<(), RuntimeError> {
+    /// Applies every stack of a staged release and removes stacks it no longer runs. Returns
+    /// the services (`stack/service`) whose container had to be replaced or created
+    /// ([`crate::drift::drifted_services`]): drift when the release already ran.
+    async fn apply_release(&self, staged: &Staged) -> Result<Vec<String>, RuntimeError> {
         let secrets = self.secrets_for(staged)?;
         let dir = self.data.release(&staged.id);
         let specs = self.stack_specs(staged, &secrets, &dir);
+        let mut put_back = Vec::new();
         for spec in &specs {
-            self.runtime.apply(spec).await?;
+            let report = self.runtime.apply(spec).await?;
+            put_back.extend(crate::drift::drifted_services(spec.name, &report.services));
         }
         for deployed in self.runtime.deployed_stacks().await? {
             if !staged.stacks.contains(&deployed) {
@@ -546,6 +609,6 @@ impl<R: StackRuntime> Updater<R> {
                 self.runtime.remove_stack(&deployed).await?;
             }
         }
-        Ok(())
+        Ok(put_back)
     }
 }

@@ -132,7 +132,8 @@ impl<R: StackRuntime> Updater<R> {
         self.record(EventKind::UpdateStarted {
             release: current.clone(),
         });
-        self.switch_and_verify(&staged, Some(current)).await
+        let clock = self.stuck_clock();
+        self.switch_and_verify(&staged, Some(current), clock).await
     }
 }
 

@@ -13,7 +13,7 @@ use fleet_git::GitError;
 impl<R: StackRuntime> Updater<R> {
     /// Standalone mode: the branch head, from the first endpoint that answers (fetched on a
     /// blocking thread).
-    pub async fn branch_head(&self) -> Result<ReleaseId, String> {
+    pub async fn branch_head(&mut self) -> Result<ReleaseId, String> {
         let (git, endpoints) = (self.git.clone(), self.endpoints.clone());
         let branch = self.cfg.git.branch.clone();
         let silence = self.cfg.git.failover_timeout;
@@ -22,17 +22,16 @@ impl<R: StackRuntime> Updater<R> {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let outcome = fetched.map_err(|e| {
-            if let GitError::AllEndpointsFailed { attempts, .. } = &e {
-                for a in attempts {
-                    self.metrics.count_git_failure(&a.endpoint);
+        let outcome = match fetched {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if let GitError::AllEndpointsFailed { attempts } = &e {
+                    self.git_results(attempts, None);
                 }
+                return Err(e.to_string());
             }
-            e.to_string()
-        })?;
-        for f in &outcome.failures {
-            self.metrics.count_git_failure(&f.endpoint);
-        }
+        };
+        self.git_results(&outcome.failures, Some(&outcome.endpoint));
         outcome
             .head
             .parse()

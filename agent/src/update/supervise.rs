@@ -2,6 +2,10 @@
 //! safe mode the safe-mode stack does, and a rollback asked for by hand goes through the same
 //! transaction as an update.
 //!
+//! Each pass is also where config drift is found ([`super::drift`]): every
+//! `watch.drift_check_every` the files of `current` are digested again (and re-staged from the
+//! Git cache when they changed), and containers the pass had to replace or create are reported.
+//!
 //! Starting what stopped would hide a crash loop, so each pass first counts every service's
 //! restarts ([`crate::crash_loop`]: Docker's `RestartCount` and the ones supervision makes).
 //! At `alerts.crash_loop.restarts` within `alerts.crash_loop.within` (fleet.yaml): soon after an
@@ -13,6 +17,7 @@ use std::time::Duration;
 
 use fleet_config::protocol::{EventKind, ReleaseId, UpdatePhase, UpdateResult};
 
+use super::drift::FileCheck;
 use super::Updater;
 use crate::crash_loop::{respond, CrashLoop, Response};
 use crate::problems::ProblemKind;
@@ -53,7 +58,10 @@ impl<R: StackRuntime> Updater<R> {
         self.record(EventKind::UpdateStarted {
             release: previous.clone(),
         });
-        let result = self.switch_and_verify(&staged, current.clone()).await;
+        let clock = self.stuck_clock();
+        let result = self
+            .switch_and_verify(&staged, current.clone(), clock)
+            .await;
         if let (UpdateResult::Succeeded { .. }, Some(cur)) = (&result, &current) {
             self.journal.mark_bad(cur, why);
             if let Err(e) = self.save() {
@@ -79,6 +87,12 @@ impl<R: StackRuntime> Updater<R> {
         let Some(current) = self.data.current().release().cloned() else {
             return;
         };
+        if self.drift_check_due() {
+            if let FileCheck::Repaired = self.check_files(&current).await {
+                // Re-read (and re-verify) the restored tree before it is applied.
+                self.supervised = None;
+            }
+        }
         if self.supervised.as_ref().map(|s| &s.id) != Some(&current) {
             match self.load_staged(&current) {
                 Ok(staged) => self.supervised = Some(staged),
@@ -94,8 +108,20 @@ impl<R: StackRuntime> Updater<R> {
         if self.crash_loop_check(&staged).await {
             return;
         }
+        // Only a release known to run as staged can have drifted: after a pass that could not
+        // apply it (Docker down at boot), creating its containers is catching up, not drift.
+        let was_running = self.supervise_problem.is_none();
         match self.apply_release(&staged).await {
-            Ok(()) => self.supervise_problem = None,
+            Ok(put_back) => {
+                self.supervise_problem = None;
+                for service in &put_back {
+                    // Drift, not a crash: the new container is not a restart.
+                    self.crash_loops.rebase(service);
+                }
+                if was_running && !put_back.is_empty() {
+                    self.report_service_drift(&current, put_back);
+                }
+            }
             Err(e) => {
                 tracing::warn!(release = %current.short(), error = %e, "cannot keep the current release running");
                 self.supervise_problem = Some(e.to_string());

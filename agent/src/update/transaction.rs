@@ -20,6 +20,7 @@ use std::time::Instant;
 use fleet_config::protocol::{EventKind, ReleaseId, UpdatePhase, UpdateResult};
 use fleet_config::TreeDigest;
 
+use super::stuck::{self, StuckClock};
 use super::{Prepare, Prepared, Updater};
 use crate::fsutil::{remove_symlink, swap_symlink};
 use crate::layout::DataDir;
@@ -45,7 +46,7 @@ impl<R: StackRuntime> Updater<R> {
     #[tracing::instrument(skip_all, fields(release = %prepared.staged.id.short()))]
     pub async fn commit(&mut self, prepared: Box<Prepared>) -> UpdateResult {
         let result = self
-            .switch_and_verify(&prepared.staged, prepared.from)
+            .switch_and_verify(&prepared.staged, prepared.from, prepared.clock)
             .await;
         self.metrics
             .set_last_update_seconds(prepared.started.elapsed().as_secs_f64());
@@ -89,6 +90,7 @@ impl<R: StackRuntime> Updater<R> {
         self.record(EventKind::UpdateStarted {
             release: target.clone(),
         });
+        let mut clock = self.stuck_clock();
         // Step 1: disk.
         if let Err(reason) = self.ensure_disk(target).await {
             tracing::warn!(%reason, "update skipped");
@@ -122,16 +124,12 @@ impl<R: StackRuntime> Updater<R> {
         match fetched {
             Ok(outcome) => {
                 if let Some(f) = outcome.fetched {
-                    for failure in &f.failures {
-                        self.git_failed(&failure.endpoint, &failure.error);
-                    }
+                    self.git_results(&f.failures, Some(&f.endpoint));
                 }
             }
             Err(e) => {
-                if let GitError::AllEndpointsFailed { attempts, .. } = &e {
-                    for a in attempts {
-                        self.git_failed(&a.endpoint, &a.error);
-                    }
+                if let GitError::AllEndpointsFailed { attempts } = &e {
+                    self.git_results(attempts, None);
                 }
                 return Err(
                     self.abort_before_swap(format!("cannot fetch {}: {e}", target.short()), false)
@@ -143,6 +141,7 @@ impl<R: StackRuntime> Updater<R> {
         if let Err(e) = self.save() {
             return Err(self.abort_before_swap(format!("cannot write the journal: {e}"), false));
         }
+        let staging = Instant::now();
         let staged = {
             let (git, data) = (self.git.clone(), self.data.clone());
             let (id, device) = (target.clone(), self.cfg.device_id.clone());
@@ -166,6 +165,9 @@ impl<R: StackRuntime> Updater<R> {
             }
             Err(e) => return Err(self.abort_before_swap(e.to_string(), true)),
         };
+        // Local work on the blocking pool runs to its end (the systemd watchdog bounds a hung
+        // disk); its time counts against the update's bound.
+        clock.spend(staging.elapsed());
         // The digest is durable before the directory is published under the release's name, so
         // a release directory on disk is always one whose digest the journal knows.
         self.journal.record_staged(&staged.id, staged.digest);
@@ -198,25 +200,23 @@ impl<R: StackRuntime> Updater<R> {
             .flat_map(|c| c.services.values().map(|svc| svc.image.clone()))
             .collect();
         if let Err(e) = self.runtime.ensure_images(&images).await {
-            return Err(self.abort_before_swap(
-                format!("images for {} unavailable: {e}", target.short()),
-                false,
-            ));
+            let reason = format!("images for {} unavailable: {e}", target.short());
+            if e.stalled {
+                // Not the release's fault: tried again at the next check-in or poll.
+                self.stuck(UpdatePhase::Pulling, &reason);
+            }
+            return Err(self.abort_before_swap(reason, false));
         }
+        self.problems.clear(
+            crate::problems::ProblemKind::UpdateStuck,
+            Some(&crate::metrics::phase_name(UpdatePhase::Pulling)),
+        );
         Ok(Prepared {
             staged,
             from: current,
             started,
+            clock,
         })
-    }
-
-    /// Counts and records one endpoint's failure to serve a fetch.
-    fn git_failed(&mut self, endpoint: &str, error: &GitError) {
-        self.metrics.count_git_failure(endpoint);
-        self.record(EventKind::GitFetchFailed {
-            endpoint: endpoint.to_owned(),
-            error: error.to_string(),
-        });
     }
 
     /// A failure before the swap: nothing running was touched. `bad` marks the release so it is
@@ -240,6 +240,7 @@ impl<R: StackRuntime> Updater<R> {
         &mut self,
         staged: &Staged,
         from: Option<ReleaseId>,
+        mut clock: StuckClock,
     ) -> UpdateResult {
         let target = staged.id.clone();
         self.journal.phase = UpdatePhase::Switching;
@@ -260,19 +261,45 @@ impl<R: StackRuntime> Updater<R> {
                 .await;
         }
         self.metrics.set_current(Some(target.as_str()));
-        if let Err(e) = self.apply_release(staged).await {
-            return self
-                .roll_back(&target, from, format!("applying the release failed: {e}"))
-                .await;
+        let bound = clock.bound(UpdatePhase::Switching);
+        let t = Instant::now();
+        match tokio::time::timeout(bound, self.apply_release(staged)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return self
+                    .roll_back(&target, from, format!("applying the release failed: {e}"))
+                    .await;
+            }
+            Err(_) => {
+                let why = stuck::overran("applying the release", bound);
+                self.stuck(
+                    UpdatePhase::Switching,
+                    &format!("{why} ({})", target.short()),
+                );
+                return self.roll_back(&target, from, format!("stuck: {why}")).await;
+            }
         }
+        clock.spend(t.elapsed());
         self.journal.phase = UpdatePhase::Verifying;
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot write the journal");
         }
-        if let Err(e) = self.watch(staged).await {
-            return self
-                .roll_back(&target, from, format!("health window failed: {e}"))
-                .await;
+        let bound = clock.bound(UpdatePhase::Verifying);
+        match tokio::time::timeout(bound, self.watch(staged)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return self
+                    .roll_back(&target, from, format!("health window failed: {e}"))
+                    .await;
+            }
+            Err(_) => {
+                let why = stuck::overran("the health window", bound);
+                self.stuck(
+                    UpdatePhase::Verifying,
+                    &format!("{why} ({})", target.short()),
+                );
+                return self.roll_back(&target, from, format!("stuck: {why}")).await;
+            }
         }
         // Step 7: commit.
         crate::fsops::mark(format!("healthy {target}"));
@@ -295,9 +322,11 @@ impl<R: StackRuntime> Updater<R> {
             release: target.clone(),
         });
         self.committed_at = Some(tokio::time::Instant::now());
-        // Whatever crash-looped before runs no more.
+        // Whatever crash-looped before runs no more; an update went through.
         self.problems
             .clear_except(crate::problems::ProblemKind::CrashLoop, &[]);
+        self.problems
+            .clear_except(crate::problems::ProblemKind::UpdateStuck, &[]);
         self.collect_garbage(self.cfg.keep_releases, None).await;
         tracing::info!(release = %target.short(), "release is running and healthy");
         result
@@ -329,10 +358,19 @@ impl<R: StackRuntime> Updater<R> {
             Some(old) => {
                 let swapped = swap_symlink(&self.data.current_link(), &DataDir::link_target(old));
                 match (swapped, self.load_staged(old)) {
-                    (Ok(()), Ok(old_staged)) => self
-                        .apply_release(&old_staged)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    (Ok(()), Ok(old_staged)) => {
+                        let bound = UpdatePhase::RollingBack
+                            .deadline(self.cfg.health_window)
+                            .unwrap_or(std::time::Duration::MAX);
+                        match tokio::time::timeout(bound, self.apply_release(&old_staged)).await {
+                            Ok(applied) => applied.map(drop).map_err(|e| e.to_string()),
+                            Err(_) => {
+                                let why = stuck::overran("re-applying the previous release", bound);
+                                self.stuck(UpdatePhase::RollingBack, &why);
+                                Err(why)
+                            }
+                        }
+                    }
                     (Err(e), _) => Err(e.to_string()),
                     (_, Err(e)) => Err(e.to_string()),
                 }

@@ -102,6 +102,10 @@ pub struct Thresholds {
     pub crash_loop_restarts: u32,
     /// The window of `crash_loop_restarts`.
     pub crash_loop_window: Duration,
+    /// Fetch failures in a row of one Git endpoint that make it failing.
+    pub git_fetch_failures: u32,
+    /// The bound of an update's work (see `update/stuck.rs`).
+    pub update_stuck_after: Duration,
 }
 
 impl Thresholds {
@@ -113,6 +117,8 @@ impl Thresholds {
             disk_free_below: cfg.disk_free_below.unwrap_or(alerts.disk_free_below),
             crash_loop_restarts: alerts.crash_loop_restarts,
             crash_loop_window: alerts.crash_loop_window,
+            git_fetch_failures: alerts.git_fetch_failures,
+            update_stuck_after: alerts.update_stuck_after,
         }
     }
 }

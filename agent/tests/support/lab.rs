@@ -327,3 +327,44 @@ pub fn tail(text: &str, n: usize) -> String {
 pub fn idle_on(s: &serde_json::Value, sha: &str) -> bool {
     s["current"] == sha && s["phase"] == "idle" && s["installing"].is_null()
 }
+
+/// Hex digits of a xorshift64 stream: about 4 bits of entropy per byte, so Git's compression
+/// leaves the pack at roughly half the text's size.
+pub fn noise_hex(len: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789abcdef"[(x >> 60) as usize])
+        })
+        .collect()
+}
+
+/// Turns `/metrics` on in the agent configuration `config`, listening on `addr`.
+pub fn listen_metrics(config: &Path, addr: &str) {
+    let text = fs::read_to_string(config)
+        .expect("read agent config")
+        .replace("metrics_listen: null", &format!("metrics_listen: {addr}"));
+    fs::write(config, text).expect("write agent config");
+}
+
+impl Lab {
+    /// A cellular link in front of the primary: 64 KiB/s from the Git server, never stalling.
+    pub fn cellular_link(&self) -> fleet_testkit::slow_link::SlowLink {
+        fleet_testkit::slow_link::SlowLink::start(
+            ([127, 0, 0, 1], self.primary.port()).into(),
+            fleet_testkit::slow_link::LinkShape {
+                bytes_per_second: 64 * 1024,
+                stall_after: None,
+            },
+        )
+    }
+
+    /// Commits and pushes a release with a 2 MB file of noise: a pack of about a megabyte,
+    /// some fifteen seconds over [`Lab::cellular_link`].
+    pub fn big_release(&self, web: &str) -> String {
+        self.release_with(web, &[("stacks/app/blob.txt", &noise_hex(2_000_000))])
+    }
+}

@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod standin;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus, slow_link};
+pub use fleet_testkit::{
+    docker_guard, faketime, git_daemon, images, prometheus, registry, slow_link,
+};
 
 /// The `fleet-agent` binary Cargo built for this test run, or `FLEET_AGENT_BIN` (the
 /// benchmark measures the device build with it: `target/device/fleet-agent`). A relative

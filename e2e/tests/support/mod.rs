@@ -6,13 +6,14 @@
 pub mod bins;
 #[path = "../../../controller/tests/support/dashboard.rs"]
 pub mod dashboard;
+pub mod fleet;
 #[path = "../../../agent/tests/support/lab.rs"]
 pub mod lab;
 #[path = "../../../controller/tests/support/process.rs"]
 pub mod process;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use fleet_testkit::{docker_guard, git_daemon, images, prometheus};
+pub use fleet_testkit::{docker_guard, faketime, git_daemon, images, partition, prometheus};
 
 use std::time::Duration;
 
