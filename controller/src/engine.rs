@@ -647,11 +647,18 @@ async fn current_rollout(
     Ok((None, None))
 }
 
+/// How long a pass may go on writing desired releases after its first batch: half the
+/// interval, so no pass outlasts `reconcile_interval` however large the wave it starts.
+fn budget(state: &AppState) -> Duration {
+    state.cfg.reconcile_interval / 2
+}
+
 async fn pass_with(
     state: &AppState,
     fence: &Fence,
     cache: &mut FleetCache,
 ) -> Result<(), EngineError> {
+    let started = std::time::Instant::now();
     let now = now_ms();
     let stop = state.db.emergency_stop().await?;
     let (mut current, mut last_completed) = current_rollout(state, cache).await?;
@@ -773,6 +780,7 @@ async fn pass_with(
         c.version = v;
     }
     written(state, cache, first, now);
+    let mut written_so_far = first.len();
     if stop_set {
         state.waits.wake_all();
     }
@@ -782,8 +790,20 @@ async fn pass_with(
     if let (Some(stop), true) = (&new_stop, stop_set) {
         tracing::error!(actor = %stop.actor, reason = %stop.reason, rollback = stop.rollback, "EMERGENCY STOP set: every check-in answers hold");
     }
-    // The other batches, each checked against the version the first one wrote.
+    // The other batches, each checked against the version the first one wrote, while the
+    // pass is within its budget; what is left is the next pass's (woken at once: its changes
+    // are worked out again from the copy, which follows every batch written).
     for batch in batches {
+        if started.elapsed() >= budget(state) {
+            tracing::debug!(
+                left = changes.len() - written_so_far,
+                "desired releases left for the next pass (this one used its budget)"
+            );
+            state.metrics.pass_deferred();
+            state.reconcile.notify_one();
+            break;
+        }
+        written_so_far += batch.len();
         let mut tx = state.db.fenced(fence).await?;
         if let (Some(c), Some(v)) = (&current, version) {
             tx.rollout_unchanged(&c.rollout.id, v).await?;

@@ -21,6 +21,7 @@ pub struct Metrics {
     engine_slow_passes: AtomicU64,
     engine_pass_last_us: AtomicU64,
     engine_pass_max_us: AtomicU64,
+    engine_deferred_passes: AtomicU64,
 }
 
 impl Metrics {
@@ -64,6 +65,11 @@ impl Metrics {
             .fetch_add(u64::from(slow), Ordering::Relaxed);
         self.engine_pass_last_us.store(us, Ordering::Relaxed);
         self.engine_pass_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Counts a pass that left desired releases for the next one (its budget was spent).
+    pub fn pass_deferred(&self) {
+        self.engine_deferred_passes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exposition text, with the gauges given.
@@ -165,6 +171,13 @@ fleet_engine_pass_seconds {}",
 # TYPE fleet_engine_pass_max_seconds gauge
 fleet_engine_pass_max_seconds {}",
             self.engine_pass_max_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleet_engine_deferred_passes_total Passes that left desired releases for the next pass, having spent their budget (half of reconcile_interval) writing them.
+# TYPE fleet_engine_deferred_passes_total counter
+fleet_engine_deferred_passes_total {}",
+            self.engine_deferred_passes.load(Ordering::Relaxed)
         );
         out
     }

@@ -448,3 +448,95 @@ async fn a_killed_controller_resumes_on_sqlite() {
 async fn a_killed_controller_resumes_on_postgres() {
     a_killed_controller_resumes_the_rollout(Store::Postgres).await;
 }
+
+/// A pass writes desired releases in batches, and stops after the batch that spends its budget
+/// (half of `reconcile_interval`): the rest are the next pass's, woken at once. Here 2,500
+/// devices enrolled while the controller was down are all owed the last completed release at
+/// its first pass, with a budget of 1 ms: they are told over several passes, every one of them.
+async fn a_big_backlog_of_desired_releases(store: Store) {
+    const N: usize = 2_500;
+    let test = format!("big_backlog_{store:?}");
+    if !support::git_daemon::git_available(&test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = database_url(store, dir.path(), &test).await else {
+        return;
+    };
+    let repo = FleetRepo::new(dir.path(), N, 2, "0s");
+    let mut cfg = test_config(
+        &dir.path().join("controller"),
+        &url,
+        Some(GitSource {
+            endpoints: vec![repo.url()],
+            branch: "main".into(),
+            poll_interval: Duration::from_millis(300),
+            failover_timeout: Duration::from_secs(5),
+        }),
+    );
+    cfg.reconcile_interval = Duration::from_millis(2);
+    // No device enrolled yet: the rollout of v1 completes at once.
+    let c = TestController::start(cfg.clone()).await;
+    let a = repo.release("v1");
+    let deadline = Instant::now() + LIMIT;
+    while rollout_of(&c, &a).await["state"] != "completed" {
+        assert!(Instant::now() < deadline, "v1 never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.stop().await;
+    let db = fleet_controller::db::Db::open(&url).await.expect("store");
+    for id in device_ids(N) {
+        db.enroll_device(&id, &format!("host-{id}"), "aarch64", "test")
+            .await
+            .expect("enroll");
+    }
+    let c = TestController::start(cfg).await;
+    let told = |c: &TestController| {
+        let (db, a) = (c.db().clone(), a.clone());
+        async move {
+            db.devices()
+                .await
+                .expect("devices")
+                .iter()
+                .filter(|d| d.desired_release.as_ref().map(ReleaseId::as_str) == Some(&a))
+                .count()
+        }
+    };
+    let deadline = Instant::now() + LIMIT;
+    while told(&c).await < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} devices told v1",
+            told(&c).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = client()
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let deferred: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_engine_deferred_passes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no deferred-pass counter in:\n{metrics}"));
+    assert!(
+        deferred >= 2.0,
+        "{N} desired releases in batches of 1,000 with a 1 ms budget take three passes or more; {deferred} passes deferred"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_backlog_of_desired_releases_is_written_over_several_passes_on_sqlite() {
+    a_big_backlog_of_desired_releases(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_backlog_of_desired_releases_is_written_over_several_passes_on_postgres() {
+    a_big_backlog_of_desired_releases(Store::Postgres).await;
+}

@@ -546,3 +546,88 @@ async fn every_store_operation_on_sqlite() {
 async fn every_store_operation_on_postgres() {
     exercise(Store::Postgres).await;
 }
+
+/// Desired releases for more devices than one statement names, several targets and holds in
+/// one call: every row told its own, the `desired_since_ms` stamp kept when only the digest
+/// changes and moved when the release does.
+async fn desired_in_batches(store: Store) {
+    let dir = tempfile::tempdir().expect("dir");
+    let test = format!("desired_{store:?}");
+    let Some(url) = database_url(store, dir.path(), &test).await else {
+        return;
+    };
+    let db = Db::open(&url).await.expect("open");
+    const OTHER: &str = "89abcdef0123456789abcdef0123456789abcdef";
+    let ids: Vec<String> = (0..1_203).map(|i| format!("pi-{i:04}")).collect();
+    for id in &ids {
+        db.enroll_device(id, &format!("h-{id}"), "aarch64", "v1")
+            .await
+            .expect("enroll");
+    }
+    let target = |i: usize, digest: &str| match i % 3 {
+        0 => Some((SHA.to_owned(), format!("sha256:{digest}"))),
+        1 => Some((OTHER.to_owned(), "sha256:other".to_owned())),
+        _ => None,
+    };
+    let (fence, _lease_conn, _) = lead(&db, "replica-a", 60_000, true)
+        .await
+        .expect("the lease");
+    let told = |digest: &str| -> Vec<(String, Option<(String, String)>)> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), target(i, digest)))
+            .collect()
+    };
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    tx.set_desired(&told("a")).await.expect("desired");
+    tx.commit().await.expect("commit");
+    let rows: BTreeMap<String, fleet_controller::db::DeviceRow> = db
+        .devices()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let d = &rows[id];
+        let got = d
+            .desired_release
+            .as_ref()
+            .map(|r| (r.to_string(), d.desired_digest.clone().unwrap_or_default()));
+        assert_eq!(got, target(i, "a"), "{id}");
+        assert_eq!(d.desired_since_ms.is_some(), got.is_some(), "{id}: {d:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The same releases with another digest for SHA, and device 1 moved from OTHER to SHA.
+    let mut again = told("b");
+    again[1].1 = Some((SHA.to_owned(), "sha256:b".to_owned()));
+    let mut tx = db.fenced(&fence).await.expect("fenced");
+    tx.set_desired(&again).await.expect("desired");
+    tx.commit().await.expect("commit");
+    let d0 = db.device(&ids[0]).await.expect("q").expect("row");
+    assert_eq!(d0.desired_digest.as_deref(), Some("sha256:b"));
+    assert_eq!(
+        d0.desired_since_ms, rows[&ids[0]].desired_since_ms,
+        "a new digest of the same release keeps the stamp"
+    );
+    let d1 = db.device(&ids[1]).await.expect("q").expect("row");
+    assert_eq!(d1.desired_release.map(|r| r.to_string()), Some(SHA.into()));
+    assert!(
+        d1.desired_since_ms > rows[&ids[1]].desired_since_ms,
+        "another release moves the stamp: {:?} then {:?}",
+        rows[&ids[1]].desired_since_ms,
+        d1.desired_since_ms
+    );
+    let d2 = db.device(&ids[2]).await.expect("q").expect("row");
+    assert!(d2.desired_release.is_none() && d2.desired_since_ms.is_none());
+}
+
+#[tokio::test]
+async fn desired_releases_in_batches_on_sqlite() {
+    desired_in_batches(Store::Sqlite).await;
+}
+
+#[tokio::test]
+async fn desired_releases_in_batches_on_postgres() {
+    desired_in_batches(Store::Postgres).await;
+}

@@ -78,36 +78,90 @@ impl Db {
     }
 }
 
+/// Devices named in one statement of [`Fenced::set_desired`]: far below both engines' limits
+/// on bound parameters, and one statement a batch instead of one a device.
+const IDS_PER_STATEMENT: usize = 500;
+
+/// What a device is told: `(release, digest)`, or `None` to hold.
+type Target = Option<(String, String)>;
+
+/// Devices told one target.
+type Group<'a> = (Option<&'a (String, String)>, Vec<&'a str>);
+
+/// `changes` grouped by target, in the order each target first appears.
+fn by_target(changes: &[(String, Target)]) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (id, target) in changes {
+        let target = target.as_ref();
+        match groups.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((target, vec![id])),
+        }
+    }
+    groups
+}
+
 impl Fenced {
     /// Sets what devices should run: `(device, Some((release, digest)))`, or `None` to hold.
-    /// A new release is stamped with the time it was set (`desired_since_ms`).
-    pub async fn set_desired(
-        &mut self,
-        changes: &[(String, Option<(String, String)>)],
-    ) -> Result<(), DbError> {
+    /// A new release is stamped with the time it was set (`desired_since_ms`). Devices told
+    /// the same target share one statement (a wave's devices are told one release), so a
+    /// batch holds SQLite's writer for a few statements, not one per device.
+    pub async fn set_desired(&mut self, changes: &[(String, Target)]) -> Result<(), DbError> {
         let now = now_ms();
-        for (id, target) in changes {
+        for (target, ids) in by_target(changes) {
             let (rel, dig) = match target {
-                Some((r, d)) => (Some(r.clone()), Some(d.clone())),
+                Some((r, d)) => (Some(r.as_str()), Some(d.as_str())),
                 None => (None, None),
             };
-            // The stamp moves only when the release itself changes (not its digest alone).
-            sqlx::query(
-                "UPDATE devices SET desired_since_ms = CASE \
-                   WHEN $1 IS NULL THEN NULL \
-                   WHEN desired_release IS NOT NULL AND desired_release = $1 THEN desired_since_ms \
-                   ELSE $4 END, \
-                 desired_release = $1, desired_digest = $2, desired_updated_ms = $4, changed_ms = $4 \
-                 WHERE id = $3",
-            )
-            .bind(rel)
-            .bind(dig)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(q("setting desired releases"))?;
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+                // The stamp moves only when the release itself changes (not its digest alone).
+                let sql = format!(
+                    "UPDATE devices SET desired_since_ms = CASE \
+                       WHEN $1 IS NULL THEN NULL \
+                       WHEN desired_release IS NOT NULL AND desired_release = $1 THEN desired_since_ms \
+                       ELSE $3 END, \
+                     desired_release = $1, desired_digest = $2, desired_updated_ms = $3, changed_ms = $3 \
+                     WHERE id IN ({})",
+                    list.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(rel).bind(dig).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(q("setting desired releases"))?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_target;
+
+    #[test]
+    fn changes_are_grouped_by_target_in_first_seen_order() {
+        let a = Some(("a".to_owned(), "da".to_owned()));
+        let b = Some(("b".to_owned(), "db".to_owned()));
+        let changes = vec![
+            ("d1".to_owned(), a.clone()),
+            ("d2".to_owned(), None),
+            ("d3".to_owned(), a.clone()),
+            ("d4".to_owned(), b.clone()),
+            ("d5".to_owned(), None),
+        ];
+        let groups = by_target(&changes);
+        assert_eq!(
+            groups,
+            vec![
+                (a.as_ref(), vec!["d1", "d3"]),
+                (None, vec!["d2", "d5"]),
+                (b.as_ref(), vec!["d4"]),
+            ]
+        );
     }
 }
