@@ -561,7 +561,10 @@ async fn bench(k: Knobs) {
     std::fs::write(
         &config,
         format!(
-            "{}webhook_secret_file: \"{}\"\n",
+            // Every simulated device shares 127.0.0.1, where in production each has its own
+            // address: the per-address cap is raised to the whole connection cap, or the
+            // open-loop generator's connections are refused whenever answers fall behind.
+            "{}webhook_secret_file: \"{}\"\nlimits:\n  max_connections_per_ip: 4096\n",
             config_yaml(&cfg),
             secret_file.display()
         ),
