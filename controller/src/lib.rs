@@ -11,6 +11,7 @@ pub mod leader;
 pub mod listener;
 pub mod longpoll;
 pub mod metrics;
+pub mod notify;
 pub mod openapi;
 pub mod ratelimit;
 pub mod rollout;

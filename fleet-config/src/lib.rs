@@ -5,6 +5,7 @@
 //! - [`digest`] computes the release digest that agent and controller must agree on.
 //! - [`protocol`] holds the types agent and controller exchange, so they cannot drift apart.
 
+pub mod alerts;
 pub mod compose;
 pub mod decode;
 pub mod devices;
