@@ -571,6 +571,15 @@ async fn fleet_gate(
     stop: Option<&EmergencyStop>,
 ) -> Result<Option<String>, EngineError> {
     let verdict = crate::rollout::machine::fleet_unhealthy(policy, views);
+    let (bad, all) = crate::rollout::machine::fleet_health(views);
+    let ratio = if all == 0 {
+        0.0
+    } else {
+        bad as f64 / all as f64
+    };
+    state
+        .metrics
+        .set_unhealthy(ratio, f64::from(policy.fleet_unhealthy_stop_bp) / 10_000.0);
     let disarmed = state.db.fleet_gate_disarmed().await?;
     let recovered = crate::rollout::machine::fleet_recovered(policy, views);
     match verdict {

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod db;
 pub mod engine;
 pub mod fleet_cache;
+pub mod git_health;
 pub mod leader;
 pub mod listener;
 pub mod longpoll;

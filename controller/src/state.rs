@@ -50,6 +50,8 @@ pub struct AppState {
     pub fleet_cache: Arc<tokio::sync::Mutex<crate::fleet_cache::FleetCache>>,
     /// Every device row, read at most once a second for `/metrics`, status and the dashboard.
     pub rows: Arc<crate::rows_cache::RowsCache>,
+    /// The watcher's Git endpoints: failures in a row, last error.
+    pub git_health: Arc<crate::git_health::GitHealth>,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             waits: Arc::new(crate::longpoll::WaitHub::new(cfg_waiting)),
             fleet_cache: Arc::default(),
             rows: Arc::default(),
+            git_health: Arc::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GitSource;
 use crate::db::{DbError, Fence};
+use crate::git_health::FetchReport;
 use crate::state::AppState;
 
 /// Errors of one watcher pass.
@@ -63,14 +64,45 @@ pub enum Checked {
     },
 }
 
-/// Fetches the branch head (failover across endpoints) and checks it.
-pub fn check_head(cache_dir: &std::path::Path, git: &GitSource) -> Result<Checked, WatchError> {
+/// Fetches the branch head (failover across endpoints) and checks it; also says which
+/// endpoints served and failed (for [`crate::git_health`]), whatever the outcome.
+pub fn check_head(
+    cache_dir: &std::path::Path,
+    git: &GitSource,
+) -> (FetchReport, Result<Checked, WatchError>) {
+    let mut report = FetchReport::default();
+    let checked = fetch_and_check(cache_dir, git, &mut report);
+    (report, checked)
+}
+
+fn fetch_and_check(
+    cache_dir: &std::path::Path,
+    git: &GitSource,
+    report: &mut FetchReport,
+) -> Result<Checked, WatchError> {
     let cache = GitCache::open_or_init(cache_dir)?;
     let endpoints: Vec<Endpoint> = git.endpoints.iter().map(Endpoint::new).collect();
-    let outcome = cache.fetch(&endpoints, &git.branch, git.failover_timeout)?;
+    let outcome = match cache.fetch(&endpoints, &git.branch, git.failover_timeout) {
+        Ok(o) => o,
+        Err(e) => {
+            if let GitError::AllEndpointsFailed { attempts } = &e {
+                report.failed = attempts
+                    .iter()
+                    .map(|a| (a.endpoint.clone(), a.error.to_string()))
+                    .collect();
+            }
+            return Err(e.into());
+        }
+    };
     for f in &outcome.failures {
         tracing::warn!(endpoint = %f.endpoint, error = %f.error, "Git endpoint failed; used the next one");
     }
+    report.failed = outcome
+        .failures
+        .iter()
+        .map(|f| (f.endpoint.clone(), f.error.to_string()))
+        .collect();
+    report.served = Some(outcome.endpoint.clone());
     let release: ReleaseId =
         outcome
             .head
@@ -152,15 +184,23 @@ async fn fenced_pass(
         return Ok(None);
     };
     let cache_dir: PathBuf = state.cfg.data_dir.join("git-cache");
-    let checked = tokio::task::spawn_blocking(move || check_head(&cache_dir, &git))
+    let (report, checked) = tokio::task::spawn_blocking(move || check_head(&cache_dir, &git))
         .await
-        .map_err(|e| WatchError::Task(e.to_string()))??;
+        .map_err(|e| WatchError::Task(e.to_string()))?;
+    let metrics = state.metrics.clone();
+    state
+        .git_health
+        .record(&report, crate::db::now_ms(), |e, failed, streak| {
+            metrics.watcher_fetch(e, failed, streak, crate::db::now_ms())
+        });
+    let checked = checked?;
     match checked {
         Checked::Valid {
             release,
             digest,
             repo,
         } => {
+            state.metrics.set_release_rejected(false);
             let digest_hex = digest.to_string();
             // The release row is written last, as the commit point: a crash (or an error)
             // before it leaves the commit unrecorded, so the next pass does it all again
@@ -186,6 +226,7 @@ async fn fenced_pass(
             Ok(Some(release))
         }
         Checked::Rejected { release, errors } => {
+            state.metrics.set_release_rejected(true);
             if record(state, fence, &release, None, Some(&errors), source).await? {
                 tracing::error!(release = %release.short(), %errors, "commit rejected: it does not validate; it will not be rolled out");
                 state

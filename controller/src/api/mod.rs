@@ -94,7 +94,7 @@ async fn metrics(
         .metrics
         .render(&by_state, &rollouts, stop, state.is_leader());
     Ok(error::PlainText {
-        content_type: "text/plain; version=0.0.4",
+        content_type: crate::metrics::CONTENT_TYPE,
         text,
     })
 }
