@@ -1,6 +1,7 @@
 //! The fleet controller: decides which release each device runs and when (DESIGN.md,
 //! "Controller"). Devices pull; the controller never connects to them.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod dashboard;

@@ -24,8 +24,8 @@ pub use audit::AuditEntry;
 pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
 pub(crate) use devices::wire_name;
 pub use devices::{
-    CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport, PinChange, RepoPin,
-    PIN_BY_OPERATOR, PIN_BY_REPOSITORY,
+    problems, CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport, PinChange, ProblemRow,
+    RepoPin, PIN_BY_OPERATOR, PIN_BY_REPOSITORY,
 };
 pub use enroll::{ApproveOutcome, ClaimOutcome, Pairing};
 pub use lease::{Fence, Fenced, Lease, Tenure};

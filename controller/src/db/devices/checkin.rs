@@ -135,6 +135,13 @@ impl Db {
                 .await
                 .map_err(q("storing device events"))?;
         }
+        // What holds on the device now, from its new events in order (replays change nothing).
+        let fresh: Vec<&DeviceEvent> = events
+            .iter()
+            .filter(|(seq, _)| *seq > who.acked_seq)
+            .map(|(_, e)| *e)
+            .collect();
+        self.apply_problem_events(&who.id, &fresh, now_ms).await?;
         let sampled_ms = if crate::db::telemetry::sample_due(who.telemetry_sampled_ms, now_ms) {
             self.insert_telemetry_sample(&who.id, now_ms, &req.telemetry)
                 .await?;

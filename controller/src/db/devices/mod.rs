@@ -8,11 +8,13 @@ mod desired;
 mod events;
 pub(crate) mod identity;
 mod inventory;
+pub mod problems;
 
 pub use checkin::{CheckinIdentity, LastReport};
 pub use desired::{PIN_BY_OPERATOR, PIN_BY_REPOSITORY};
 pub use identity::Existing;
 pub use inventory::{PinChange, RepoPin};
+pub use problems::ProblemRow;
 
 use std::collections::BTreeMap;
 
