@@ -90,7 +90,7 @@ fn a_member_must_hold_for_its_rule_and_a_pending_one_that_clears_is_forgotten() 
         hold_ms: 15 * MIN,
         ..fact(AlertName::DeviceUpdateStuck, "pi-01")
     };
-    assert!(r.hold(&[stuck.clone()], 0, 10 * MIN).is_empty());
+    assert!(r.hold(std::slice::from_ref(&stuck), 0, 10 * MIN).is_empty());
     let id = r.open[&AlertName::DeviceUpdateStuck].id.clone();
     assert_eq!(r.open[&AlertName::DeviceUpdateStuck].phase, Phase::Pending);
     // It clears before 15 minutes: dropped, no message, nothing stored.
@@ -252,7 +252,7 @@ fn devices_joining_and_leaving_are_said_at_most_once_per_group_interval() {
     let a = fact(AlertName::DeviceOffline, "pi-01");
     let b = fact(AlertName::DeviceOffline, "pi-02");
     let c = fact(AlertName::DeviceOffline, "pi-03");
-    r.hold(&[a.clone()], 0, 10 * S);
+    r.hold(std::slice::from_ref(&a), 0, 10 * S);
     // pi-02 and pi-03 join one after the other within the interval: one update.
     r.hold(&[a.clone(), b.clone()], 15 * S, 2 * MIN);
     r.hold(&[a.clone(), b.clone(), c.clone()], 2 * MIN + 5 * S, 6 * MIN);
@@ -290,7 +290,7 @@ fn members_still_pending_when_an_alert_resolves_begin_the_next_one() {
         hold_ms: 10 * MIN,
         ..fact(AlertName::DeviceOffline, "pi-02")
     };
-    r.hold(&[slow.clone()], 15 * S, 15 * S + 2 * MIN + 5 * S);
+    r.hold(std::slice::from_ref(&slow), 15 * S, 15 * S + 2 * MIN + 5 * S);
     assert_eq!(r.kinds(), vec![MessageKind::Firing, MessageKind::Resolved]);
     let next = &r.open[&AlertName::DeviceOffline];
     assert_eq!(next.phase, Phase::Pending);
