@@ -294,6 +294,9 @@ pub async fn new_release(
         .collect();
     let mut tx = state.db.fenced(fence).await?;
     let pin_changes = tx.sync_inventory(&inventory, &pins).await?;
+    // The alert engine's thresholds (fleet.yaml `alerts:`) come with the release.
+    tx.set_fleet_alert_settings(&crate::alerts::facts::FleetSettings::of(repo))
+        .await?;
     for (device, pin) in &pin_changes {
         let (action, detail) = match pin {
             Some(r) => (

@@ -167,6 +167,11 @@ impl FleetCache {
         Ok(n)
     }
 
+    /// Whether the copy was read under leadership `epoch` (a pass has run since it began).
+    pub fn ready_for(&self, epoch: i64) -> bool {
+        self.epoch == Some(epoch) && self.read_ms.is_some()
+    }
+
     /// Every device row, by id.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceRow> {
         self.devices.values()

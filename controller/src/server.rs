@@ -124,6 +124,14 @@ pub async fn serve_on(
         tokio::spawn(crate::watcher::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::engine::run(state.clone(), shutdown.child_token())),
         tokio::spawn(crate::longpoll::run(state.clone(), shutdown.child_token())),
+        tokio::spawn(crate::alerts::run::run(
+            state.clone(),
+            shutdown.child_token(),
+        )),
+        tokio::spawn(crate::alerts::deliver::run(
+            state.clone(),
+            shutdown.child_token(),
+        )),
         tokio::spawn(crate::service::live::run(
             state.clone(),
             shutdown.child_token(),

@@ -52,6 +52,8 @@ pub struct AppState {
     pub rows: Arc<crate::rows_cache::RowsCache>,
     /// The watcher's Git endpoints: failures in a row, last error.
     pub git_health: Arc<crate::git_health::GitHealth>,
+    /// The alerting: settings, notifiers, their health, the heartbeat.
+    pub alerting: Arc<crate::alerts::Runtime>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
             fleet_cache: Arc::default(),
             rows: Arc::default(),
             git_health: Arc::default(),
+            alerting: Arc::default(),
         }
     }
 

@@ -133,6 +133,13 @@ pub fn login_nonce() -> String {
     hex::encode(bytes)
 }
 
+/// A short random id (`bytes` random bytes in hex), e.g. a silence's.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// A readable random password for `users add` when none is given.
 pub fn random_password() -> String {
     let mut bytes = [0u8; 12];

@@ -73,6 +73,13 @@ const EXPECTED: &[(&str, &str, [Want; 7])] = &[
     ("POST", "/api/v1/rollouts/{id}/{action}",         OPERATOR),
     ("POST", "/api/v1/stop",                           OPERATOR),
     ("POST", "/api/v1/resume",                         OPERATOR),
+    ("GET",  "/api/v1/alerts",                         VIEWER),
+    ("GET",  "/api/v1/alerts/{id}",                    VIEWER),
+    ("POST", "/api/v1/alerts/{id}/ack",                OPERATOR),
+    ("GET",  "/api/v1/silences",                       VIEWER),
+    ("POST", "/api/v1/silences",                       OPERATOR),
+    ("POST", "/api/v1/silences/{id}/end",              OPERATOR),
+    ("GET",  "/api/v1/alerting",                       VIEWER),
     ("GET",  "/api/v1/audit",                          VIEWER),
     ("GET",  "/api/v1/releases",                       VIEWER),
     ("POST", "/api/v1/webhook",                        [U, U, U, U, U, U, U]), // HMAC only

@@ -290,7 +290,11 @@ fn members_still_pending_when_an_alert_resolves_begin_the_next_one() {
         hold_ms: 10 * MIN,
         ..fact(AlertName::DeviceOffline, "pi-02")
     };
-    r.hold(std::slice::from_ref(&slow), 15 * S, 15 * S + 2 * MIN + 5 * S);
+    r.hold(
+        std::slice::from_ref(&slow),
+        15 * S,
+        15 * S + 2 * MIN + 5 * S,
+    );
     assert_eq!(r.kinds(), vec![MessageKind::Firing, MessageKind::Resolved]);
     let next = &r.open[&AlertName::DeviceOffline];
     assert_eq!(next.phase, Phase::Pending);

@@ -78,9 +78,11 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Db(d) => ApiError::Db(d),
             ServiceError::ReasonRequired => ApiError::BadRequest(e.to_string()),
-            ServiceError::NoDevice(_) | ServiceError::NoPairing(_) | ServiceError::NoRollout(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            ServiceError::NoDevice(_)
+            | ServiceError::NoPairing(_)
+            | ServiceError::NoRollout(_)
+            | ServiceError::NoAlert(_)
+            | ServiceError::NoSilence(_) => ApiError::NotFound(e.to_string()),
             ServiceError::PairingExpired(_) | ServiceError::PairingUsed(_) => {
                 ApiError::Gone(e.to_string())
             }

@@ -3,6 +3,7 @@
 //! ([`crate::service`]); this face parses, authenticates and answers.
 
 pub mod agent;
+pub mod alerts;
 pub mod auth;
 pub mod body;
 pub mod bootstrap;
@@ -41,6 +42,13 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/rollouts/{id}/{action}", "operator", "pause, resume, abort or promote a rollout", rollouts::act).errors(&[409]),
         Route::post("/api/v1/stop", "operator", "Emergency stop (reason required; rollback: true sends the active rollout back)", ops::stop),
         Route::post("/api/v1/resume", "operator", "Clear the emergency stop", ops::resume),
+        Route::get("/api/v1/alerts", "viewer", "Alerts: open ones (pending, firing) by default; ?state=firing|pending|resolved|all, ?limit=N", alerts::list),
+        Route::get("/api/v1/alerts/{id}", "viewer", "One alert with its members, runbook and every message sent for it", alerts::show),
+        Route::post("/api/v1/alerts/{id}/ack", "operator", "Acknowledge an alert (reason required): no reminder, no escalation", alerts::ack),
+        Route::get("/api/v1/silences", "viewer", "Silences, newest first", alerts::silences),
+        Route::post("/api/v1/silences", "operator", "Silence an alert (or every alert) for a device (or every member) for a duration (reason required)", alerts::silence),
+        Route::post("/api/v1/silences/{id}/end", "operator", "End a silence early", alerts::end_silence),
+        Route::get("/api/v1/alerting", "viewer", "The alerting's health: the engine's last pass, undelivered messages, each notifier, the heartbeat", alerts::status),
         Route::get("/api/v1/audit", "viewer", "The audit log, newest first", ops::audit),
         Route::get("/api/v1/releases", "viewer", "Commits seen: valid releases and rejected ones with their errors", ops::releases),
         Route::post("/api/v1/webhook", "hmac", "Push webhook (GitHub X-Hub-Signature-256 or Gitea X-Gitea-Signature)", webhook::receive).errors(&[401, 404]),

@@ -2,6 +2,7 @@
 //! through sqlx's `Any` driver so every query is written once. Queries use `$1, $2, …` in
 //! ascending order of first appearance, which both engines read the same way.
 
+mod alerts;
 mod audit;
 mod bootstrap;
 mod devices;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use alerts::{AckOutcome, AlertRow, MessageRecord, NewMessage, OutboxRow};
 pub use audit::AuditEntry;
 pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
 pub(crate) use devices::wire_name;

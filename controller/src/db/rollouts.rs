@@ -405,6 +405,19 @@ impl Db {
         Ok(rows)
     }
 
+    /// The halted rollouts, without their device records (the alert engine's question).
+    pub async fn halted_rollouts(&self) -> Result<Vec<RolloutRow>, DbError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rollouts WHERE state = 'halted' ORDER BY created_ms, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing halted rollouts"))?
+        .iter()
+        .map(rollout_from)
+        .collect()
+    }
+
     /// Takes an unreadable rollout out of the engine's way: state `quarantined`, inactive,
     /// its stored text kept for a person to look at. True if it was there.
     pub async fn quarantine_rollout(&self, id: &str) -> Result<bool, DbError> {

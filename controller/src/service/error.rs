@@ -88,6 +88,12 @@ pub enum ServiceError {
     /// No such rollout.
     #[error("no rollout `{0}`")]
     NoRollout(String),
+    /// No such alert.
+    #[error("no alert `{0}`; `fleetctl alerts list` shows them")]
+    NoAlert(String),
+    /// No such silence in force.
+    #[error("no silence `{0}` in force; `fleetctl alerts silences` lists them")]
+    NoSilence(String),
     /// A pin names no valid release the controller has seen.
     #[error("no valid release `{0}`: pin a release the controller has seen and accepted (`fleetctl releases` lists them)")]
     NoRelease(String),

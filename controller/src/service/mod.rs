@@ -3,6 +3,7 @@
 //! and render; what an act does lives here once. Dependencies point one way: faces → service →
 //! engine, db; nothing here knows either face.
 
+pub mod alerts;
 pub mod bootstrap;
 pub mod devices;
 pub mod error;
