@@ -93,10 +93,15 @@ const EXPECTED: &[(&str, &str, [Want; 7])] = &[
     ("GET",  "/rollouts",                              PAGE),
     ("GET",  "/rollouts/{id}",                         PAGE),
     ("GET",  "/audit",                                 PAGE),
+    ("GET",  "/alerts",                                PAGE),
+    ("GET",  "/alerts/{id}",                           PAGE),
     ("GET",  "/login",                                 ANYONE),
     ("POST", "/login",                                 [F, F, F, F, F, F, F]), // no login CSRF cookie
     ("POST", "/logout",                                [L, L, L, L, L, L, L]), // always back to the login page
     ("POST", "/ui/stop",                               FORM),
+    ("POST", "/ui/alerts/{id}/ack",                    FORM),
+    ("POST", "/ui/silences",                           FORM),
+    ("POST", "/ui/silences/{id}/end",                  FORM),
     ("POST", "/ui/resume",                             FORM),
     ("POST", "/ui/rollouts/{id}",                      FORM),
     ("POST", "/ui/devices/{id}/pin",                   FORM),

@@ -5,6 +5,7 @@
 //! what a page offers follows the role (the emergency stop, resume and rollout actions are for
 //! operators and admins).
 
+pub mod alerts;
 pub mod format;
 pub mod live;
 pub mod model;
@@ -40,6 +41,11 @@ pub fn routes() -> Vec<Route> {
         Route::get("/rollouts", "session", "Dashboard (HTML): rollouts, newest first", rollouts),
         Route::get("/rollouts/{id}", "session", "Dashboard (HTML): one rollout's waves and devices, with its actions for operators", rollout),
         Route::get("/audit", "session", "Dashboard (HTML): the audit log", audit),
+        Route::get("/alerts", "session", "Dashboard (HTML): alerts firing, pending and resolved, silences, the notifiers' health", alerts::list),
+        Route::get("/alerts/{id}", "session", "Dashboard (HTML): one alert: its members, runbook and messages", alerts::show),
+        Route::post("/ui/alerts/{id}/ack", "session (operator)", "Dashboard form: acknowledge an alert (csrf, reason)", alerts::ack),
+        Route::post("/ui/silences", "session (operator)", "Dashboard form: silence an alert or every alert, for a device or all, for a duration (csrf, alert, device, duration, reason)", alerts::silence),
+        Route::post("/ui/silences/{id}/end", "session (operator)", "Dashboard form: end a silence early (csrf, reason)", alerts::end_silence),
         Route::get("/login", "none", "Dashboard (HTML): the login form", login_page),
         Route::post("/login", "none", "Dashboard: log in (form: name, password, next); sets the session cookie", login).errors(&[401, 403, 429]),
         Route::post("/logout", "session", "Dashboard: log out", logout).errors(&[403]),
@@ -192,6 +198,13 @@ async fn overview(
     let summary = crate::summary::summarize(&rows, now, off);
     let active = state.db.active_rollouts().await?;
     let alerts = model::alerts(&summary, stop.as_ref(), &active);
+    let firing: Vec<crate::db::AlertRow> = state
+        .db
+        .alerts(50, false)
+        .await?
+        .into_iter()
+        .filter(|a| a.alert.phase == crate::alerts::model::Phase::Firing)
+        .collect();
     let rollout = model::newest_rollout(&active);
     let states = model::states_of(&rows, now, off);
     let path = path_of(&uri);
@@ -199,6 +212,7 @@ async fn overview(
     Ok(html(pages::overview(
         &c,
         &summary,
+        &firing,
         &alerts,
         rollout.as_ref(),
         &states,
@@ -456,6 +470,12 @@ pub struct ActionForm {
     pub action: Option<String>,
     /// The release to pin a device to (sha or unique prefix).
     pub release: Option<String>,
+    /// The alert a silence is for (empty: every alert).
+    pub alert: Option<String>,
+    /// The device a silence is for (empty: every member).
+    pub device: Option<String>,
+    /// How long a silence lasts (`1h`).
+    pub duration: Option<String>,
     /// Where to go back to.
     pub next: Option<String>,
 }

@@ -74,6 +74,7 @@ pub fn layout(c: &Chrome, title: &str, body: Markup) -> Markup {
         ("overview", "/", "Overview"),
         ("devices", "/devices", "Devices"),
         ("rollouts", "/rollouts", "Rollouts"),
+        ("alerts", "/alerts", "Alerts"),
         ("audit", "/audit", "Audit log"),
     ];
     html! {
@@ -133,6 +134,7 @@ fn state_badge(id: &str, s: DeviceState) -> Markup {
 pub fn overview(
     c: &Chrome,
     summary: &FleetSummary,
+    firing: &[crate::db::AlertRow],
     alerts: &[Alert],
     rollout: Option<&Rollout>,
     states: &HashMap<String, DeviceState>,
@@ -153,7 +155,13 @@ pub fn overview(
         }
         h2 { "Open alerts" }
         div.panel #alerts {
-            @if alerts.is_empty() { span.muted { "None. Every device is online and healthy." } }
+            @if alerts.is_empty() && firing.is_empty() { span.muted { "None. Every device is online and healthy." } }
+            @for a in firing {
+                div class=(format!("alert {}", a.severity)) data-alert=(a.alert.id) {
+                    strong { (a.severity) } ": " a href=(format!("/alerts/{}", a.alert.id)) { (a.alert.name.as_str()) ": " (a.summary) }
+                    @if let Some(k) = &a.alert.ack { span.muted { " (acknowledged by " (k.by) ")" } }
+                }
+            }
             @for a in alerts {
                 div class=(format!("alert {}", a.severity.as_str())) {
                     strong { (a.severity.as_str()) } ": " a href=(a.link) { (a.text) }

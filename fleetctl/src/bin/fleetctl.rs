@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: BootstrapCommand,
     },
+    /// Alerts: list, show, acknowledge, silence.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// The audit log.
     Audit {
         /// How many entries.
@@ -161,6 +166,58 @@ enum DevicesCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// List alerts: firing and pending by default.
+    List {
+        /// open (default), firing, pending, resolved or all.
+        #[arg(long, default_value = "open")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One alert: its members, runbook and every message sent for it.
+    Show {
+        /// Alert id (from `list`).
+        id: String,
+    },
+    /// Acknowledge an alert: someone is on it (no reminder, no escalation).
+    Ack {
+        /// Alert id.
+        id: String,
+        /// Why (required; audited and shown with the alert).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Silence an alert (or every alert) for a device (or every device) for a while.
+    Silence {
+        /// The alert (e.g. DeviceOffline); absent: every alert.
+        alert: Option<String>,
+        /// Only this device (or other member: an endpoint, a notifier).
+        #[arg(long)]
+        device: Option<String>,
+        /// For how long, e.g. 2h, 30m (at most 30d).
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        /// Why (required; audited).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List silences.
+    Silences,
+    /// End a silence early.
+    Unsilence {
+        /// Silence id (from `silences`).
+        id: String,
+        /// Why (required; audited).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The alerting's own health: the engine's last pass, undelivered messages, notifiers, heartbeat.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -515,6 +572,7 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::BootstrapTokens { command } => {
             bootstrap_tokens(&api, command, json_out, now).await
         }
+        Command::Alerts { command } => alerts(&api, command, json_out, now).await,
         Command::Audit { limit } => {
             let list = api.get(&format!("/api/v1/audit?limit={limit}")).await?;
             if json_out {
@@ -635,6 +693,230 @@ async fn bootstrap_tokens(
             } else {
                 format!("bootstrap token {id} was revoked already\n")
             })
+        }
+    }
+}
+
+async fn alerts(
+    api: &Api,
+    command: AlertsCommand,
+    json_out: bool,
+    now: i64,
+) -> Result<String, CtlError> {
+    match command {
+        AlertsCommand::List { state, limit } => {
+            let list = api
+                .get(&format!("/api/v1/alerts?state={state}&limit={limit}"))
+                .await?;
+            if json_out {
+                return Ok(pretty(&list));
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let since = if a["phase"] == "resolved" {
+                        format!("resolved {}", ago(&a["resolved_ms"], now))
+                    } else if a["fired_ms"].is_null() {
+                        format!("pending {}", ago(&a["started_ms"], now))
+                    } else {
+                        format!("firing {}", ago(&a["fired_ms"], now))
+                    };
+                    let acked = match a["ack"]["by"].as_str() {
+                        Some(by) => format!("acked by {by}"),
+                        None => String::new(),
+                    };
+                    vec![
+                        cell(&a["id"]),
+                        cell(&a["severity"]),
+                        since,
+                        cell(&a["summary"]),
+                        acked,
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                return Ok(format!("no {state} alerts\n"));
+            }
+            Ok(table(&["ID", "SEVERITY", "STATE", "SUMMARY", "ACK"], &rows))
+        }
+        AlertsCommand::Show { id } => {
+            let a = api.get(&format!("/api/v1/alerts/{id}")).await?;
+            if json_out {
+                return Ok(pretty(&a));
+            }
+            let mut out = format!(
+                "{} [{}] {}: {}\n",
+                cell(&a["id"]),
+                cell(&a["severity"]),
+                cell(&a["phase"]),
+                cell(&a["summary"])
+            );
+            if let Some(by) = a["ack"]["by"].as_str() {
+                out.push_str(&format!(
+                    "acknowledged by {by} {}: {}\n",
+                    ago(&a["ack"]["at_ms"], now),
+                    cell(&a["ack"]["reason"])
+                ));
+            }
+            out.push_str(&format!("runbook: {}\n", cell(&a["runbook_url"])));
+            for (m, v) in a["members"].as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  {m}: {} (since {}{})\n",
+                    cell(&v["detail"]),
+                    ago(&v["since_ms"], now),
+                    if v["firing"] == true { "" } else { ", pending" }
+                ));
+            }
+            for m in a["messages"].as_array().into_iter().flatten() {
+                let fate = if !m["delivered_ms"].is_null() {
+                    format!("delivered {}", ago(&m["delivered_ms"], now))
+                } else if !m["dropped_ms"].is_null() {
+                    format!("given up: {}", cell(&m["last_error"]))
+                } else if m["attempts"].as_i64().unwrap_or(0) > 0 {
+                    format!(
+                        "retrying ({} attempts): {}",
+                        m["attempts"],
+                        cell(&m["last_error"])
+                    )
+                } else {
+                    "queued".into()
+                };
+                out.push_str(&format!(
+                    "  message {} to {}: {fate}\n",
+                    cell(&m["kind"]),
+                    cell(&m["notifier"])
+                ));
+            }
+            Ok(out)
+        }
+        AlertsCommand::Ack { id, reason: why } => {
+            let r = api
+                .post(&format!("/api/v1/alerts/{id}/ack"), json!({"reason": why}))
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!("alert {id} acknowledged: no reminder, no escalation\n")
+            })
+        }
+        AlertsCommand::Silence {
+            alert,
+            device,
+            duration,
+            reason: why,
+        } => {
+            let r = api
+                .post(
+                    "/api/v1/silences",
+                    json!({"alert": alert, "device": device, "duration": duration, "reason": why}),
+                )
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!(
+                    "silence {}: {}{} until {} (`fleetctl alerts unsilence {}` ends it)\n",
+                    cell(&r["id"]),
+                    r["alert"].as_str().unwrap_or("every alert"),
+                    r["member"]
+                        .as_str()
+                        .map(|m| format!(" for {m}"))
+                        .unwrap_or_default(),
+                    until(&r["until_ms"], now),
+                    cell(&r["id"])
+                )
+            })
+        }
+        AlertsCommand::Silences => {
+            let list = api.get("/api/v1/silences").await?;
+            if json_out {
+                return Ok(pretty(&list));
+            }
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        cell(&s["id"]),
+                        s["alert"].as_str().unwrap_or("every alert").to_owned(),
+                        s["member"].as_str().unwrap_or("all").to_owned(),
+                        until(&s["until_ms"], now),
+                        cell(&s["created_by"]),
+                        cell(&s["reason"]),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["ID", "ALERT", "MEMBER", "UNTIL", "BY", "REASON"],
+                &rows,
+            ))
+        }
+        AlertsCommand::Unsilence { id, reason: why } => {
+            let r = api
+                .post(
+                    &format!("/api/v1/silences/{id}/end"),
+                    json!({"reason": why}),
+                )
+                .await?;
+            Ok(if json_out {
+                pretty(&r)
+            } else {
+                format!("silence {id} ended\n")
+            })
+        }
+        AlertsCommand::Status => {
+            let s = api.get("/api/v1/alerting").await?;
+            if json_out {
+                return Ok(pretty(&s));
+            }
+            let mut out = format!(
+                "alert engine: last pass {}; {} messages waiting\n",
+                ago(&s["last_evaluation_ms"], now),
+                s["undelivered"]
+            );
+            match (
+                s["heartbeat_configured"] == true,
+                s["heartbeat_failing_since_ms"].as_i64(),
+            ) {
+                (false, _) => out.push_str("heartbeat: not configured (alerting.heartbeat)\n"),
+                (true, None) => out.push_str("heartbeat: ok\n"),
+                (true, Some(_)) => out.push_str(&format!(
+                    "heartbeat: FAILING since {}\n",
+                    ago(&s["heartbeat_failing_since_ms"], now)
+                )),
+            }
+            let rows: Vec<Vec<String>> = s["notifiers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    vec![
+                        cell(&n["name"]),
+                        cell(&n["kind"]),
+                        n["consecutive_failures"].to_string(),
+                        ago(&n["last_ok_ms"], now),
+                        cell(&n["last_error"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                out.push_str("no notifiers configured (alerting.notifiers): alerts are kept and shown, not sent\n");
+            } else {
+                out.push_str(&table(
+                    &[
+                        "NOTIFIER",
+                        "KIND",
+                        "FAILURES IN A ROW",
+                        "LAST SENT",
+                        "LAST ERROR",
+                    ],
+                    &rows,
+                ));
+            }
+            Ok(out)
         }
     }
 }
