@@ -184,9 +184,8 @@ impl EmailNotifier {
     }
 
     fn map_error(&self, e: &lettre::transport::smtp::Error) -> NotifyError {
-        let detail = chain(e);
         if e.is_permanent() || e.is_transient() {
-            let mut detail = detail;
+            let mut detail = chain(e);
             if e.status().is_some_and(|c| c.to_string().starts_with("53")) {
                 detail.push_str(
                     " — the relay refused the login: check `username` and `password_file`",
@@ -199,9 +198,9 @@ impl EmailNotifier {
                 retry_after: None,
             };
         }
-        let detail = if e.is_tls() {
+        let detail = if let Some(tls) = tls_error(e) {
             format!(
-                "TLS failed ({detail}){}",
+                "TLS failed ({tls}){}",
                 if self.config.ca_file.is_some() {
                     " — is the relay's certificate signed by the CA of `ca_file`, for this host name?"
                 } else {
@@ -209,15 +208,34 @@ impl EmailNotifier {
                 }
             )
         } else if e.is_timeout() {
-            format!("no answer in time ({detail})")
+            format!("no answer in time ({})", chain(e))
         } else {
-            detail
+            chain(e)
         };
         NotifyError::Unreachable {
             receiver: self.receiver.clone(),
             detail,
         }
     }
+}
+
+/// The TLS library's complaint (an untrusted certificate, a failed handshake) behind `e`, if
+/// that is what went wrong: lettre reports a handshake failure as a connection error.
+fn tls_error(e: &lettre::transport::smtp::Error) -> Option<String> {
+    use tokio_rustls::rustls;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(r.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    e.is_tls().then(|| chain(e))
 }
 
 /// An error and its causes on one line.
