@@ -320,3 +320,38 @@ fn smtp_addresses_and_chat_ids() {
         assert!(!valid_chat_id(bad), "{bad}");
     }
 }
+
+#[test]
+fn the_readme_example_is_the_documented_default_and_valid() {
+    let readme = include_str!("../../../../README.md");
+    let section = readme
+        .find("### Alerting: notifiers and routes")
+        .expect("README has the alerting section");
+    let start = readme[section..].find("```yaml\n").expect("a yaml block") + section + 8;
+    let end = readme[start..].find("```").expect("block end") + start;
+    let a = parse(&readme[start..end]).expect("the README's example is valid");
+    let mut expected = parse(EXAMPLE).expect("valid");
+    // The test's example only adds a timeout to `pager`.
+    expected.notifiers[3].timeout = DEFAULT_NOTIFIER_TIMEOUT;
+    assert_eq!(a, expected);
+    let d = Alerting::default();
+    assert_eq!(
+        (
+            a.evaluate_every,
+            a.group_wait,
+            a.group_interval,
+            a.repeat_interval,
+            a.escalate_after,
+            a.resolve_after
+        ),
+        (
+            d.evaluate_every,
+            d.group_wait,
+            d.group_interval,
+            d.repeat_interval,
+            d.escalate_after,
+            d.resolve_after
+        ),
+        "the README shows the defaults"
+    );
+}
