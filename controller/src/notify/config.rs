@@ -54,6 +54,18 @@ pub struct Alerting {
 pub const DEFAULT_RUNBOOK_URL_BASE: &str = "runbooks/";
 /// The default per-notifier request timeout.
 pub const DEFAULT_NOTIFIER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default `evaluate_every`.
+pub const DEFAULT_EVALUATE_EVERY: Duration = Duration::from_secs(5);
+/// The default `group_wait`.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(10);
+/// The default `group_interval`.
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// The default `repeat_interval`.
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// The default `escalate_after`.
+pub const DEFAULT_ESCALATE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// The default `resolve_after`.
+pub const DEFAULT_RESOLVE_AFTER: Duration = Duration::from_secs(2 * 60);
 /// Telegram's Bot API, the default `api_url`.
 pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 
@@ -65,12 +77,12 @@ impl Default for Alerting {
             runbook_url_base: DEFAULT_RUNBOOK_URL_BASE.to_owned(),
             external_url: None,
             heartbeat: None,
-            evaluate_every: timing("evaluate_every").default,
-            group_wait: timing("group_wait").default,
-            group_interval: timing("group_interval").default,
-            repeat_interval: timing("repeat_interval").default,
-            escalate_after: timing("escalate_after").default,
-            resolve_after: timing("resolve_after").default,
+            evaluate_every: DEFAULT_EVALUATE_EVERY,
+            group_wait: DEFAULT_GROUP_WAIT,
+            group_interval: DEFAULT_GROUP_INTERVAL,
+            repeat_interval: DEFAULT_REPEAT_INTERVAL,
+            escalate_after: DEFAULT_ESCALATE_AFTER,
+            resolve_after: DEFAULT_RESOLVE_AFTER,
         }
     }
 }
@@ -291,42 +303,42 @@ const fn secs(s: u64) -> Duration {
 const TIMINGS: &[Timing] = &[
     Timing {
         key: "evaluate_every",
-        default: secs(5),
+        default: DEFAULT_EVALUATE_EVERY,
         min: secs(1),
         max: secs(60),
         why: "alerts must be detected within 3 minutes",
     },
     Timing {
         key: "group_wait",
-        default: secs(10),
+        default: DEFAULT_GROUP_WAIT,
         min: secs(0),
         max: secs(300),
         why: "a longer wait delays every first message",
     },
     Timing {
         key: "group_interval",
-        default: secs(300),
+        default: DEFAULT_GROUP_INTERVAL,
         min: secs(10),
         max: secs(86_400),
         why: "more often is a message storm",
     },
     Timing {
         key: "repeat_interval",
-        default: secs(3600),
+        default: DEFAULT_REPEAT_INTERVAL,
         min: secs(60),
         max: secs(7 * 86_400),
         why: "more often is a message storm",
     },
     Timing {
         key: "escalate_after",
-        default: secs(1800),
+        default: DEFAULT_ESCALATE_AFTER,
         min: secs(60),
         max: secs(7 * 86_400),
         why: "give the first receivers a chance",
     },
     Timing {
         key: "resolve_after",
-        default: secs(120),
+        default: DEFAULT_RESOLVE_AFTER,
         min: secs(0),
         max: secs(3600),
         why: "a longer hold hides real recoveries",
@@ -354,13 +366,6 @@ const HEARTBEAT_TIMEOUT: Timing = Timing {
     max: secs(60),
     why: "a ping is one small request",
 };
-
-fn timing(key: &str) -> &'static Timing {
-    TIMINGS
-        .iter()
-        .find(|t| t.key == key)
-        .unwrap_or(&NOTIFIER_TIMEOUT)
-}
 
 const KEYS: &[&str] = &[
     "notifiers",
@@ -413,9 +418,9 @@ pub fn decode(ctx: &mut Ctx<'_>, node: &Node) -> Option<Alerting> {
     if let Some(n) = present(f.get("notifiers")) {
         match ctx.seq(n, "`alerting.notifiers`") {
             Some(items) => {
+                let mut seen = Vec::new();
                 for item in items {
-                    let seen = declared.get_or_insert_with(Vec::new);
-                    let (name, cfg) = decode_notifier(ctx, item, seen);
+                    let (name, cfg) = decode_notifier(ctx, item, &seen);
                     if let Some(name) = name {
                         seen.push(name);
                     }
@@ -424,6 +429,7 @@ pub fn decode(ctx: &mut Ctx<'_>, node: &Node) -> Option<Alerting> {
                         None => ok = false,
                     }
                 }
+                declared = Some(seen);
             }
             None => {
                 declared = None;

@@ -157,9 +157,7 @@ impl Message {
             severity: AlertName::Watchdog.severity(),
             kind: MessageKind::Test,
             summary: "Test message: this notifier delivers".to_owned(),
-            description: "Sent by `fleet-controller notifiers test` to check that this receiver \
-                          can be reached and accepts Fleet's messages. Nothing to do."
-                .to_owned(),
+            description: "Alerts reach this receiver and look like this message.".to_owned(),
             devices: Vec::new(),
             devices_total: 0,
             runbook_url,

@@ -121,8 +121,8 @@ pub fn render(message: &Message) -> String {
         if total <= TEXT_MAX {
             break;
         }
+        let excess = total - TEXT_MAX;
         for p in parts.iter_mut().filter(|p| p.shrink == Some(order)) {
-            let excess = visible_len_excess(total, TEXT_MAX);
             let len = text::utf16_len(&p.text);
             p.text = text::truncate_utf16(&p.text, len.saturating_sub(excess));
         }
@@ -144,10 +144,6 @@ pub fn render(message: &Message) -> String {
             }
         })
         .collect()
-}
-
-fn visible_len_excess(total: usize, max: usize) -> usize {
-    total.saturating_sub(max)
 }
 
 /// The JSON body of `sendMessage` for `message` to `chat_id`.

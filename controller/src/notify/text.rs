@@ -209,7 +209,7 @@ pub fn truncate_utf16(s: &str, max: usize) -> String {
 }
 
 /// Escapes `s` with `escape` one character at a time and stops before the escaped text would
-/// pass `max` bytes-as-characters (leaving room for `…`): an escape sequence is never cut.
+/// pass `max` characters (leaving room for `…`): an escape sequence is never cut.
 pub fn escape_within(s: &str, max: usize, escape: impl Fn(char) -> Option<&'static str>) -> String {
     let full: usize = s
         .chars()
