@@ -98,6 +98,11 @@ impl Registry {
         })
     }
 
+    /// The configuration it was built from (timings, runbook base, external URL).
+    pub fn alerting(&self) -> &Alerting {
+        &self.alerting
+    }
+
     /// Every notifier, in configuration order.
     pub fn notifiers(&self) -> &[Arc<dyn Notifier>] {
         &self.notifiers
