@@ -55,14 +55,15 @@ fmt:
 # loudly instead. PostgreSQL tests use FLEET_TEST_POSTGRES_URL, or a private cluster started here
 # (scripts/test-postgres).
 # The API fuzzer (schemathesis, from PyPI) gets its own venv outside the repository
-# (scripts/schemathesis-venv, ~/.cache/fleet/schemathesis-venv; made once, kept).
+# (scripts/schemathesis-venv, ~/.cache/fleet/schemathesis-venv; made once, kept), and so does the
+# e-mail notifier's SMTP server (aiosmtpd: scripts/aiosmtpd-venv, ~/.cache/fleet/aiosmtpd-venv).
 test:
-	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then scripts/packages install test && scripts/schemathesis-venv install; fi
+	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then scripts/packages install test && scripts/schemathesis-venv install && scripts/aiosmtpd-venv install; fi
 	$(MAKE) --no-print-directory lint
 	@if [ "$${FLEET_ALLOW_SKIPS:-}" != 1 ]; then \
 		export FLEET_REQUIRE_GIT=1 FLEET_REQUIRE_DOCKER=1 FLEET_REQUIRE_PROMETHEUS=1 \
 			FLEET_REQUIRE_POSTGRES=1 FLEET_REQUIRE_CHROMIUM=1 FLEET_REQUIRE_SYSTEMD=1 \
-			FLEET_REQUIRE_SCHEMATHESIS=1 FLEET_REQUIRE_FAKETIME=1; \
+			FLEET_REQUIRE_SCHEMATHESIS=1 FLEET_REQUIRE_FAKETIME=1 FLEET_REQUIRE_SMTP=1; \
 		if [ "$$(id -u)" = 0 ]; then export FLEET_REQUIRE_TMPFS=1; fi; \
 	fi; \
 	FLEET_TEST_POSTGRES_URL="$${FLEET_TEST_POSTGRES_URL:-$$(scripts/test-postgres start 2>/dev/null || true)}" \

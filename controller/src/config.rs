@@ -144,6 +144,8 @@ pub struct ControllerConfig {
     pub limits: Limits,
     /// Long-poll check-ins.
     pub long_poll: LongPoll,
+    /// Alerts: notifiers, routes, timings (`crate::notify::config`).
+    pub alerting: crate::notify::config::Alerting,
 }
 
 impl Default for ControllerConfig {
@@ -164,6 +166,7 @@ impl Default for ControllerConfig {
             metrics_token_file: None,
             limits: Limits::default(),
             long_poll: LongPoll::default(),
+            alerting: crate::notify::config::Alerting::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ const TOP_KEYS: &[&str] = &[
     "metrics_token_file",
     "limits",
     "long_poll",
+    "alerting",
 ];
 const LONG_POLL_KEYS: &[&str] = &["max", "max_waiting"];
 const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
@@ -387,6 +391,12 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
                 ok = false;
             }
             Some(l) => cfg.long_poll = l,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("alerting") {
+        match crate::notify::config::decode(ctx, n) {
+            Some(a) => cfg.alerting = a,
             None => ok = false,
         }
     }

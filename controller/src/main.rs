@@ -53,6 +53,25 @@ enum Command {
         #[command(subcommand)]
         command: BootstrapCommand,
     },
+    /// The alert notifiers of `alerting:` in the configuration.
+    Notifiers {
+        #[command(subcommand)]
+        command: NotifiersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifiersCommand {
+    /// Send a test message through every notifier (or one); one line per notifier; exit 1 if
+    /// any did not deliver.
+    Test {
+        /// Only this notifier.
+        #[arg(long)]
+        name: Option<String>,
+        /// The fleet name the message shows.
+        #[arg(long, default_value = "test")]
+        fleet: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,12 +197,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig => {
             println!(
-                "configuration OK: listen {}, database {}",
+                "configuration OK: listen {}, database {}, {} notifier(s), {} alert route(s)",
                 cfg.listen,
-                fleet_controller::db::redact(&cfg.database_url())
+                fleet_controller::db::redact(&cfg.database_url()),
+                cfg.alerting.notifiers.len(),
+                cfg.alerting.routes.len()
             );
             Ok(())
         }
+        Command::Notifiers {
+            command: NotifiersCommand::Test { name, fleet },
+        } => notifiers_test(&cfg, name.as_deref(), &fleet).await,
         Command::Serve { listen } => {
             if let Some(l) = listen {
                 cfg.listen = l;
@@ -305,6 +329,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             bootstrap_token(&db, command).await
         }
     }
+}
+
+/// `notifiers test`: the test message through each selected notifier, one line each.
+async fn notifiers_test(
+    cfg: &ControllerConfig,
+    only: Option<&str>,
+    fleet: &str,
+) -> Result<(), Failure> {
+    use fleet_controller::notify::registry::{self, Registry, RegistryError};
+    let reg = Registry::new(&cfg.alerting).map_err(|e| Failure(1, e.to_string()))?;
+    let chosen = reg.select(only).map_err(|e| match e {
+        RegistryError::UnknownNotifier { .. } => Failure(2, e.to_string()),
+        _ => Failure(1, e.to_string()),
+    })?;
+    let message = reg.test_message(fleet, fleet_controller::db::now_ms());
+    let outcomes = registry::send_each(&chosen, &message).await;
+    for o in &outcomes {
+        println!("{o}");
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Failure(
+            1,
+            format!("{failed} of {} notifier(s) did not deliver", outcomes.len()),
+        ));
+    }
+    Ok(())
 }
 
 async fn bootstrap_token(db: &Db, command: BootstrapCommand) -> Result<(), Failure> {

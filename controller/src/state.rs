@@ -61,6 +61,7 @@ impl AppState {
     pub fn new(db: Db, cfg: ControllerConfig, webhook_secret: Option<Vec<u8>>) -> AppState {
         let cfg_waiting = cfg.long_poll.max_waiting;
         let lease = cfg.leader_lease;
+        let cfg_alerting = cfg.alerting.clone();
         AppState {
             db,
             cfg: Arc::new(cfg),
@@ -80,7 +81,7 @@ impl AppState {
             fleet_cache: Arc::default(),
             rows: Arc::default(),
             git_health: Arc::default(),
-            alerting: Arc::default(),
+            alerting: Arc::new(crate::alerts::Runtime::of(&cfg_alerting)),
         }
     }
 

@@ -10,6 +10,9 @@
 //! - [`registry`]: a container registry stand-in whose image pull stalls half-way.
 //! - [`slow_link`]: a rate-limited TCP proxy in front of a server, that can stall half-way.
 //! - [`tls`]: a lab certificate authority and server certificates for loopback, made on the fly.
+//! - [`receivers`]: an HTTP receiver that records every request and answers programmed replies
+//!   (the stand-in for Slack, Telegram and webhook endpoints).
+//! - [`smtp`]: a real SMTP server (aiosmtpd from PyPI) with STARTTLS, SMTPS or none.
 
 pub mod docker_guard;
 pub mod faketime;
@@ -17,6 +20,8 @@ pub mod git_daemon;
 pub mod images;
 pub mod partition;
 pub mod prometheus;
+pub mod receivers;
 pub mod registry;
 pub mod slow_link;
+pub mod smtp;
 pub mod tls;

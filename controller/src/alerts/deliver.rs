@@ -208,12 +208,14 @@ async fn attempt(
                 "no notifier named `{name}` in controller.yaml `alerting.notifiers` any more"
             ),
             retryable: false,
+            retry_after: None,
         });
     };
     let message: Message = serde_json::from_str(&row.body).map_err(|e| NotifyError::Refused {
         receiver: name.to_owned(),
         detail: format!("stored message {} is unreadable: {e}", row.message_id),
         retryable: false,
+        retry_after: None,
     })?;
     n.send(&message).await
 }
@@ -264,6 +266,21 @@ impl Runtime {
             heartbeat: super::heartbeat::HeartbeatHealth::default(),
             wake_delivery: tokio::sync::Notify::new(),
         }
+    }
+}
+
+impl Runtime {
+    /// The runtime of controller.yaml's `alerting:` section. The notifiers contact nobody
+    /// when built; a receiver that cannot be reached shows at its first message.
+    pub fn of(a: &crate::notify::config::Alerting) -> Runtime {
+        let notifiers = match crate::notify::registry::build_all(a) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the alert notifiers; alerts are kept and shown, not sent");
+                Vec::new()
+            }
+        };
+        Runtime::new(super::settings::Settings::from(a), notifiers)
     }
 }
 

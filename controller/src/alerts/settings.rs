@@ -63,6 +63,43 @@ impl Default for Settings {
     }
 }
 
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl From<&crate::notify::config::Alerting> for Settings {
+    fn from(a: &crate::notify::config::Alerting) -> Settings {
+        Settings {
+            evaluate_every: a.evaluate_every,
+            timing: Timing {
+                group_wait_ms: ms(a.group_wait),
+                group_interval_ms: ms(a.group_interval),
+                repeat_interval_ms: ms(a.repeat_interval),
+                escalate_after_ms: ms(a.escalate_after),
+                resolve_after_ms: ms(a.resolve_after),
+            },
+            links: Links {
+                runbook_url_base: a.runbook_url_base.clone(),
+                external_url: a.external_url.clone(),
+            },
+            heartbeat: a.heartbeat.as_ref().map(|h| Heartbeat {
+                url: h.url.to_string(),
+                interval: h.interval,
+                timeout: h.timeout,
+            }),
+            routes: a
+                .routes
+                .iter()
+                .map(|r| RouteRule {
+                    severities: r.severities.clone(),
+                    notifiers: r.notifiers.clone(),
+                    escalate_to: r.escalate_to.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Settings {
     /// The notifiers a message of `severity` goes to on `route`: every route that takes the
     /// severity contributes.

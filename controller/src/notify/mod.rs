@@ -2,9 +2,28 @@
 //! webhook, Slack, Telegram, e-mail over SMTP). They know nothing of the alert engine: it
 //! decides what to say and to whom (the `alerts` module), the delivery worker retries; a
 //! notifier makes one attempt and says how it went.
+//!
+//! - [`config`]: the `alerting:` section of controller.yaml (notifiers, routes, timings).
+//! - [`registry`]: the notifiers built from it, and which of them a severity goes to.
+//! - [`webhook`], [`slack`], [`telegram`], [`email`]: one adapter each.
+//! - `text` and `http`: what the adapters share (wording and limits; HTTP and secret files).
+//!
+//! Every adapter reads its secret files at each send (a rotated secret needs no restart), never
+//! logs a secret, and maps what the receiver answered to a [`NotifyError`] whose
+//! [`NotifyError::retryable`] tells the delivery worker whether to try again.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+pub mod config;
+pub mod email;
+mod http;
+pub mod registry;
+pub mod slack;
+pub mod telegram;
+mod text;
+pub mod webhook;
 
 use fleet_config::alerts::{AlertName, Severity};
 use serde::{Deserialize, Serialize};
@@ -64,7 +83,7 @@ pub struct Message {
     pub devices_total: u64,
     /// Where the runbook is: `<alerting.runbook_url_base><AlertName>.md`.
     pub runbook_url: String,
-    /// The alert on the dashboard, when `alerting.dashboard_url` is set.
+    /// The alert on the dashboard, when `alerting.external_url` is set.
     pub dashboard_url: Option<String>,
     /// When the alert started firing, ms since the epoch.
     pub started_ms: i64,
@@ -97,6 +116,9 @@ pub enum NotifyError {
         detail: String,
         /// Whether trying again may help (5xx, 429) or not (4xx).
         retryable: bool,
+        /// How long the receiver asked to wait before the next attempt (HTTP `Retry-After`,
+        /// Telegram's `parameters.retry_after`), when it said.
+        retry_after: Option<Duration>,
     },
     /// The notifier's own settings cannot work (a secret file unreadable, a bad address).
     #[error("{0}")]
@@ -110,6 +132,39 @@ impl NotifyError {
             NotifyError::Unreachable { .. } => true,
             NotifyError::Refused { retryable, .. } => *retryable,
             NotifyError::Config(_) => true,
+        }
+    }
+
+    /// How long the receiver asked to wait before trying again, if it said (a 429's
+    /// `Retry-After`); the delivery worker waits at least this long.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            NotifyError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl Message {
+    /// The message `fleet-controller notifiers test` sends: kind [`MessageKind::Test`], about
+    /// the always-firing [`AlertName::Watchdog`] (the alerting pipeline works), with the
+    /// runbook link an alert would carry so the operator sees how links render.
+    pub fn test(fleet: &str, runbook_url: String, now_ms: i64) -> Message {
+        Message {
+            id: format!("test-{now_ms}"),
+            alert_id: "test".to_owned(),
+            alert: AlertName::Watchdog,
+            severity: AlertName::Watchdog.severity(),
+            kind: MessageKind::Test,
+            summary: "Test message: this notifier delivers".to_owned(),
+            description: "Alerts reach this receiver and look like this message.".to_owned(),
+            devices: Vec::new(),
+            devices_total: 0,
+            runbook_url,
+            dashboard_url: None,
+            started_ms: now_ms,
+            resolved_ms: None,
+            fleet: fleet.to_owned(),
         }
     }
 }
