@@ -204,13 +204,9 @@ pub fn message(o: &Outgoing, s: &FleetSettings, links: &Links) -> Message {
         MessageKind::Resolved => description.push_str("It no longer holds.\n"),
         _ => {
             description.push_str(&format!("Next step: {}\n", next_step(a.name, &a.id, first)));
+            // The notifiers add the runbook and how to acknowledge (notify::text::next_steps).
             if let Some(ack) = &a.ack {
                 description.push_str(&format!("Acknowledged by {}: {}\n", ack.by, ack.reason));
-            } else {
-                description.push_str(&format!(
-                    "Acknowledge: fleetctl alerts ack {} --reason \"...\"\n",
-                    a.id
-                ));
             }
         }
     }

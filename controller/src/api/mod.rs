@@ -44,7 +44,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/resume", "operator", "Clear the emergency stop", ops::resume),
         Route::get("/api/v1/alerts", "viewer", "Alerts: open ones (pending, firing) by default; ?state=firing|pending|resolved|all, ?limit=N", alerts::list),
         Route::get("/api/v1/alerts/{id}", "viewer", "One alert with its members, runbook and every message sent for it", alerts::show),
-        Route::post("/api/v1/alerts/{id}/ack", "operator", "Acknowledge an alert (reason required): no reminder, no escalation", alerts::ack),
+        Route::post("/api/v1/alerts/{id}/ack", "operator", "Acknowledge an alert (reason optional): no reminder, no escalation", alerts::ack),
         Route::get("/api/v1/silences", "viewer", "Silences, newest first", alerts::silences),
         Route::post("/api/v1/silences", "operator", "Silence an alert (or every alert) for a device (or every member) for a duration (reason required)", alerts::silence),
         Route::post("/api/v1/silences/{id}/end", "operator", "End a silence early", alerts::end_silence),

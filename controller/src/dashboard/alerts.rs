@@ -169,7 +169,7 @@ fn ack_form(c: &Chrome, a: &AlertRow) -> Markup {
         @if c.session.user.role >= Role::Operator && a.alert.phase != Phase::Resolved && a.alert.ack.is_none() {
             form.inline method="post" action=(format!("/ui/alerts/{}/ack", a.alert.id)) {
                 (csrf_next(c))
-                input type="text" name="reason" required placeholder="who is on it, what next" aria-label="Reason for acknowledging";
+                input type="text" name="reason" placeholder="what you are doing (optional)" aria-label="Reason for acknowledging";
                 button type="submit" { "Acknowledge" }
             }
         }

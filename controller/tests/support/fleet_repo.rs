@@ -56,10 +56,21 @@ impl FleetRepo {
 
     /// As [`FleetRepo::release`], with devices.yaml pinning devices: (id, release, reason).
     pub fn release_with_pins(&self, tag: &str, pins: &[(&str, &str, &str)]) -> String {
-        let fleet = format!(
+        self.release_with(tag, pins, "")
+    }
+
+    /// As [`FleetRepo::release`], with `fleet_extra` appended to fleet.yaml (an `alerts:`
+    /// section, say).
+    pub fn release_with_fleet(&self, tag: &str, fleet_extra: &str) -> String {
+        self.release_with(tag, &[], fleet_extra)
+    }
+
+    fn release_with(&self, tag: &str, pins: &[(&str, &str, &str)], fleet_extra: &str) -> String {
+        let mut fleet = format!(
             "name: test-fleet\nrelease_branch: main\nrollout:\n  waves:\n    - {{ name: canary, select: {{ ring: canary }} }}\n    - {{ name: five-percent, percent: 5 }}\n    - {{ name: quarter, percent: 25 }}\n    - {{ name: all, percent: 100 }}\n  bake: {}\n  health_timeout: 60s\n  max_failure_rate: 5%\n  fleet_unhealthy_stop: 50%\n",
             self.bake
         );
+        fleet.push_str(fleet_extra);
         let mut devices = String::from("devices:\n");
         for (i, id) in device_ids(self.devices).iter().enumerate() {
             let ring = if i < self.canaries { "canary" } else { "main" };

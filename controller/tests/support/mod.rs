@@ -158,6 +158,13 @@ impl TestController {
         panic!("the controller never became leader");
     }
 
+    /// Stops it and starts it again on the same configuration and store (a new port).
+    pub async fn restart(self) -> TestController {
+        let cfg = (*self.state.cfg).clone();
+        self.stop().await;
+        TestController::start(cfg).await
+    }
+
     /// Stops it and waits for its tasks.
     pub async fn stop(self) {
         self.shutdown.cancel();

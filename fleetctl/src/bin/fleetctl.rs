@@ -188,9 +188,9 @@ enum AlertsCommand {
     Ack {
         /// Alert id.
         id: String,
-        /// Why (required; audited and shown with the alert).
+        /// What you are doing about it (audited and shown with the alert).
         #[arg(long)]
-        reason: String,
+        reason: Option<String>,
     },
     /// Silence an alert (or every alert) for a device (or every device) for a while.
     Silence {
@@ -793,7 +793,7 @@ async fn alerts(
         }
         AlertsCommand::Ack { id, reason: why } => {
             let r = api
-                .post(&format!("/api/v1/alerts/{id}/ack"), json!({"reason": why}))
+                .post(&format!("/api/v1/alerts/{id}/ack"), reason(&why))
                 .await?;
             Ok(if json_out {
                 pretty(&r)
