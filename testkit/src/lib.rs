@@ -5,12 +5,14 @@
 //! - [`docker_guard`]: a label namespace per test, removed when the test ends.
 //! - [`images`]: the test images built from Debian's busybox, and the Docker check.
 //! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
+//! - [`alertmanager`]: a real Alertmanager, and a webhook receiver that records its deliveries.
 //! - [`faketime`]: Debian's libfaketime, to run the agent on another (or a faster) clock.
 //! - [`partition`]: a TCP proxy that can be frozen (a network partition) and healed.
 //! - [`registry`]: a container registry stand-in whose image pull stalls half-way.
 //! - [`slow_link`]: a rate-limited TCP proxy in front of a server, that can stall half-way.
 //! - [`tls`]: a lab certificate authority and server certificates for loopback, made on the fly.
 
+pub mod alertmanager;
 pub mod docker_guard;
 pub mod faketime;
 pub mod git_daemon;
