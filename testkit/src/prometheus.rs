@@ -99,13 +99,13 @@ impl Prometheus {
             format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: ['{target}']\n"),
         )
         .expect("write prometheus.yml");
-        Prometheus::start_config(dir, &config, free_port())
+        Prometheus::start_config(dir, &config, free_port(), &[])
     }
 
     /// Starts Prometheus in `dir` (its data and log) with the configuration file `config`
     /// (whose rule files and file_sd paths are relative to its own directory), listening on
-    /// `127.0.0.1:<port>`.
-    pub fn start_config(dir: &Path, config: &Path, port: u16) -> Prometheus {
+    /// `127.0.0.1:<port>`, with more command-line flags `extra`.
+    pub fn start_config(dir: &Path, config: &Path, port: u16, extra: &[&str]) -> Prometheus {
         fs::create_dir_all(dir).expect("mkdir");
         let addr = format!("127.0.0.1:{port}");
         let log = fs::File::create(dir.join("prometheus.log")).expect("log");
@@ -116,6 +116,7 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(extra)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()

@@ -21,6 +21,15 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// Where a test leaves what it saw: `$FLEET_ARTIFACTS_DIR/NAME`, else
+/// `target/test-artifacts/NAME` (as the dashboard tests do).
+pub fn artifacts_dir(name: &str) -> PathBuf {
+    std::env::var_os("FLEET_ARTIFACTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target").join("test-artifacts"))
+        .join(name)
+}
+
 /// A file under `deploy/`.
 pub fn deploy(rel: &str) -> PathBuf {
     repo_root().join("deploy").join(rel)
