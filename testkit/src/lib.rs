@@ -5,6 +5,7 @@
 //! - [`docker_guard`]: a label namespace per test, removed when the test ends.
 //! - [`images`]: the test images built from Debian's busybox, and the Docker check.
 //! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
+//! - [`alertmanager`]: a real Alertmanager, and a webhook receiver that records its deliveries.
 //! - [`faketime`]: Debian's libfaketime, to run the agent on another (or a faster) clock.
 //! - [`partition`]: a TCP proxy that can be frozen (a network partition) and healed.
 //! - [`registry`]: a container registry stand-in whose image pull stalls half-way.
@@ -14,6 +15,7 @@
 //!   (the stand-in for Slack, Telegram and webhook endpoints).
 //! - [`smtp`]: a real SMTP server (aiosmtpd from PyPI) with STARTTLS, SMTPS or none.
 
+pub mod alertmanager;
 pub mod docker_guard;
 pub mod faketime;
 pub mod git_daemon;

@@ -86,6 +86,7 @@ pub struct Prometheus {
     child: Child,
     /// `127.0.0.1:<port>` of its HTTP API.
     pub addr: String,
+    log: std::path::PathBuf,
 }
 
 impl Prometheus {
@@ -98,7 +99,14 @@ impl Prometheus {
             format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: ['{target}']\n"),
         )
         .expect("write prometheus.yml");
-        let port = free_port();
+        Prometheus::start_config(dir, &config, free_port(), &[])
+    }
+
+    /// Starts Prometheus in `dir` (its data and log) with the configuration file `config`
+    /// (whose rule files and file_sd paths are relative to its own directory), listening on
+    /// `127.0.0.1:<port>`, with more command-line flags `extra`.
+    pub fn start_config(dir: &Path, config: &Path, port: u16, extra: &[&str]) -> Prometheus {
+        fs::create_dir_all(dir).expect("mkdir");
         let addr = format!("127.0.0.1:{port}");
         let log = fs::File::create(dir.join("prometheus.log")).expect("log");
         let child = Command::new("prometheus")
@@ -108,11 +116,21 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(extra)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start prometheus");
-        Prometheus { child, addr }
+        Prometheus {
+            child,
+            addr,
+            log: dir.join("prometheus.log"),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until an instant query returns at least one sample; returns the JSON result.

@@ -9,11 +9,14 @@ pub mod dashboard;
 pub mod fleet;
 #[path = "../../../agent/tests/support/lab.rs"]
 pub mod lab;
+pub mod monitoring;
 #[path = "../../../controller/tests/support/process.rs"]
 pub mod process;
 
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use fleet_testkit::{docker_guard, faketime, git_daemon, images, partition, prometheus};
+pub use fleet_testkit::{
+    alertmanager, docker_guard, faketime, git_daemon, images, partition, prometheus,
+};
 
 use std::time::Duration;
 
