@@ -347,23 +347,6 @@ pub fn used_metrics() -> Vec<(String, String)> {
     out
 }
 
-/// Controller metrics the lead is adding with the alert engine (issue 16): the rules and
-/// dashboards use them, and they may not be exported yet.
-pub const PENDING_CONTROLLER_METRICS: &[&str] = &[
-    "fleet_watcher_git_consecutive_failures",
-    "fleet_watcher_git_fetch_failures_total",
-    "fleet_unhealthy_ratio",
-    "fleet_unhealthy_stop_ratio",
-    "fleet_release_rejected",
-    "fleet_alerts_firing",
-    "fleet_alert_devices",
-    "fleet_notifier_consecutive_failures",
-    "fleet_alert_notifications_total",
-    "fleet_heartbeat_last_success_timestamp_seconds",
-    "fleet_alert_engine_last_evaluation_timestamp_seconds",
-    "fleet_watchdog",
-];
-
 /// The compose command: `docker compose` (v2) when present, else `docker-compose` (Debian's
 /// 1.29). `None` (after a loud SKIP) when neither is, unless [`REQUIRE_COMPOSE_ENV`] is `1`.
 pub fn compose_command(test: &str) -> Option<Vec<String>> {
