@@ -45,6 +45,13 @@ pub const INTERVAL_RANGE: (Duration, Duration) =
 pub const SUPERVISE_EVERY: Duration = Duration::from_secs(30);
 /// A recurring failure of the same kind is logged again after this long.
 pub const LOG_EVERY: Duration = Duration::from_secs(5 * 60);
+/// A problem raised or cleared is reported at once (the alert engine's detection time), not at
+/// the next check-in; at most once per this long, so a flapping one cannot flood the
+/// controller. A held long poll is cut for it too, once it was held this long.
+pub const PROMPT_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// A long poll is held at least this long before a problem cuts it: by then the controller
+/// has stored the check-in it holds.
+pub const HELD_BEFORE_CUT: Duration = Duration::from_secs(1);
 /// Next check-in after one that sent a full batch of events: the rest of the buffer follows
 /// soon, not an interval later.
 pub const DRAIN_DELAY: Duration = Duration::from_secs(2);
@@ -98,6 +105,8 @@ enum Exchange {
     Failed(Duration),
     /// Shutdown interrupted it.
     Shutdown,
+    /// A held long poll was cut to report a problem at once: check in again now.
+    Cut,
 }
 
 /// What the device runs, read for a decision.
@@ -160,6 +169,19 @@ struct ControllerLoop {
     last_action: Option<Action>,
     status: CheckinStatus,
     saved_status: Option<CheckinStatus>,
+    /// When a problem last made the agent report early (see [`PROMPT_REPORT_EVERY`]).
+    last_prompt: Option<Instant>,
+    /// The last check-in went through (no backoff pending): a problem may bring the next one
+    /// forward.
+    answered: bool,
+}
+
+impl ControllerLoop {
+    /// The earliest a problem may bring a report forward to.
+    fn prompt_at(&self, now: Instant) -> Instant {
+        self.last_prompt
+            .map_or(now, |t| (t + PROMPT_REPORT_EVERY).max(now))
+    }
 }
 
 /// Runs controller mode until `shutdown`. Errors only when the HTTP client cannot be set up;
@@ -192,7 +214,10 @@ pub async fn run<R: StackRuntime>(
         just_attempted: None,
         last_action: None,
         saved_status: None,
+        last_prompt: None,
+        answered: false,
     };
+    let problems = updater.problems().clone();
     tracing::info!(controller = %l.cfg.url, "controller mode: the device runs only the releases the controller names");
     let mut next = Instant::now();
     loop {
@@ -212,6 +237,19 @@ pub async fn run<R: StackRuntime>(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(REQUEST_CHECK.min(next.saturating_duration_since(Instant::now()))) => {}
+            // A problem raised or cleared goes to the controller now, not at the next check-in
+            // (a minute away): the alert engine's detection time. Not while backing off from a
+            // controller that does not answer.
+            _ = problems.event_queued() => {
+                updater.flush_problem_events();
+                if l.answered {
+                    let at = l.prompt_at(Instant::now());
+                    if at < next {
+                        next = at;
+                        l.last_prompt = Some(at);
+                    }
+                }
+            }
         }
     }
     tracing::info!("controller loop stopped");
@@ -283,7 +321,7 @@ impl ControllerLoop {
         let (resp, sent) = match self.exchange(u, token, shutdown).await {
             Exchange::Answer(resp, sent) => (resp, sent),
             Exchange::Failed(wait) => return wait,
-            Exchange::Shutdown => return Duration::ZERO,
+            Exchange::Shutdown | Exchange::Cut => return Duration::ZERO,
         };
         let seen = Seen::read(u);
         let just_attempted = self.just_attempted.take();
@@ -332,14 +370,36 @@ impl ControllerLoop {
         // during a hanging check-in does not take those events with it. They follow with the
         // next check-in.
         let problems = u.problems().clone();
+        let held = req.long_poll_secs > 0;
+        let sent_at = Instant::now();
+        let mut cut_at: Option<Instant> = None;
         let answer = {
             let checkin = self.client.checkin(token, &req);
             tokio::pin!(checkin);
             loop {
+                let cut = async {
+                    match cut_at {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     a = &mut checkin => break a,
                     _ = shutdown.cancelled() => return Exchange::Shutdown,
-                    _ = problems.event_queued() => u.flush_problem_events(),
+                    _ = problems.event_queued() => {
+                        u.flush_problem_events();
+                        // A held long poll would keep the problem until it is answered (up to
+                        // `long_poll`): cut it and report now. The controller stored the held
+                        // check-in on arrival; its events come again and are stored once.
+                        if held && cut_at.is_none() {
+                            cut_at = Some(self.prompt_at(sent_at + HELD_BEFORE_CUT));
+                        }
+                    }
+                    _ = cut => {
+                        self.last_prompt = cut_at;
+                        tracing::debug!("long poll cut short to report a problem at once");
+                        return Exchange::Cut;
+                    }
                 }
             }
         };
@@ -524,13 +584,17 @@ impl ControllerLoop {
         token: &str,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let resp = match self.exchange(u, token, shutdown).await {
-            Exchange::Answer(resp, _) => resp,
-            Exchange::Failed(_) => {
-                tracing::warn!(release = %release.short(), "cannot ask the controller before the swap; going ahead as it last said");
-                return Ok(());
+        let resp = loop {
+            match self.exchange(u, token, shutdown).await {
+                Exchange::Answer(resp, _) => break resp,
+                Exchange::Failed(_) => {
+                    tracing::warn!(release = %release.short(), "cannot ask the controller before the swap; going ahead as it last said");
+                    return Ok(());
+                }
+                Exchange::Shutdown => return Err("the agent is stopping".into()),
+                // Cut to report a problem: ask again (not cut again for a while).
+                Exchange::Cut => {}
             }
-            Exchange::Shutdown => return Err("the agent is stopping".into()),
         };
         let seen = Seen::read(u);
         may_swap(&resp, &seen.local(None), release).map_err(|now| {
@@ -540,6 +604,7 @@ impl ControllerLoop {
     }
 
     fn succeeded(&mut self) {
+        self.answered = true;
         self.backoff.reset();
         let failures = self.failures.recovered();
         if failures > 0 {
@@ -554,6 +619,7 @@ impl ControllerLoop {
         what: &'static str,
         failure: Failure<'_>,
     ) -> Duration {
+        self.answered = false;
         let controller = match &failure {
             Failure::Controller(e) => Some(*e),
             Failure::Enroll(e) => e.controller(),
