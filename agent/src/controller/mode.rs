@@ -379,7 +379,7 @@ impl ControllerLoop {
             loop {
                 let cut = async {
                     match cut_at {
-                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        Some(t) => tokio::time::sleep_until(t).await,
                         None => std::future::pending().await,
                     }
                 };
