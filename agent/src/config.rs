@@ -42,7 +42,7 @@
 //!   disk_free_below: 500MB          # overrides fleet.yaml `alerts.disk_free_below` (0: off)
 //!   clock_skew_max: 5m              # farther from the controller's clock is reported
 //!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
-//!   drift_check_every: 10m          # re-digest `current` against the journal (1s..24h; 0s: boot only)
+//!   drift_check_every: 2m           # re-digest `current` against the journal (1s..24h; 0s: boot only)
 //! ```
 
 use std::net::SocketAddr;
@@ -283,7 +283,7 @@ pub mod defaults {
     /// 1 hour.
     pub const CRASH_LOOP_ROLLBACK_WITHIN: Duration = Duration::from_secs(3600);
     /// `watch.drift_check_every`.
-    pub const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(600);
+    pub const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(120);
 }
 
 /// The configuration could not be used.
@@ -921,7 +921,7 @@ mod tests {
         assert_eq!(c.watch.drift_check_every, Duration::from_secs(30));
         assert_eq!(
             WatchConfig::default().drift_check_every,
-            Duration::from_secs(600)
+            Duration::from_secs(120)
         );
         let boot_only = format!("{base}watch:\n  drift_check_every: 0s\n");
         let c = AgentConfig::parse(&boot_only, "agent.yaml").unwrap_or_else(|e| panic!("{e}"));

@@ -123,10 +123,10 @@ impl Default for AlertThresholds {
             crash_loop_restarts: 3,
             crash_loop_window: Duration::from_secs(300),
             disk_free_below: 500 << 20,
-            offline_after: Duration::from_secs(15 * 60),
+            offline_after: Duration::from_secs(2 * 60),
             temperature_above: 80.0,
             update_stuck_after: Duration::from_secs(15 * 60),
-            heartbeat_missed_after: Duration::from_secs(3 * 60),
+            heartbeat_missed_after: Duration::from_secs(2 * 60),
         }
     }
 }
