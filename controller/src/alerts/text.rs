@@ -229,7 +229,7 @@ pub fn message(o: &Outgoing, s: &FleetSettings, links: &Links) -> Message {
         dashboard_url: links
             .external_url
             .as_ref()
-            .map(|u| format!("{}/ui/alerts/{}", u.trim_end_matches('/'), a.id)),
+            .map(|u| format!("{}/alerts/{}", u.trim_end_matches('/'), a.id)),
         started_ms: a.fired_ms.unwrap_or(a.started_ms),
         resolved_ms: a.resolved_ms,
         fleet: s.fleet.clone(),
