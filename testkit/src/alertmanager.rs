@@ -2,24 +2,22 @@
 //! that records what Alertmanager delivers to it: the real path from a Prometheus rule to a
 //! notification, with nothing in between made up.
 //!
-//! The receiver runs axum on a runtime of its own (a thread), so sync and async tests can both
-//! use it; it answers 200 to JSON and 400 to anything else, and keeps every request.
+//! The receiver runs on a thread of its own, so sync and async tests can both use it; it
+//! answers 200 and keeps every request.
 
 use std::fs;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 
 use crate::git_daemon::free_port;
 use crate::prometheus::http_get;
+use crate::receivers::HttpReceiver;
 
 /// Set to `1` (CI does) to make a missing Alertmanager a failure instead of a skip.
 pub const REQUIRE_ENV: &str = "FLEET_REQUIRE_ALERTMANAGER";
@@ -156,50 +154,21 @@ impl Received {
     }
 }
 
-/// An HTTP server on loopback that records every JSON POST (Alertmanager's webhook); stopped on
-/// drop.
+/// An HTTP server on loopback that records every JSON POST (Alertmanager's webhook): the
+/// recording receiver of [`crate::receivers`], read as Alertmanager's payloads; stopped on drop.
 pub struct WebhookReceiver {
     /// Where it listens.
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    http: HttpReceiver,
 }
 
 impl WebhookReceiver {
     /// Starts the receiver on a free loopback port.
     pub fn start() -> WebhookReceiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let store = received.clone();
-        let thread = thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("receiver runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let app = axum::Router::new().fallback(axum::routing::post(
-                    move |uri: Uri, headers: HeaderMap, body: Bytes| {
-                        let store = store.clone();
-                        async move { record(&store, &uri, &headers, &body) }
-                    },
-                ));
-                // Stopped at once, not gracefully: Alertmanager keeps idle connections open.
-                tokio::select! {
-                    _ = axum::serve(listener, app) => {}
-                    _ = stopped => {}
-                }
-            });
-        });
+        let http = HttpReceiver::start();
         WebhookReceiver {
-            addr,
-            received,
-            stop: Some(stop),
-            thread: Some(thread),
+            addr: http.addr(),
+            http,
         }
     }
 
@@ -208,12 +177,22 @@ impl WebhookReceiver {
         format!("http://{}", self.addr)
     }
 
-    /// Everything received so far, in order.
+    /// Every JSON POST so far, in order.
     pub fn received(&self) -> Vec<Received> {
-        self.received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.http
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .filter_map(|r| {
+                let body = serde_json::from_slice::<Value>(&r.body).ok()?;
+                Some(Received {
+                    path: r.path.split('?').next().unwrap_or_default().to_owned(),
+                    content_type: r.header("content-type").unwrap_or_default().to_owned(),
+                    user_agent: r.header("user-agent").unwrap_or_default().to_owned(),
+                    body,
+                })
+            })
+            .collect()
     }
 
     /// Waits until a request satisfies `pred`; panics after `timeout` with everything received
@@ -243,40 +222,6 @@ impl WebhookReceiver {
                 );
             }
             thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn record(store: &Mutex<Vec<Received>>, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    store
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Received {
-            path: uri.path().to_owned(),
-            content_type: header("content-type"),
-            user_agent: header("user-agent"),
-            body,
-        });
-    StatusCode::OK
-}
-
-impl Drop for WebhookReceiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
