@@ -165,12 +165,42 @@ pub fn evaluate(
         if alert.phase == Phase::Firing {
             decide_messages(&mut alert, silences, t, now, &mut out);
         }
-        if alert != before {
+        if differs(&alert, &before) {
             out.changed.push(alert.clone());
         }
         open.insert(name, alert);
     }
     out
+}
+
+/// Whether `a` changed from `b` in what is stored: a member merely seen again (its `seen_ms`)
+/// is not a change, or every firing alert would be written at every pass (a 40,000-device
+/// `DeviceOffline` every 5 s). A new leader takes every stored member as seen when it loads
+/// them ([`reloaded`]).
+fn differs(a: &Alert, b: &Alert) -> bool {
+    a.phase != b.phase
+        || a.fired_ms != b.fired_ms
+        || a.resolved_ms != b.resolved_ms
+        || a.said != b.said
+        || a.members.len() != b.members.len()
+        || a.members
+            .iter()
+            .zip(&b.members)
+            .any(|((ka, ma), (kb, mb))| {
+                ka != kb
+                    || ma.detail != mb.detail
+                    || ma.since_ms != mb.since_ms
+                    || ma.firing != mb.firing
+            })
+}
+
+/// An alert as loaded from the store at `now`: its members count as seen now (what is stored
+/// of `seen_ms` lags, see [`differs`]), so none resolves before it was looked at again.
+pub fn reloaded(mut a: Alert, now: i64) -> Alert {
+    for m in a.members.values_mut() {
+        m.seen_ms = m.seen_ms.max(now);
+    }
+    a
 }
 
 /// Brings `alert`'s members up to date with this pass's facts.

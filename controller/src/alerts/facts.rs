@@ -181,7 +181,8 @@ pub fn facts(o: &Observation<'_>) -> Vec<Fact> {
             out.push(Fact {
                 alert: AlertName::DeviceOffline,
                 member: d.id.clone(),
-                detail: format!("no check-in for {}{site}", ago(silent)),
+                // Stable while it stays silent (a detail that changes is stored again).
+                detail: format!("last check-in {}{site}", crate::timefmt::utc(seen)),
                 hold_ms: 0,
             });
             continue;
@@ -314,4 +315,152 @@ pub fn facts(o: &Observation<'_>) -> Vec<Fact> {
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_config::protocol::{HealthState, Telemetry};
+
+    const NOW: i64 = 10_000_000;
+
+    fn device(id: &str, seen_ago_ms: i64, phase: UpdatePhase) -> DeviceRow {
+        DeviceRow {
+            id: id.into(),
+            hostname: String::new(),
+            arch: String::new(),
+            agent_version: String::new(),
+            revoked_ms: None,
+            enrolled_ms: 0,
+            last_seen_ms: Some(NOW - seen_ago_ms),
+            current: None,
+            previous: None,
+            phase,
+            health: HealthState::Healthy,
+            last_result: None,
+            bad_releases: Vec::new(),
+            telemetry: Telemetry::default(),
+            labels: [("site".to_owned(), "berlin".to_owned())].into(),
+            in_inventory: true,
+            pinned_release: None,
+            pin_reason: String::new(),
+            pin_source: String::new(),
+            desired_release: None,
+            desired_digest: None,
+            desired_since_ms: None,
+            safe_mode_requested: false,
+        }
+    }
+
+    fn problem(device: &str, problem: &str, raised_ago_ms: i64) -> ProblemRow {
+        ProblemRow {
+            device_id: device.into(),
+            problem: problem.into(),
+            subject: String::new(),
+            detail: format!("{problem} detail"),
+            raised_ms: NOW - raised_ago_ms,
+        }
+    }
+
+    fn facts_of(devices: &[DeviceRow], problems: &[ProblemRow]) -> Vec<(AlertName, String, i64)> {
+        let settings = FleetSettings::default();
+        facts(&Observation {
+            now_ms: NOW,
+            settings: &settings,
+            devices: devices.iter().collect(),
+            problems,
+            halted: &[],
+            rejected: None,
+            git_failing: &[],
+            fleet_failing: None,
+            notifiers_failing: &[],
+            heartbeat: None,
+        })
+        .into_iter()
+        .map(|f| (f.alert, f.member, f.hold_ms))
+        .collect()
+    }
+
+    #[test]
+    fn an_offline_device_alerts_as_offline_only_and_its_stale_problems_do_not() {
+        let devices = [
+            device("quiet", 3 * 60_000, UpdatePhase::Idle),
+            device("hot", 10_000, UpdatePhase::Idle),
+        ];
+        let problems = [
+            problem("quiet", "crash_loop", 0),
+            problem("hot", "overheating", 0),
+        ];
+        let f = facts_of(&devices, &problems);
+        assert_eq!(
+            f,
+            vec![
+                (AlertName::DeviceOffline, "quiet".into(), 0),
+                (AlertName::DeviceOverheating, "hot".into(), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_offline_detail_does_not_change_while_the_device_stays_silent() {
+        let settings = FleetSettings::default();
+        let d = device("quiet", 3 * 60_000, UpdatePhase::Idle);
+        let detail = |now: i64| {
+            facts(&Observation {
+                now_ms: now,
+                settings: &settings,
+                devices: vec![&d],
+                problems: &[],
+                halted: &[],
+                rejected: None,
+                git_failing: &[],
+                fleet_failing: None,
+                notifiers_failing: &[],
+                heartbeat: None,
+            })[0]
+                .detail
+                .clone()
+        };
+        assert_eq!(detail(NOW), detail(NOW + 60_000));
+        assert!(detail(NOW).contains("site berlin"), "{}", detail(NOW));
+    }
+
+    #[test]
+    fn a_repaired_drift_alerts_for_an_hour_and_a_watched_phase_must_hold() {
+        let devices = [
+            device("drifted", 1_000, UpdatePhase::Idle),
+            device("old-drift", 1_000, UpdatePhase::Idle),
+            device("verifying", 1_000, UpdatePhase::Verifying),
+            device("pulling", 1_000, UpdatePhase::Pulling),
+        ];
+        let problems = [
+            problem("drifted", DRIFT_DETECTED, 59 * 60_000),
+            problem("old-drift", DRIFT_DETECTED, 61 * 60_000),
+        ];
+        let f = facts_of(&devices, &problems);
+        let stuck_after = FleetSettings::default().update_stuck_after_ms;
+        assert_eq!(
+            f,
+            vec![
+                (
+                    AlertName::DeviceUpdateStuck,
+                    "verifying".into(),
+                    stuck_after
+                ),
+                (AlertName::DeviceConfigDrift, "drifted".into(), 0),
+            ],
+            "a download (pulling) is bounded by the agent, not stuck by the clock"
+        );
+    }
+
+    #[test]
+    fn devices_outside_the_inventory_or_revoked_or_never_seen_do_not_alert() {
+        let mut gone = device("gone", 3 * 60_000, UpdatePhase::Idle);
+        gone.in_inventory = false;
+        let mut revoked = device("revoked", 3 * 60_000, UpdatePhase::Idle);
+        revoked.revoked_ms = Some(0);
+        let mut new = device("new", 0, UpdatePhase::Idle);
+        new.last_seen_ms = None;
+        assert!(facts_of(&[gone, revoked, new], &[]).is_empty());
+    }
 }

@@ -61,12 +61,13 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// One pass under `fence`.
 pub async fn pass(state: &AppState, fence: &Fence, book: &mut Book) -> Result<(), DbError> {
     if book.epoch != Some(fence.epoch()) {
+        let now = now_ms();
         book.open = state
             .db
             .open_alerts()
             .await?
             .into_iter()
-            .map(|r| (r.alert.name, r.alert))
+            .map(|r| (r.alert.name, super::engine::reloaded(r.alert, now)))
             .collect();
         book.epoch = Some(fence.epoch());
     }

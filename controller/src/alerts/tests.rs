@@ -314,3 +314,27 @@ fn message_ids_are_unique_per_alert() {
     let ids: std::collections::BTreeSet<String> = r.sent.iter().map(Outgoing::message_id).collect();
     assert_eq!(ids.len(), r.sent.len());
 }
+
+#[test]
+fn a_member_merely_seen_again_is_not_stored_again() {
+    let mut r = Run::default();
+    let off = [fact(AlertName::DeviceOffline, "pi-01")];
+    r.hold(&off, 0, 10 * S);
+    // Held for minutes: nothing changes but the time it was last seen.
+    let mut open = r.open.clone();
+    for now in (15..300).step_by(5) {
+        let out = evaluate(&mut open, &off, &[], &t(), now * S);
+        assert!(
+            out.changed.is_empty(),
+            "stored again at {now} s: {:?}",
+            out.changed
+        );
+    }
+    // Its detail changes: stored.
+    let changed = [Fact {
+        detail: "no check-in for 5m".into(),
+        ..off[0].clone()
+    }];
+    let out = evaluate(&mut open, &changed, &[], &t(), 300 * S);
+    assert_eq!(out.changed.len(), 1);
+}
