@@ -204,6 +204,7 @@ mod tests {
             telemetry: Telemetry::default(),
             events: Vec::new(),
             long_poll_secs: 0,
+            logs: None,
         };
         let stored = LastReport {
             last_seen_ms: 1_000,
