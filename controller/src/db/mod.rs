@@ -4,6 +4,7 @@
 
 mod audit;
 mod bootstrap;
+pub mod device_logs;
 mod devices;
 mod enroll;
 pub mod lease;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use audit::AuditEntry;
 pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
+pub use device_logs::{DeviceLogsRow, LOG_REQUEST_TTL_MS};
 pub(crate) use devices::wire_name;
 pub use devices::{
     CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport, PinChange, RepoPin,
