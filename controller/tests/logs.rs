@@ -486,3 +486,90 @@ async fn a_check_in_held_on_a_follower_is_answered_by_a_request_made_on_the_lead
         "the follower's poller found it (twice a second), not the 40 s bound: {waited:?}"
     );
 }
+
+fn fleetctl_api(c: &TestController) -> fleet_client::api::Api {
+    fleet_client::api::Api::new(fleet_client::api::Target {
+        url: c.base.clone(),
+        token: c.operator.clone(),
+        ca_file: None,
+    })
+    .expect("client")
+}
+
+fn ask(id: &str, wait: Duration) -> fleet_client::logs::Ask {
+    fleet_client::logs::Ask {
+        id: id.to_owned(),
+        lines: Some(10),
+        services: Vec::new(),
+        wait,
+        json: false,
+    }
+}
+
+/// `fleetctl devices logs`'s client against the real controller: it waits for the tail that
+/// answers its request (a device answering a second later), says when the device is unknown or
+/// never checked in, and past its wait prints the older tail it has and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_waits_for_the_answer_and_says_what_is_wrong_when_none_comes() {
+    use fleet_client::api::CtlError;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = database_url(Store::Sqlite, dir.path(), "logs_fleetctl").await else {
+        return;
+    };
+    let c = TestController::start(test_config(dir.path(), &url, None)).await;
+    let api = fleetctl_api(&c);
+
+    match fleet_client::logs::fetch(&api, &ask("nobody", Duration::from_secs(5))).await {
+        Err(CtlError::Local(m)) => assert!(m.starts_with("no device `nobody`"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    enroll(&c.base, &c.bootstrap, "pi-new").await;
+    match fleet_client::logs::fetch(&api, &ask("pi-new", Duration::from_secs(5))).await {
+        Err(CtlError::Local(m)) => assert!(m.contains("never checked in"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A device that answers: its check-ins (as an agent makes them) after the request.
+    let token = enroll(&c.base, &c.bootstrap, "pi-1").await;
+    checkin(&c.base, &token, &support::checkin_request("pi-1")).await;
+    let (base, t) = (c.base.clone(), token.clone());
+    let device = tokio::spawn(async move {
+        let plain = support::checkin_request("pi-1");
+        for _ in 0..40 {
+            if let Some(r) = checkin(&base, &t, &plain).await.logs {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                checkin(&base, &t, &with_tail("pi-1", a_tail(r.id))).await;
+                return r.lines;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("never asked");
+    });
+    let out = fleet_client::logs::fetch(&api, &ask("pi-1", Duration::from_secs(20)))
+        .await
+        .expect("the logs");
+    assert_eq!(device.await.expect("device"), 10, "the lines asked for");
+    assert!(
+        out.contains("== app/web (container ns-app-web) =="),
+        "{out}"
+    );
+    assert!(out.contains("stderr <script>alert(1)</script>"), "{out}");
+    assert!(
+        out.contains("== agent (3 older lines not shown) =="),
+        "{out}"
+    );
+    assert!(out.contains("== app/side: no logs =="), "{out}");
+
+    // Nobody answers now: the older tail is printed, with the failure.
+    let t = Instant::now();
+    match fleet_client::logs::fetch(&api, &ask("pi-1", Duration::from_secs(2))).await {
+        Err(CtlError::Partial { output, message }) => {
+            assert!(output.contains("GET /healthz 200"), "{output}");
+            assert!(message.contains("has not answered within 2 s"), "{message}");
+            assert!(message.contains("the logs shown are older"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(6), "bounded by --wait");
+    c.stop().await;
+}
