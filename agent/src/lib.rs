@@ -20,6 +20,7 @@ pub mod journal;
 pub mod layout;
 pub mod liveness;
 pub mod lock;
+pub mod logs;
 pub mod metrics;
 pub mod metrics_server;
 pub mod problems;

@@ -77,13 +77,21 @@ fn load(path: &Path) -> Result<AgentConfig, ExitCode> {
     })
 }
 
+/// JSON lines on stdout, and the same lines kept in memory for the controller's log requests
+/// ([`fleet_agent::logs::ring`]), both under `RUST_LOG` (default `info`).
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stdout),
+        )
+        .with(fleet_agent::logs::ring::layer())
         .try_init();
 }
 

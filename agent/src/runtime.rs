@@ -108,6 +108,16 @@ pub trait StackRuntime {
     ) -> Result<Vec<crate::crash_loop::ServiceRestarts>, RuntimeError> {
         Ok(Vec::new())
     }
+    /// The newest `lines` log lines of each container of this agent (every stack, the
+    /// safe-mode stack included) whose name `stack/service` `select` accepts, for a log
+    /// request (see [`crate::logs`]). A runtime without containers has none.
+    async fn container_logs(
+        &self,
+        _lines: u32,
+        _select: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<fleet_config::protocol::logs::LogSource>, RuntimeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The Docker engine as the transaction's runtime.
@@ -214,6 +224,17 @@ impl StackRuntime for DockerStacks {
     async fn restart_mounting(&self, dir: &Path) -> Result<Vec<String>, RuntimeError> {
         self.docker
             .restart_mounting(dir)
+            .await
+            .map_err(RuntimeError::from)
+    }
+
+    async fn container_logs(
+        &self,
+        lines: u32,
+        select: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<fleet_config::protocol::logs::LogSource>, RuntimeError> {
+        self.docker
+            .container_logs(lines, select)
             .await
             .map_err(RuntimeError::from)
     }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod ratelimit;
+pub mod reach;
 pub mod rollout;
 pub mod route;
 pub mod routes;

@@ -1,13 +1,15 @@
 //! Long-poll check-ins: a device may ask the controller to hold its check-in while the answer
 //! would tell it nothing new, and is answered as soon as its desired release, the emergency
-//! stop or its safe-mode request changes (DESIGN.md, "Agent ↔ controller").
+//! stop, its safe-mode request or a request for its logs changes (DESIGN.md, "Agent ↔
+//! controller").
 //!
 //! Held check-ins wait on one broadcast of wake-ups. This replica wakes them itself when it
-//! changes what devices are told (the leader's pass, a stop, a safe-mode request); a poller
-//! reads what other replicas changed (`devices.desired_updated_ms`, the stored stop) twice a
-//! second while anything is held, so a check-in held on a follower is answered too. At most
-//! `long_poll.max_waiting` check-ins are held at once: each keeps a connection open, and the
-//! rest are answered at once and check in at the usual interval.
+//! changes what devices are told (the leader's pass, a stop, a safe-mode or log request); a
+//! poller reads what other replicas changed (`devices.desired_updated_ms`,
+//! `device_logs.requested_ms`, the stored stop) twice a second while anything is held, so a
+//! check-in held on a follower is answered too. At most `long_poll.max_waiting` check-ins are
+//! held at once: each keeps a connection open, and the rest are answered at once and check in
+//! at the usual interval.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -130,7 +132,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         let since = cursor - OVERLAP_MS;
         let started = now_ms();
-        match state.db.desired_changed_since(since).await {
+        let changed = match state.db.desired_changed_since(since).await {
+            Ok(mut ids) => match state.db.logs_requested_since(since).await {
+                Ok(asked) => {
+                    ids.extend(asked);
+                    Ok(ids)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match changed {
             Ok(ids) => {
                 state.waits.wake_devices(ids);
                 cursor = started;

@@ -14,6 +14,21 @@ pub fn utc(ms: i64) -> String {
     )
 }
 
+/// `2026-11-29 18:21:18.123` (UTC) from milliseconds since the epoch: log lines' times.
+pub fn utc_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
 fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;

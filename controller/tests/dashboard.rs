@@ -255,7 +255,73 @@ async fn dashboard_in_a_real_browser() {
         "a CPU sparkline from the samples"
     );
     assert!(b.text("main").await.contains("update_finished"));
+    assert!(
+        b.text("#reach-ssh").await.contains("ssh sim-dev-000"),
+        "the SSH command from the host name the device reported"
+    );
     b.screenshot("06-device").await;
+
+    // Logs: the operator fetches them from the page; the device's tail, with a line holding
+    // `<script>`, shows as text and runs nothing (an alert would fail every later command).
+    b.click("#logs-fetch").await;
+    b.wait_text(".flash", WAIT, "the request's message", |t| {
+        t.contains("Logs requested")
+    })
+    .await;
+    let d = fleet
+        .devices
+        .iter()
+        .find(|d| d.id == "dev-000")
+        .expect("dev-000")
+        .clone();
+    let request = checkin_as(&c, &d, |_| {})
+        .await
+        .logs
+        .expect("asked for its logs");
+    let tail = fleet_config::protocol::LogTail {
+        request_id: request.id,
+        collected_ms: now_ms() as u64,
+        sources: vec![fleet_config::protocol::logs::LogSource {
+            name: "app/web".into(),
+            container: Some("dev-000-app-web".into()),
+            status: fleet_config::protocol::logs::LogStatus::Ok,
+            detail: None,
+            lines: vec![fleet_config::protocol::logs::LogLine {
+                at_ms: Some(now_ms() as u64),
+                stream: Some(fleet_config::protocol::logs::LogStream::Stderr),
+                text: "<script>alert('from the device')</script><img src=x onerror=alert(2)>"
+                    .into(),
+            }],
+            omitted: 0,
+        }],
+        truncated: false,
+    };
+    checkin_as(&c, &d, |r| {
+        r.logs = Some(fleet_config::protocol::Tolerant::Read(tail))
+    })
+    .await;
+    b.client
+        .goto(&c.url("/devices/dev-000"))
+        .await
+        .expect("device");
+    b.wait_text("#logs", WAIT, "the tail", |t| {
+        t.contains("<script>alert('from the device')</script><img src=x onerror=alert(2)>")
+    })
+    .await;
+    let injected = b
+        .client
+        .execute(
+            "return document.querySelectorAll('#logs script, #logs img').length;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        injected,
+        Value::from(0),
+        "no element from the device's text"
+    );
+    b.screenshot("06b-device-logs").await;
 
     // Rollouts: the list and the active one with its waves and the operator's actions.
     b.client.goto(&c.url("/rollouts")).await.expect("rollouts");
@@ -539,4 +605,239 @@ async fn pages_without_javascript_on_postgres() {
         "pages_without_javascript_on_postgres",
     )
     .await;
+}
+
+/// The csrf value of a page's forms.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf in the page")
+        .to_owned()
+}
+
+/// The HTML of the element with `id` (up to the next `</div>`, enough for the panels here).
+fn panel<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the page"));
+    let rest = &page[start..];
+    &rest[..rest.find("</div>").unwrap_or(rest.len())]
+}
+
+/// One check-in of simulated device `d` as it is, changed by `f`.
+async fn checkin_as(
+    c: &TestController,
+    d: &fleet_client::sim::SimDevice,
+    f: impl FnOnce(&mut fleet_config::protocol::CheckinRequest),
+) -> fleet_config::protocol::CheckinResponse {
+    let mut req = d.request();
+    f(&mut req);
+    let r = client()
+        .post(c.url("/api/v1/checkin"))
+        .bearer_auth(&d.token)
+        .json(&req)
+        .send()
+        .await
+        .expect("check-in");
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.expect("answer")
+}
+
+/// The device page without JavaScript: the SSH commands from the device's inventory labels
+/// (the safe-mode stack's first while it is in safe mode), the "fetch logs" form for
+/// operators only, and the newest tail as text: a line holding `<script>` is shown, escaped,
+/// never run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_page_shows_its_logs_as_text_and_how_to_reach_it() {
+    use fleet_config::protocol::logs::{LogLine, LogSource, LogStatus, LogStream, LogTail};
+    let test = "the_device_page_shows_its_logs_as_text_and_how_to_reach_it";
+    if !support::git_daemon::git_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut repo = FleetRepo::new(dir.path(), 2, 1, "1h");
+    repo.add_labels(
+        "dev-000",
+        "ssh_host: pi-17.lab, ssh_user: pi, ssh_port: 2222, safe_mode_ssh_port: 2200",
+    );
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("fleet.db").display()
+    );
+    let c = TestController::start(test_config(
+        &dir.path().join("controller"),
+        &url,
+        Some(GitSource {
+            endpoints: vec![repo.url()],
+            branch: "main".into(),
+            poll_interval: Duration::from_millis(300),
+            failover_timeout: Duration::from_secs(5),
+        }),
+    ))
+    .await;
+    let mut fleet = SimFleet::enroll(&c.base, &c.bootstrap, &device_ids(2))
+        .await
+        .expect("enroll");
+    round(&mut fleet).await;
+    repo.release("v1");
+    // The release's devices.yaml gives the device its labels.
+    let deadline = Instant::now() + WAIT;
+    while support::viewer_get(&c, "/api/v1/devices/dev-000").await["device"]["labels"]["ssh_host"]
+        != "pi-17.lab"
+    {
+        assert!(Instant::now() < deadline, "the labels never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut p = Plain::new();
+    assert_eq!(
+        p.login(&c, "operator", PASSWORD).await,
+        StatusCode::SEE_OTHER
+    );
+    let (status, _, page) = p.get(&c, "/devices/dev-000").await;
+    assert_eq!(status, StatusCode::OK);
+    let reach = panel(&page, "reach");
+    let ssh = reach.find("ssh -p 2222 pi@pi-17.lab").expect(reach);
+    let safe = reach.find("ssh -p 2200 root@pi-17.lab").expect(reach);
+    assert!(
+        ssh < safe,
+        "not in safe mode: the device's own sshd first: {reach}"
+    );
+    assert!(
+        reach.contains("/etc/fleet/safe-mode/authorized_keys"),
+        "{reach}"
+    );
+    assert!(panel(&page, "logs").contains("Never asked for its logs."));
+    assert!(page.contains("id=\"logs-form\""), "an operator's form");
+
+    // The operator fetches logs through the form.
+    let csrf = csrf_of(&page);
+    let r = p
+        .http
+        .post(c.url("/ui/devices/dev-000/logs"))
+        .header("cookie", p.cookie.clone().expect("session"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("lines", "20"),
+            ("services", "web, agent"),
+            ("next", "/devices/dev-000"),
+        ])
+        .send()
+        .await
+        .expect("fetch logs");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let back = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        back.starts_with("/devices/dev-000?msg=Logs%20requested"),
+        "{back}"
+    );
+    let asked = support::viewer_get(&c, "/api/v1/devices/dev-000/logs").await;
+    assert_eq!(asked["request"]["lines"], 20, "{asked}");
+    assert_eq!(
+        asked["request"]["services"],
+        serde_json::json!(["web", "agent"])
+    );
+    assert_eq!(asked["request"]["requested_by"], "operator");
+    let (_, _, page) = p.get(&c, &back).await;
+    assert!(
+        panel(&page, "logs-status").contains("waiting for the device"),
+        "{}",
+        panel(&page, "logs-status")
+    );
+
+    // The device is asked at its next check-in and answers with the one after.
+    let d = fleet.devices[0].clone();
+    let answer = checkin_as(&c, &d, |_| {}).await;
+    let request = answer.logs.expect("asked for its logs");
+    let at = 1_796_000_000_042u64;
+    let tail = LogTail {
+        request_id: request.id,
+        collected_ms: at,
+        sources: vec![
+            LogSource {
+                name: "agent".into(),
+                container: None,
+                status: LogStatus::Ok,
+                detail: None,
+                lines: vec![LogLine {
+                    at_ms: Some(at),
+                    stream: None,
+                    text: "INFO  fleet_agent: checked in & well".into(),
+                }],
+                omitted: 0,
+            },
+            LogSource {
+                name: "app/web".into(),
+                container: Some("dev-000-app-web".into()),
+                status: LogStatus::Ok,
+                detail: None,
+                lines: vec![LogLine {
+                    at_ms: Some(at + 1),
+                    stream: Some(LogStream::Stderr),
+                    text: "<script>alert(1)</script> <b>bold</b>".into(),
+                }],
+                omitted: 12,
+            },
+        ],
+        truncated: false,
+    };
+    let answer = checkin_as(&c, &d, |r| {
+        r.logs = Some(fleet_config::protocol::Tolerant::Read(tail))
+    })
+    .await;
+    assert_eq!(answer.logs, None);
+    let (_, _, page) = p.get(&c, "/devices/dev-000").await;
+    let logs = panel(&page, "logs");
+    assert!(
+        logs.contains("&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;bold&lt;/b&gt;"),
+        "{logs}"
+    );
+    assert!(
+        !page.contains("<script>alert(1)"),
+        "nothing from the device is HTML"
+    );
+    assert!(!page.contains("<b>bold"));
+    assert!(logs.contains("checked in &amp; well"), "{logs}");
+    assert!(
+        logs.contains("2026-11-30 00:53:20.042"),
+        "the line's time: {logs}"
+    );
+    assert!(
+        logs.contains("stderr") && logs.contains("dev-000-app-web"),
+        "{logs}"
+    );
+    assert!(logs.contains("12 older lines not shown"), "{logs}");
+    assert!(panel(&page, "logs-status").contains("answered"));
+
+    // In safe mode the safe-mode stack's SSH comes first.
+    checkin_as(&c, &d, |r| r.phase = UpdatePhase::SafeMode).await;
+    let (_, _, page) = p.get(&c, "/devices/dev-000").await;
+    let reach = panel(&page, "reach");
+    let safe = reach.find("ssh -p 2200 root@pi-17.lab").expect(reach);
+    let ssh = reach.find("ssh -p 2222 pi@pi-17.lab").expect(reach);
+    assert!(safe < ssh, "in safe mode, its SSH first: {reach}");
+    assert!(reach.contains("Safe mode SSH"), "{reach}");
+
+    // A viewer reads the logs, has no form, and a forged one is refused.
+    let mut v = Plain::new();
+    assert_eq!(v.login(&c, "viewer", PASSWORD).await, StatusCode::SEE_OTHER);
+    let (_, _, page) = v.get(&c, "/devices/dev-000").await;
+    assert!(panel(&page, "logs").contains("&lt;script&gt;"));
+    assert!(!page.contains("id=\"logs-form\""), "no form for a viewer");
+    let csrf = csrf_of(&page);
+    let status = v
+        .post(
+            &c,
+            "/ui/devices/dev-000/logs",
+            &[("csrf", csrf.as_str()), ("next", "/devices/dev-000")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    c.stop().await;
 }

@@ -65,6 +65,8 @@ const EXPECTED: &[(&str, &str, [Want; 7])] = &[
     ("POST", "/api/v1/devices/{id}/safe-mode",         OPERATOR),
     ("POST", "/api/v1/devices/{id}/pin",               OPERATOR),
     ("POST", "/api/v1/devices/{id}/unpin",             OPERATOR),
+    ("POST", "/api/v1/devices/{id}/logs",              OPERATOR),
+    ("GET",  "/api/v1/devices/{id}/logs",              VIEWER), // viewers read everything
     ("GET",  "/api/v1/bootstrap-tokens",               OPERATOR),
     ("POST", "/api/v1/bootstrap-tokens",               ADMIN),
     ("POST", "/api/v1/bootstrap-tokens/{id}/revoke",   OPERATOR),
@@ -105,6 +107,7 @@ const EXPECTED: &[(&str, &str, [Want; 7])] = &[
     ("POST", "/ui/resume",                             FORM),
     ("POST", "/ui/rollouts/{id}",                      FORM),
     ("POST", "/ui/devices/{id}/pin",                   FORM),
+    ("POST", "/ui/devices/{id}/logs",                  FORM),
     ("GET",  "/ui/events",                             [U, U, U, U, O, O, O]),
     ("GET",  "/assets/app.css",                        ANYONE),
     ("GET",  "/assets/app.js",                         ANYONE),

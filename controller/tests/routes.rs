@@ -553,6 +553,56 @@ async fn real_answers_validate_against_the_declared_schemas() {
         serde_json::json!(["app/web"]),
         "{device}"
     );
+    // Logs on request: asked, sent with a check-in, read back (every field of a tail).
+    let (dev, dev_token) = &tokens[0];
+    let asked = conforms(
+        &doc,
+        "POST",
+        "/api/v1/devices/{id}/logs",
+        http.post(c.url(&format!("/api/v1/devices/{dev}/logs")))
+            .bearer_auth(&c.operator)
+            .json(&serde_json::json!({"lines": 20, "services": ["agent", "web"]}))
+            .send()
+            .await
+            .expect("request logs"),
+    )
+    .await;
+    let request_id = asked["request"]["id"].as_u64().expect("request id");
+    let tailed = conforms(
+        &doc,
+        "POST",
+        "/api/v1/checkin",
+        http.post(c.url("/api/v1/checkin"))
+            .bearer_auth(dev_token)
+            .json(&serde_json::json!({
+                "device_id": dev, "agent_version": "0.1.0", "current": sha, "previous": null,
+                "phase": "idle", "health": "healthy", "last_result": null,
+                "logs": {"request_id": request_id, "collected_ms": 1000, "truncated": true, "sources": [
+                    {"name": "agent", "status": "ok", "lines": [{"at_ms": 1, "text": "INFO started"}], "omitted": 4},
+                    {"name": "app/web", "container": "c-web", "status": "ok",
+                     "lines": [{"at_ms": 2, "stream": "stderr", "text": "oops"}]},
+                    {"name": "app/side", "container": "c-side", "status": "unavailable", "detail": "driver none"},
+                ]},
+            }))
+            .send()
+            .await
+            .expect("checkin with logs"),
+    )
+    .await;
+    assert!(tailed.get("logs").is_none(), "answered: {tailed}");
+    let logs = conforms(
+        &doc,
+        "GET",
+        "/api/v1/devices/{id}/logs",
+        http.get(c.url(&format!("/api/v1/devices/{dev}/logs")))
+            .bearer_auth(&c.viewer)
+            .send()
+            .await
+            .expect("logs"),
+    )
+    .await;
+    assert_eq!(logs["request"]["state"], "answered", "{logs}");
+    assert_eq!(logs["tail"]["sources"][1]["lines"][0]["stream"], "stderr");
     if repo.is_some() {
         let r = http
             .get(c.url("/api/v1/rollouts/active"))

@@ -167,6 +167,7 @@ async fn exercise(store: Store) {
             kind: EventKind::SafeModeExited,
         }],
         long_poll_secs: 0,
+        logs: None,
     };
     assert_eq!(
         db.record_checkin(&who, &req, now, true)

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::TreeDigest;
 
+pub mod logs;
+pub use logs::{LogRequest, LogTail, Tolerant};
+
 /// A release: the full hex sha of a commit on the release branch (40 digits for SHA-1
 /// repositories, 64 for SHA-256 ones), lowercase.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -360,6 +363,11 @@ pub struct CheckinRequest {
     /// desired release, the emergency stop or its safe-mode request changes. 0: answer now.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub long_poll_secs: u64,
+    /// The tail of the device's logs answering the controller's last [`LogRequest`] (see
+    /// [`logs`]); absent when none was asked for. One the controller cannot read is dropped,
+    /// the check-in kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Tolerant<LogTail>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -398,6 +406,10 @@ pub struct CheckinResponse {
     /// Seconds until the next check-in (the agent adds jitter). 0 answers a long poll the
     /// controller accepts: check in again at once, with the long poll (that is the wait).
     pub next_checkin_secs: u64,
+    /// An operator asked for the device's logs: send a tail with the next check-in, at once
+    /// (see [`logs`]). Absent when nothing is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogRequest>,
 }
 
 /// The agent-facing routes, relative to the controller's base URL.
@@ -552,6 +564,7 @@ mod tests {
             safe_mode: false,
             acked_seq: 7,
             next_checkin_secs: 60,
+            logs: None,
         };
         let json = serde_json::to_string(&resp).expect("serializes");
         assert_eq!(

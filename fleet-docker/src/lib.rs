@@ -10,6 +10,7 @@
 //!   `fleet.config-hash`, see [`spec`]) keep their running container across releases.
 //! - [`Runtime::health`] and [`Runtime::watch_health`] judge the stack, [`Runtime::remove_stack`]
 //!   and [`Runtime::remove_all`] take things away.
+//! - [`Runtime::container_logs`] reads the containers' newest log lines (a log request).
 //!
 //! **The release label.** Docker labels cannot change after a container is created, so
 //! `fleet.release` names the release whose apply *created* the container, not the release the
@@ -27,6 +28,7 @@ mod health;
 pub mod host;
 mod images;
 pub mod labels;
+pub mod logs;
 mod order;
 mod plan;
 mod probe;

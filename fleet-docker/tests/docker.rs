@@ -901,3 +901,132 @@ async fn depends_on_restart_replaces_the_dependent_with_its_dependency() {
         "without restart: true it stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_logs_are_the_newest_lines_of_each_service_and_say_what_has_none() {
+    let Some(e) =
+        env("container_logs_are_the_newest_lines_of_each_service_and_say_what_has_none").await
+    else {
+        return;
+    };
+    // `talk` writes 30 numbered lines, one to stderr, then a line a page must show as text;
+    // `quiet` writes nothing; `blind` keeps no logs (logging driver `none`).
+    let rel = release(
+        "app",
+        "services:\n  talk:\n    image: fleet-test/app:v1\n    command: [\"/bin/sh\", \"-c\", \"i=1; while [ $i -le 30 ]; do echo line-$i; i=$((i+1)); done; sleep 1; echo oops-on-stderr >&2; sleep 1; echo '<script>alert(1)</script>'; exec sleep 600\"]\n  quiet:\n    image: fleet-test/app:v1\n    command: [\"/bin/sleep\", \"600\"]\n  blind:\n    image: fleet-test/app:v1\n    command: [\"/bin/sh\", \"-c\", \"echo unseen; exec sleep 600\"]\n    logging:\n      driver: none\n",
+        &[],
+    );
+    e.rt.apply("app", &rel.compose, rel.path(), "r1", &BTreeMap::new())
+        .await
+        .unwrap_or_else(|e| panic!("apply: {e}"));
+    // The shell's lines reach the engine's log at once; give it a moment all the same.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sources = loop {
+        let s =
+            e.rt.container_logs(5, &|_| true)
+                .await
+                .unwrap_or_else(|e| panic!("container_logs: {e}"));
+        let talk_done = s
+            .iter()
+            .any(|s| s.name == "app/talk" && s.lines.iter().any(|l| l.text.contains("<script>")));
+        if talk_done || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["app/blind", "app/quiet", "app/talk"],
+        "{sources:#?}"
+    );
+    let talk = &sources[2];
+    assert_eq!(talk.status, fleet_config::protocol::logs::LogStatus::Ok);
+    assert_eq!(
+        talk.container.as_deref(),
+        Some(format!("{}-app-talk", e.guard.name).as_str())
+    );
+    let texts: Vec<&str> = talk.lines.iter().map(|l| l.text.as_str()).collect();
+    // The newest five of the 32 lines, in the order written (a second apart where the stream
+    // changes: the engine copies stdout and stderr separately).
+    assert_eq!(
+        texts,
+        [
+            "line-28",
+            "line-29",
+            "line-30",
+            "oops-on-stderr",
+            "<script>alert(1)</script>"
+        ]
+    );
+    let stderr = talk
+        .lines
+        .iter()
+        .find(|l| l.text == "oops-on-stderr")
+        .and_then(|l| l.stream);
+    assert_eq!(
+        stderr,
+        Some(fleet_config::protocol::logs::LogStream::Stderr)
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    for l in &talk.lines {
+        let at = l.at_ms.unwrap_or(0);
+        assert!(
+            at > now_ms - 120_000 && at <= now_ms + 5_000,
+            "each line has the engine's time: {l:?}"
+        );
+    }
+    assert_eq!(
+        sources[1].status,
+        fleet_config::protocol::logs::LogStatus::NoLogs,
+        "{:?}",
+        sources[1]
+    );
+    let blind = &sources[0];
+    assert_eq!(
+        blind.status,
+        fleet_config::protocol::logs::LogStatus::Unavailable,
+        "{blind:?}"
+    );
+    assert!(
+        blind.detail.as_deref().is_some_and(|d| !d.is_empty()),
+        "the engine's reason: {blind:?}"
+    );
+    // Selection by name.
+    let only =
+        e.rt.container_logs(5, &|name| name == "app/quiet")
+            .await
+            .unwrap_or_else(|e| panic!("container_logs: {e}"));
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].name, "app/quiet");
+    // A container removed between the listing and the reading of its logs is `gone`, and the
+    // others are read as ever.
+    let quiet = format!("{}-app-quiet", e.guard.name);
+    let gone =
+        e.rt.container_logs(5, &|name| {
+            if name == "app/quiet" {
+                let out = Command::new("docker")
+                    .args(["rm", "-f", &quiet])
+                    .output()
+                    .unwrap_or_else(|e| panic!("docker rm: {e}"));
+                assert!(out.status.success(), "docker rm -f {quiet}");
+            }
+            true
+        })
+        .await
+        .unwrap_or_else(|e| panic!("container_logs: {e}"));
+    let status: Vec<(&str, fleet_config::protocol::logs::LogStatus)> =
+        gone.iter().map(|s| (s.name.as_str(), s.status)).collect();
+    use fleet_config::protocol::logs::LogStatus as S;
+    assert_eq!(
+        status,
+        [
+            ("app/blind", S::Unavailable),
+            ("app/quiet", S::Gone),
+            ("app/talk", S::Ok)
+        ]
+    );
+}

@@ -49,6 +49,14 @@ pub enum CtlError {
     /// A local check failed (validate).
     #[error("{0}")]
     Local(String),
+    /// Something to show, and still a failure (logs older than asked for: printed, exit 1).
+    #[error("{message}")]
+    Partial {
+        /// What to print on stdout before the message.
+        output: String,
+        /// Why it is a failure.
+        message: String,
+    },
 }
 
 impl CtlError {
@@ -241,6 +249,52 @@ impl Api {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, CtlError> {
         self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// `POST /api/v1/devices/{id}/logs`: asks device `id` for a fresh tail of its logs
+    /// (`lines` per source, only `services` if any); the request and the device's last
+    /// check-in. An unknown device is named.
+    pub async fn request_logs(
+        &self,
+        id: &str,
+        lines: Option<u32>,
+        services: &[String],
+    ) -> Result<Value, CtlError> {
+        let mut body = json!({"services": services});
+        if let Some(n) = lines {
+            body["lines"] = json!(n);
+        }
+        self.post(&format!("/api/v1/devices/{}/logs", path_segment(id)), body)
+            .await
+            .map_err(|e| unknown_device(e, id))
+    }
+
+    /// `GET /api/v1/devices/{id}/logs`: device `id`'s newest tail and where its newest request
+    /// stands.
+    pub async fn device_logs(&self, id: &str) -> Result<Value, CtlError> {
+        self.get(&format!("/api/v1/devices/{}/logs", path_segment(id)))
+            .await
+            .map_err(|e| unknown_device(e, id))
+    }
+}
+
+/// A device id as one path segment (percent-encoded beyond letters, digits, `-`, `_`, `.`).
+fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A 404 of a device route as a message that says what to do.
+fn unknown_device(e: CtlError, id: &str) -> CtlError {
+    match e {
+        CtlError::Refused { status: 404, .. } => CtlError::Local(format!(
+            "no device `{id}`: `fleetctl devices list` shows the devices the controller knows"
+        )),
+        other => other,
     }
 }
 

@@ -3,6 +3,7 @@
 //! benchmarks drive it with.
 
 pub mod api;
+pub mod logs;
 pub mod sim;
 pub mod sim_run;
 pub mod tls;

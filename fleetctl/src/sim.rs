@@ -215,6 +215,7 @@ impl SimDevice {
             },
             events: self.events.clone(),
             long_poll_secs: 0,
+            logs: None,
         }
     }
 

@@ -102,6 +102,7 @@ pub fn build_request(
         telemetry,
         events,
         long_poll_secs: 0,
+        logs: None,
     }
 }
 

@@ -187,6 +187,7 @@ mod tests {
             safe_mode,
             acked_seq: 0,
             next_checkin_secs: 60,
+            logs: None,
         }
     }
 

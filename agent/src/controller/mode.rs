@@ -10,7 +10,9 @@
 //!   [`Updater::commit`]) with the controller's digest, or by the operator (`fleet-agent
 //!   rollback`, safe mode); never by following the branch.
 //! - After any action the agent checks in again at once, so the controller learns the result
-//!   without waiting an interval.
+//!   without waiting an interval; after an answer that asks for its logs too, with the tail
+//!   (the agent's own lines and its containers', see [`crate::logs`]), so an operator waits
+//!   seconds, not an interval.
 //! - Before the swap the agent checks in once more and abandons the update if the controller no
 //!   longer asks for it (emergency stop, halt, a newer release): stop and halt act before the
 //!   swap, never in the middle of it.
@@ -34,7 +36,7 @@ use crate::host::HostStats;
 use crate::journal::{now_ms, Journal};
 use crate::runtime::StackRuntime;
 use crate::update::{AgentError, Prepare, Updater, REQUEST_CHECK};
-use fleet_config::protocol::{CheckinResponse, ReleaseId};
+use fleet_config::protocol::{CheckinResponse, LogRequest, LogTail, ReleaseId, Tolerant};
 
 /// Interval until the controller names one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -173,7 +175,11 @@ struct ControllerLoop {
     last_prompt: Option<Instant>,
     /// The last check-in went through (no backoff pending): a problem may bring the next one
     /// forward.
-    answered: bool,
+    reachable: bool,
+    /// A log tail collected for the controller, to go with the next check-in.
+    tail: Option<LogTail>,
+    /// The id of the last log request whose tail the controller received.
+    answered: Option<u64>,
 }
 
 impl ControllerLoop {
@@ -215,7 +221,9 @@ pub async fn run<R: StackRuntime>(
         last_action: None,
         saved_status: None,
         last_prompt: None,
-        answered: false,
+        reachable: false,
+        tail: None,
+        answered: None,
     };
     let problems = updater.problems().clone();
     tracing::info!(controller = %l.cfg.url, "controller mode: the device runs only the releases the controller names");
@@ -242,7 +250,7 @@ pub async fn run<R: StackRuntime>(
             // controller that does not answer.
             _ = problems.event_queued() => {
                 updater.flush_problem_events();
-                if l.answered {
+                if l.reachable {
                     let at = l.prompt_at(Instant::now());
                     if at < next {
                         next = at;
@@ -323,16 +331,48 @@ impl ControllerLoop {
             Exchange::Failed(wait) => return wait,
             Exchange::Shutdown | Exchange::Cut => return Duration::ZERO,
         };
+        if let Some(request) = &resp.logs {
+            self.collect_logs(u, request, shutdown).await;
+        }
         let seen = Seen::read(u);
         let just_attempted = self.just_attempted.take();
         let action = decide(&resp, &seen.local(just_attempted.as_ref()));
         self.status.last_decision = Some(action.to_string());
         let wait = self.act(u, action, seen.current, token, shutdown).await;
-        if sent >= self.batch && wait > DRAIN_DELAY {
+        if self.tail.is_some() {
+            // The operator who asked for the logs is waiting for them.
+            Duration::ZERO
+        } else if sent >= self.batch && wait > DRAIN_DELAY {
             DRAIN_DELAY
         } else {
             wait
         }
+    }
+
+    /// Reads the tail `request` asks for (unless it was answered already, or is read and
+    /// waiting to go), for the next check-in.
+    async fn collect_logs<R: StackRuntime>(
+        &mut self,
+        u: &Updater<R>,
+        request: &LogRequest,
+        shutdown: &CancellationToken,
+    ) {
+        let waiting = self.tail.as_ref().map(|t| t.request_id);
+        if self.answered == Some(request.id) || waiting == Some(request.id) {
+            return;
+        }
+        tracing::info!(
+            request = request.id,
+            lines = request.lines(),
+            services = ?request.services,
+            "the controller asks for the device's logs"
+        );
+        let agent = crate::logs::ring::tail(request.lines() as usize);
+        let tail = tokio::select! {
+            t = crate::logs::collect(request, u.runtime(), agent) => t,
+            _ = shutdown.cancelled() => return,
+        };
+        self.tail = Some(tail);
     }
 
     /// Sends a check-in with the device's state and buffered events; on an answer, drops the
@@ -365,6 +405,9 @@ impl ControllerLoop {
         // A long poll: the controller answers as soon as it has something new for this
         // device (a new release reaches it in seconds), else after this long.
         req.long_poll_secs = self.cfg.long_poll.as_secs();
+        // A log tail the controller asked for goes now; it stays for the next try if this
+        // one fails.
+        req.logs = self.tail.take().map(Tolerant::Read);
         // While the request is out (up to `request_timeout` on a dead link), what the
         // watchers raise or clear still goes to the buffer on disk as it happens: a power cut
         // during a hanging check-in does not take those events with it. They follow with the
@@ -403,9 +446,11 @@ impl ControllerLoop {
                 }
             }
         };
+        let sent_tail = req.logs.take().and_then(|t| t.read().ok());
         let resp = match answer {
             Ok(resp) => resp,
             Err(e) => {
+                self.tail = sent_tail;
                 match &e {
                     // Read the token file again before the next try: an operator may have
                     // replaced it, or deleted it to enroll again.
@@ -423,6 +468,14 @@ impl ControllerLoop {
             }
         };
         self.succeeded();
+        if let Some(t) = sent_tail {
+            tracing::info!(
+                request = t.request_id,
+                bytes = t.cost(),
+                "sent the device's logs to the controller"
+            );
+            self.answered = Some(t.request_id);
+        }
         if let Some(server) = self.client.last_date() {
             u.watchers()
                 .observe_controller_clock(server, std::time::SystemTime::now());
@@ -604,7 +657,7 @@ impl ControllerLoop {
     }
 
     fn succeeded(&mut self) {
-        self.answered = true;
+        self.reachable = true;
         self.backoff.reset();
         let failures = self.failures.recovered();
         if failures > 0 {
@@ -619,7 +672,7 @@ impl ControllerLoop {
         what: &'static str,
         failure: Failure<'_>,
     ) -> Duration {
-        self.answered = false;
+        self.reachable = false;
         let controller = match &failure {
             Failure::Controller(e) => Some(*e),
             Failure::Enroll(e) => e.controller(),

@@ -10,7 +10,7 @@ use axum::Json;
 use fleet_config::names::check_name;
 use fleet_config::protocol::{
     CheckinRequest, CheckinResponse, ClaimRequest, ClaimResponse, Desired, EnrollRequest,
-    EnrollResponse, ReleaseId, UpdatePhase,
+    EnrollResponse, LogTail, ReleaseId, Tolerant, UpdatePhase,
 };
 
 use super::auth::bearer;
@@ -162,7 +162,8 @@ struct Hold {
     waiter: crate::longpoll::Waiter,
 }
 
-/// Whether `answer` tells a device that reported `req` something to do now.
+/// Whether `answer` tells a device that reported `req` something to do now (a release to
+/// run, safe mode to enter, logs to send).
 fn actionable(req: &CheckinRequest, answer: &CheckinResponse) -> bool {
     let moves = match &answer.desired {
         Desired::Release { release, .. } => {
@@ -170,7 +171,7 @@ fn actionable(req: &CheckinRequest, answer: &CheckinResponse) -> bool {
         }
         Desired::Hold => false,
     };
-    moves || (answer.safe_mode && req.phase != UpdatePhase::SafeMode)
+    moves || (answer.safe_mode && req.phase != UpdatePhase::SafeMode) || answer.logs.is_some()
 }
 
 /// Holds `first` until what the device is told changes (then answers the new answer), the
@@ -205,6 +206,7 @@ async fn hold_answer(state: &AppState, first: CheckinResponse, mut h: Hold) -> C
                     safe_mode: who.safe_mode_requested,
                     acked_seq: first.acked_seq,
                     next_checkin_secs: 0,
+                    logs: who.logs_request,
                 };
                 if now != first {
                     return now;
@@ -249,6 +251,44 @@ fn answer_of(who: &CheckinIdentity, req: &CheckinRequest) -> (Desired, bool) {
     (desired, stop.is_some())
 }
 
+/// Stores a device's log tail, cut to the protocol's bounds; returns the request it answers
+/// when stored. Nothing about it fails the check-in: a tail that does not read, that nobody
+/// asked for, or that the store cannot take is logged and dropped (the request stays pending
+/// and is asked again).
+async fn store_tail(
+    state: &AppState,
+    device: &str,
+    tail: Tolerant<LogTail>,
+    now: i64,
+) -> Option<u64> {
+    let tail = match tail.read() {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::warn!(%device, %why, "a check-in's log tail does not read; dropped");
+            return None;
+        }
+    };
+    let sent = tail.cost();
+    let tail = tail.bounded();
+    if tail.cost() < sent {
+        tracing::warn!(%device, sent, kept = tail.cost(), "a log tail over the protocol's bounds was cut");
+    }
+    match state.db.store_log_tail(device, &tail, now).await {
+        Ok(true) => {
+            tracing::info!(%device, request = tail.request_id, "log tail received");
+            Some(tail.request_id)
+        }
+        Ok(false) => {
+            tracing::debug!(%device, request = tail.request_id, "a log tail answering no request of this device; dropped");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%device, error = %e, "cannot store a log tail; the device is asked again");
+            None
+        }
+    }
+}
+
 async fn checkin_inner(
     state: &AppState,
     headers: &HeaderMap,
@@ -267,7 +307,7 @@ async fn checkin_inner(
             "this device's token was revoked".into(),
         ));
     }
-    let req = body.parse()?;
+    let mut req = body.parse()?;
     if req.device_id != who.id {
         return Err(ApiError::Forbidden(format!(
             "this token belongs to device `{}`, not `{}`",
@@ -289,12 +329,19 @@ async fn checkin_inner(
     if wake_engine {
         state.reconcile.notify_one();
     }
+    // A log tail is stored (not kept with a held check-in); the request it answers is not
+    // asked again.
+    let answered = match req.logs.take() {
+        Some(tail) => store_tail(state, &who.id, tail, now).await,
+        None => None,
+    };
     let mut answer = CheckinResponse {
         desired,
         emergency_stop: stop,
         safe_mode: who.safe_mode_requested,
         acked_seq: acked.max(0) as u64,
         next_checkin_secs: state.cfg.checkin_interval.as_secs().max(1),
+        logs: who.logs_request.filter(|r| Some(r.id) != answered),
     };
     // A long poll takes its place (and its wake-ups) now; the hold looks once more before it
     // waits, so a change made since the answer was read is not missed.

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body;
 pub mod bootstrap;
 pub mod error;
+pub mod logs;
 pub mod ops;
 pub mod pins;
 pub mod rollouts;
@@ -34,6 +35,8 @@ pub fn routes() -> Vec<Route> {
         Route::post("/api/v1/devices/{id}/safe-mode", "operator", "Ask a device to enter or leave safe mode", ops::safe_mode),
         Route::post("/api/v1/devices/{id}/pin", "operator", "Pin a device to a release (release: sha or unique prefix, reason required): left out of rollouts until unpinned", pins::pin),
         Route::post("/api/v1/devices/{id}/unpin", "operator", "Lift a device's pin: rollouts take it again", pins::unpin),
+        Route::post("/api/v1/devices/{id}/logs", "operator", "Ask a device for a fresh tail of its logs (lines per source, services): asked at its next check-in (at once if it long-polls), sent with the one after; audited", logs::request),
+        Route::get("/api/v1/devices/{id}/logs", "viewer", "A device's newest log tail (the agent's lines and each container's, stdout and stderr with times) and where its newest request stands", logs::latest),
         Route::get("/api/v1/bootstrap-tokens", "operator", "Bootstrap tokens with their expiry, uses, selector and status (never the secrets)", bootstrap::list),
         Route::post("/api/v1/bootstrap-tokens", "admin", "Create a bootstrap token (note, expires_in, max_uses, selector); the secret is shown once", bootstrap::create),
         Route::post("/api/v1/bootstrap-tokens/{id}/revoke", "operator", "Revoke a bootstrap token", bootstrap::revoke),

@@ -1,6 +1,6 @@
 //! Times and sizes as people read them.
 
-pub use crate::timefmt::utc;
+pub use crate::timefmt::{utc, utc_ms};
 
 /// `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`; `never` for none.
 pub fn ago(ms: Option<i64>, now_ms: i64) -> String {
@@ -37,6 +37,7 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_796_000_000_000), "2026-11-30 00:53:20 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_ms(1_796_000_000_042), "2026-11-30 00:53:20.042");
         assert_eq!(ago(Some(0), 5_000), "5 s ago");
         assert_eq!(ago(Some(0), 7_200_000), "2 h ago");
         assert_eq!(ago(None, 1), "never");

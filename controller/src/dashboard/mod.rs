@@ -20,7 +20,7 @@ use axum::Form;
 use maud::Markup;
 use serde::Deserialize;
 
-use crate::db::{now_ms, DbError, EmergencyStop, Role, SESSION_TTL_MS};
+use crate::db::{now_ms, DbError, DeviceState, EmergencyStop, Role, SESSION_TTL_MS};
 use crate::openapi::{self, DescribeAnswer, Operation};
 use crate::route::Route;
 use crate::service::rollouts::RolloutAction;
@@ -37,7 +37,7 @@ pub fn routes() -> Vec<Route> {
     vec![
         Route::get("/", "session", "Dashboard (HTML): fleet health, devices by state, versions, the active rollout's waves, open alerts", overview),
         Route::get("/devices", "session", "Dashboard (HTML): devices with sort, filter (?q=, state=, label=, release=) and pages", devices),
-        Route::get("/devices/{id}", "session", "Dashboard (HTML): one device: health, releases, telemetry over time, events, update history", device),
+        Route::get("/devices/{id}", "session", "Dashboard (HTML): one device: health, releases, how to reach it (SSH), its newest logs, telemetry over time, events, update history", device),
         Route::get("/rollouts", "session", "Dashboard (HTML): rollouts, newest first", rollouts),
         Route::get("/rollouts/{id}", "session", "Dashboard (HTML): one rollout's waves and devices, with its actions for operators", rollout),
         Route::get("/audit", "session", "Dashboard (HTML): the audit log", audit),
@@ -53,6 +53,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/ui/resume", "session (operator)", "Dashboard form: clear the emergency stop (csrf, reason)", resume),
         Route::post("/ui/rollouts/{id}", "session (operator)", "Dashboard form: pause, resume, abort or promote a rollout (csrf, action, reason)", rollout_action),
         Route::post("/ui/devices/{id}/pin", "session (operator)", "Dashboard form: pin a device to a release or unpin it (csrf, action pin|unpin, release, reason)", pin_action),
+        Route::post("/ui/devices/{id}/logs", "session (operator)", "Dashboard form: ask a device for a fresh tail of its logs (csrf, lines, services)", logs_action),
         Route::get("/ui/events", "session", "Dashboard live updates (text/event-stream): `summary` and `devices` events", live::events).produces("text/event-stream").errors(&[401, 503]),
         Route::get("/assets/app.css", "none", "Dashboard stylesheet", css).produces("text/css"),
         Route::get("/assets/app.js", "none", "Dashboard script (live updates only; pages work without it)", js).produces("text/javascript"),
@@ -263,7 +264,15 @@ async fn device(
         .telemetry_samples(&id, now - crate::db::telemetry::KEEP_MS)
         .await?;
     let st = d.state(now, state.offline_after_ms());
-    Ok(html(pages::device(&c, &d, st, &events, &samples, now)))
+    let logs = service::logs::latest(&state, &id).await?;
+    let reach = crate::reach::reach(&d.labels, &d.hostname, st == DeviceState::SafeMode);
+    let extras = pages::DeviceExtras {
+        events: &events,
+        samples: &samples,
+        logs: &logs,
+        reach: &reach,
+    };
+    Ok(html(pages::device(&c, &d, st, &extras, now)))
 }
 
 async fn rollouts(
@@ -476,6 +485,10 @@ pub struct ActionForm {
     pub device: Option<String>,
     /// How long a silence lasts (`1h`).
     pub duration: Option<String>,
+    /// Lines per source of a log request.
+    pub lines: Option<String>,
+    /// The sources of a log request, separated by commas or spaces (blank: all).
+    pub services: Option<String>,
     /// Where to go back to.
     pub next: Option<String>,
 }
@@ -634,6 +647,48 @@ async fn pin_action(
         other => format!("Unknown action `{other}`: pin or unpin."),
     };
     service::live::refresh(&state).await;
+    Ok(back_with(&s, f.next.as_deref(), &msg))
+}
+
+async fn logs_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let s = form_user(&state, &headers, &f, Role::Operator).await?;
+    let lines = match f.lines.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        None => Ok(None),
+        Some(l) => l
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| format!("`{l}` is not a number of lines")),
+    };
+    let services: Vec<String> = f
+        .services
+        .as_deref()
+        .unwrap_or("")
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let msg = match lines {
+        Err(why) => format!("Device {id}: logs not requested: {why}."),
+        Ok(lines) => {
+            match service::logs::request(&state, &s.user.name, &id, lines, &services).await {
+                Ok(r) if r.last_seen_ms.is_none() => format!(
+                    "Logs requested from device {id} (request {}), which has never checked in: they come once it does.",
+                    r.request.id
+                ),
+                Ok(r) => format!(
+                    "Logs requested from device {id} (request {}): asked at its next check-in, they appear here seconds later; reload the page.",
+                    r.request.id
+                ),
+                Err(ServiceError::Db(e)) => return Err(PageError::Db(e)),
+                Err(e) => format!("Device {id}: logs not requested: {e}"),
+            }
+        }
+    };
     Ok(back_with(&s, f.next.as_deref(), &msg))
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
-use super::format::{ago, bytes, utc};
+use super::format::{ago, bytes, utc, utc_ms};
 use super::model::{short, Alert, DevicePage, ListQuery};
 use super::session::Session;
 use super::svg;
@@ -14,7 +14,9 @@ use crate::db::wire_name;
 use crate::db::{
     AuditEntry, DeviceRow, DeviceState, EmergencyStop, Role, RolloutRow, TelemetrySample,
 };
+use crate::reach::{Reach, Way};
 use crate::rollout::Rollout;
+use crate::service::logs::{DeviceLogs, RequestState};
 use crate::snapshot::wave_counts;
 use crate::summary::FleetSummary;
 
@@ -293,15 +295,27 @@ fn release_cell(r: Option<&fleet_config::protocol::ReleaseId>) -> Markup {
     html! { @match r { Some(r) => span.mono title=(r.as_str()) { (r.short()) }, None => span.muted { "none" } } }
 }
 
+/// What the device page shows beside the device's row.
+pub struct DeviceExtras<'a> {
+    /// Its newest events.
+    pub events: &'a [Value],
+    /// Its telemetry samples.
+    pub samples: &'a [TelemetrySample],
+    /// Its newest log tail and request.
+    pub logs: &'a DeviceLogs,
+    /// How to reach it.
+    pub reach: &'a Reach,
+}
+
 /// `/devices/{id}`.
 pub fn device(
     c: &Chrome,
     d: &DeviceRow,
     state: DeviceState,
-    events: &[Value],
-    samples: &[TelemetrySample],
+    x: &DeviceExtras<'_>,
     now: i64,
 ) -> Markup {
+    let (events, samples) = (x.events, x.samples);
     let series = |f: &dyn Fn(&fleet_config::protocol::Telemetry) -> Option<f64>| -> Vec<f64> {
         samples.iter().filter_map(|s| f(&s.telemetry)).collect()
     };
@@ -363,6 +377,10 @@ pub fn device(
                 }
             }
         }
+        h2 { "How to reach it" }
+        (reach_panel(x.reach))
+        h2 { "Logs" }
+        (logs_panel(c, &d.id, x.logs, now))
         h2 { "Telemetry (last 24 h)" }
         div.panel #telemetry {
             (svg::sparkline("CPU", &series(&|t| t.cpu_percent), &opt(t.cpu_percent, " %")))
@@ -377,6 +395,95 @@ pub fn device(
         (event_table(&events.iter().collect::<Vec<_>>(), "No events yet."))
     };
     layout(c, &format!("Device {}", d.id), body)
+}
+
+fn way(w: &Way) -> Markup {
+    html! {
+        @match &w.command {
+            Ok(cmd) => { code.mono.ssh { (cmd) } @if !w.note.is_empty() { br; span.muted { (w.note) } } }
+            Err(why) => span.muted { "no command: " (why) },
+        }
+    }
+}
+
+/// The SSH commands of the device page (see [`crate::reach`]).
+fn reach_panel(r: &Reach) -> Markup {
+    html! {
+        div.panel #reach {
+            dl.facts {
+                @if r.in_safe_mode {
+                    dt { strong { "Safe mode SSH" } } dd #reach-safe-mode { (way(&r.safe_mode)) }
+                    dt { "SSH" } dd #reach-ssh { (way(&r.ssh)) }
+                } @else {
+                    dt { "SSH" } dd #reach-ssh { (way(&r.ssh)) }
+                    dt { "In safe mode" } dd #reach-safe-mode { (way(&r.safe_mode)) }
+                }
+            }
+        }
+    }
+}
+
+/// The device's newest log tail, grouped by source, and the form that asks for a fresh one.
+/// Everything from the device is text: maud escapes it.
+fn logs_panel(c: &Chrome, id: &str, l: &DeviceLogs, now: i64) -> Markup {
+    html! {
+        div.panel #logs {
+            p #logs-status {
+                @match &l.request {
+                    None => span.muted { "Never asked for its logs." },
+                    Some(r) => {
+                        "Requested by " (r.requested_by) " " (ago(Some(r.requested_ms), now)) ": "
+                        @match r.state {
+                            RequestState::Pending => { strong { "waiting for the device's next check-in" } " (reload to see the logs once they arrive)" }
+                            RequestState::Answered => { "answered" }
+                            RequestState::Expired => { strong { "expired" } " (the device did not answer within 15 minutes; its agent may be older than logs on request)" }
+                        }
+                        "."
+                    }
+                }
+                @if let (Some(t), Some(at)) = (&l.tail, l.received_ms) {
+                    " Logs below: received " (ago(Some(at), now)) " (" (utc(at)) ")"
+                    @if l.request.as_ref().is_some_and(|r| r.id != t.request_id) { ", answering an earlier request" }
+                    "."
+                    @if t.truncated { " Some lines were left out to keep within the bounds." }
+                }
+            }
+            @if c.can_operate() {
+                form.filters method="post" action=(format!("/ui/devices/{}/logs", super::model::encode(id))) #logs-form {
+                    (csrf(c)) (back(c))
+                    label { "Lines " input type="number" name="lines" value="100" min="1" max=(fleet_config::protocol::logs::MAX_LOG_LINES) aria-label="Lines per source"; }
+                    input type="text" name="services" placeholder="services (blank: all; agent, web, app/web)" aria-label="Services";
+                    button type="submit" #logs-fetch { "fetch logs" }
+                }
+            }
+            @if let Some(t) = &l.tail {
+                @for s in &t.sources {
+                    section.log-source data-source=(s.name) {
+                        h3.mono {
+                            (s.name)
+                            @if let Some(cn) = &s.container { span.muted { " (container " (cn) ")" } }
+                            " " span.state { (wire_name(&s.status)) }
+                        }
+                        @if let Some(d) = &s.detail { p.muted { (d) } }
+                        @if s.omitted > 0 { p.muted { (s.omitted) " older lines not shown" } }
+                        @if !s.lines.is_empty() {
+                            pre.log {
+                                @for line in &s.lines {
+                                    span.at { (line.at_ms.and_then(|t| i64::try_from(t).ok()).map(utc_ms).unwrap_or_default()) }
+                                    " "
+                                    @if let Some(st) = line.stream { span.stream { (wire_name(&st)) } " " }
+                                    span.text { (line.text) }
+                                    "\n"
+                                }
+                            }
+                        }
+                    }
+                }
+            } @else {
+                p.muted { "No logs received yet." }
+            }
+        }
+    }
 }
 
 fn event_table(events: &[&Value], empty: &str) -> Markup {

@@ -5,6 +5,7 @@
 mod alerts;
 mod audit;
 mod bootstrap;
+pub mod device_logs;
 mod devices;
 mod enroll;
 pub mod lease;
@@ -24,6 +25,7 @@ use sqlx::{AnyPool, Executor};
 pub use alerts::{AckOutcome, AlertRow, MessageRecord, NewMessage, OutboxRow};
 pub use audit::AuditEntry;
 pub use bootstrap::{BootstrapEnrollment, BootstrapToken, NewBootstrapToken, Unusable};
+pub use device_logs::{DeviceLogsRow, LOG_REQUEST_TTL_MS};
 pub(crate) use devices::wire_name;
 pub use devices::{
     problems, CheckinIdentity, DeviceRow, DeviceState, Existing, LastReport, PinChange, ProblemRow,

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod devices;
 pub mod error;
 pub mod live;
+pub mod logs;
 pub mod rollouts;
 pub mod stop;
 

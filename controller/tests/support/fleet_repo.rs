@@ -14,6 +14,8 @@ pub struct FleetRepo {
     devices: usize,
     canaries: usize,
     bake: String,
+    /// More labels of some devices: (id, `key: value, …` as in a YAML flow mapping).
+    labels: Vec<(String, String)>,
 }
 
 /// Device ids of a test fleet.
@@ -36,12 +38,19 @@ impl FleetRepo {
             devices,
             canaries,
             bake: bake.to_owned(),
+            labels: Vec::new(),
         }
     }
 
     /// The bake of the releases committed from now on (`1s`, `500ms`).
     pub fn set_bake(&mut self, bake: &str) {
         self.bake = bake.to_owned();
+    }
+
+    /// Device `id` gets the labels `extra` (`key: value, …`) in the releases committed from now
+    /// on, beside its ring.
+    pub fn add_labels(&mut self, id: &str, extra: &str) {
+        self.labels.push((id.to_owned(), extra.to_owned()));
     }
 
     /// The URL to watch.
@@ -74,7 +83,15 @@ impl FleetRepo {
         let mut devices = String::from("devices:\n");
         for (i, id) in device_ids(self.devices).iter().enumerate() {
             let ring = if i < self.canaries { "canary" } else { "main" };
-            devices.push_str(&format!("  - id: {id}\n    labels: {{ ring: {ring} }}\n"));
+            let extra: String = self
+                .labels
+                .iter()
+                .filter(|(d, _)| d == id)
+                .map(|(_, l)| format!(", {l}"))
+                .collect();
+            devices.push_str(&format!(
+                "  - id: {id}\n    labels: {{ ring: {ring}{extra} }}\n"
+            ));
             if let Some((_, release, reason)) = pins.iter().find(|p| p.0 == id) {
                 devices.push_str(&format!(
                     "    pin: {{ release: {release}, reason: \"{reason}\" }}\n"

@@ -269,5 +269,6 @@ pub fn checkin_request(id: &str) -> fleet_config::protocol::CheckinRequest {
         telemetry: Telemetry::default(),
         events: vec![],
         long_poll_secs: 0,
+        logs: None,
     }
 }

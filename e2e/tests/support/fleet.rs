@@ -48,9 +48,13 @@ impl Repo {
 
     /// Commits a release whose `web` runs `fleet-test/app:<web>` and pushes it to both.
     pub fn release(&self, web: &str) -> String {
-        let compose = app_compose(web);
+        self.release_compose(&format!("release web {web}"), &app_compose(web))
+    }
+
+    /// Commits a release whose stack `app` is `compose`, with `message`, and pushes it to both.
+    pub fn release_compose(&self, message: &str, compose: &str) -> String {
         let sha = self.work.commit(
-            &format!("release web {web}"),
+            message,
             &[
                 ("fleet.yaml", Entry::File(self.fleet.as_bytes())),
                 ("devices.yaml", Entry::File(self.inventory.as_bytes())),
@@ -105,8 +109,10 @@ impl Device {
     ) -> Device {
         let dir = root.join(id);
         std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
+        // The agent loads the safe-mode stack as `compose.yaml` of its directory.
+        std::fs::create_dir_all(dir.join("safe-mode")).expect("mkdir");
         std::fs::write(
-            dir.join("safe-mode.yaml"),
+            dir.join("safe-mode").join("compose.yaml"),
             "services:\n  rescue:\n    image: fleet-test/app:v1\n    restart: always\n",
         )
         .expect("safe-mode stack");
@@ -127,7 +133,7 @@ impl Device {
             ns = ns.name,
             run = dir.join("run").display(),
             secrets = dir.join("secrets").display(),
-            safe = dir.join("safe-mode.yaml").display(),
+            safe = dir.join("safe-mode").join("compose.yaml").display(),
             token = dir.join("device-token").display(),
             bootstrap = bootstrap.display(),
         );
@@ -140,6 +146,11 @@ impl Device {
             ns,
             agent,
         }
+    }
+
+    /// The device's safe-mode stack (its compose file; read when it enters safe mode).
+    pub fn safe_mode_compose(&self) -> PathBuf {
+        self.config.with_file_name("safe-mode").join("compose.yaml")
     }
 
     /// The device's data directory.

@@ -166,6 +166,26 @@ enum DevicesCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Fetch a fresh tail of a device's logs (its agent's and each container's), through its
+    /// check-ins: waits until the device sends it, then prints it grouped by source.
+    Logs {
+        /// Device id.
+        id: String,
+        /// Lines per source (1 to 1000; the controller's default is 100).
+        #[arg(long)]
+        lines: Option<u32>,
+        /// Only this source: `agent`, a stack, a service or `stack/service` (repeatable).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// How long to wait for the device to send them, e.g. 60s, 5m; past it the newest logs
+        /// received are printed with their age, and the command fails.
+        #[arg(long, default_value = "60s", value_parser = parse_wait)]
+        wait: std::time::Duration,
+    },
+}
+
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    fleet_config::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -300,6 +320,11 @@ fn main() -> ExitCode {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
+        }
+        Err(CtlError::Partial { output, message }) => {
+            print!("{output}");
+            eprintln!("fleetctl: {message}");
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("fleetctl: {e}");
@@ -461,6 +486,21 @@ async fn run(cli: Cli) -> Result<String, CtlError> {
                 } else {
                     format!("device {id} was not pinned\n")
                 })
+            }
+            DevicesCommand::Logs {
+                id,
+                lines,
+                services,
+                wait,
+            } => {
+                let ask = fleet_client::logs::Ask {
+                    id,
+                    lines,
+                    services,
+                    wait,
+                    json: json_out,
+                };
+                fleet_client::logs::fetch(&api, &ask).await
             }
             DevicesCommand::Revoke { id, reason: why } => {
                 let r = api

@@ -27,6 +27,8 @@ pub struct CheckinIdentity {
     pub emergency_stop: Option<crate::db::EmergencyStop>,
     /// When its telemetry was last kept as a sample (see [`crate::db::telemetry`]).
     pub telemetry_sampled_ms: Option<i64>,
+    /// An operator's request for its logs, pending (see [`crate::db::device_logs`]).
+    pub logs_request: Option<fleet_config::protocol::LogRequest>,
 }
 
 /// What a device's last check-in stored of what the rollout engine looks at.
@@ -211,6 +213,7 @@ mod tests {
             telemetry: Telemetry::default(),
             events: Vec::new(),
             long_poll_secs: 0,
+            logs: None,
         };
         let stored = LastReport {
             last_seen_ms: 1_000,
@@ -230,6 +233,7 @@ mod tests {
             last_report: last,
             emergency_stop: None,
             telemetry_sampled_ms: None,
+            logs_request: None,
         };
         let off = 180_000;
         let same = who(Some(stored.clone()));

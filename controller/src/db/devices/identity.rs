@@ -146,13 +146,20 @@ impl Db {
 
     /// Who a device token belongs to.
     pub async fn device_for_token(&self, token: &str) -> Result<Option<CheckinIdentity>, DbError> {
+        // The pending log request comes with the row (a key lookup in a small table), so a
+        // check-in still reads the store once.
         let row = sqlx::query(
             "SELECT id, revoked_ms, desired_release, desired_digest, acked_seq, safe_mode_requested, \
              last_seen_ms, current_release, phase, health, last_result, bad_releases, \
-             telemetry_sampled_ms, (SELECT value FROM settings WHERE key = $1) AS emergency_stop \
-             FROM devices WHERE token_hash = $2",
+             telemetry_sampled_ms, (SELECT value FROM settings WHERE key = $1) AS emergency_stop, \
+             l.request_id AS logs_id, l.request_lines AS logs_lines, \
+             l.request_services AS logs_services \
+             FROM devices LEFT JOIN device_logs l ON l.device_id = devices.id \
+             AND l.pending = 1 AND l.requested_ms > $2 \
+             WHERE token_hash = $3",
         )
         .bind(crate::db::settings::STOP_KEY)
+        .bind(crate::db::now_ms() - crate::db::device_logs::LOG_REQUEST_TTL_MS)
         .bind(tokens::hash(token))
         .fetch_optional(&self.pool)
         .await
@@ -196,6 +203,11 @@ impl Db {
             telemetry_sampled_ms: r
                 .try_get("telemetry_sampled_ms")
                 .map_err(q("reading a device"))?,
+            logs_request: crate::db::device_logs::pending_from(
+                r.try_get("logs_id").map_err(q("reading a device"))?,
+                r.try_get("logs_lines").map_err(q("reading a device"))?,
+                r.try_get("logs_services").map_err(q("reading a device"))?,
+            ),
         }))
     }
 
