@@ -144,6 +144,8 @@ pub struct ControllerConfig {
     pub limits: Limits,
     /// Long-poll check-ins.
     pub long_poll: LongPoll,
+    /// Where logs go besides standard error (`logging.loki`: Grafana Loki).
+    pub logging: fleet_logging::LoggingConfig,
 }
 
 impl Default for ControllerConfig {
@@ -164,6 +166,7 @@ impl Default for ControllerConfig {
             metrics_token_file: None,
             limits: Limits::default(),
             long_poll: LongPoll::default(),
+            logging: fleet_logging::LoggingConfig::default(),
         }
     }
 }
@@ -184,6 +187,7 @@ const TOP_KEYS: &[&str] = &[
     "metrics_token_file",
     "limits",
     "long_poll",
+    "logging",
 ];
 const LONG_POLL_KEYS: &[&str] = &["max", "max_waiting"];
 const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
@@ -387,6 +391,12 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
                 ok = false;
             }
             Some(l) => cfg.long_poll = l,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("logging") {
+        match fleet_logging::config::decode(ctx, n) {
+            Some(l) => cfg.logging = l,
             None => ok = false,
         }
     }
