@@ -30,6 +30,7 @@ use tracing::Metadata;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
 pub use config::{LoggingConfig, LokiAuth, LokiConfig};
@@ -199,11 +200,11 @@ pub fn subscriber(
     (subscriber, logging)
 }
 
-/// Builds [`subscriber`] and installs it for the whole process (a second call leaves the
-/// first in place).
+/// Builds [`subscriber`] and installs it for the whole process, with the `log` crate's records
+/// (some dependencies use it) turned into events (a second call leaves the first in place).
 pub fn init(console: Console, loki: Option<LokiSetup>) -> Logging {
     let (subscriber, logging) = subscriber(console, loki);
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    let _ = subscriber.try_init();
     logging
 }
 

@@ -257,6 +257,9 @@ impl Shipper {
             // A redirect of a POST loses its body: Loki never redirects a push.
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1)
+            // Plain HTTP never verifies a certificate: the system's roots (about a megabyte once
+            // parsed, on a device with a 12 MB budget) are not kept.
+            .tls_built_in_root_certs(cfg.url.starts_with("https://"))
             .build()
             .map_err(SetupError::Client)?;
         let stats = Arc::new(ShipStats::default());
@@ -430,6 +433,12 @@ impl Shipper {
                     left += 1;
                 }
                 self.stats.add_dropped(left);
+                // To the console (the queue is closed: this line is one more dropped).
+                tracing::warn!(
+                    loki = %self.pusher.url,
+                    lines = left,
+                    "log lines not pushed to Loki before the shutdown deadline"
+                );
                 return;
             }
             self.stats.add_sent(pending.len());
