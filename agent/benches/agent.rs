@@ -4,7 +4,9 @@
 //!   release committed after its health window);
 //! - rollback time after a failed health window (the agent's own `rollback_ms`);
 //! - `/metrics` scraped during a slow fetch (a release of about a megabyte over a 64 KiB/s link);
-//! - idle RSS and CPU over `FLEET_BENCH_IDLE_SECS` (default 600), and peak RSS during updates.
+//! - idle RSS and CPU over `FLEET_BENCH_IDLE_SECS` (default 600), and peak RSS during updates;
+//!   with `FLEET_BENCH_LOKI=1` the idle agent also pushes its logs to a Loki receiver
+//!   (`logging.loki`), to measure what that costs.
 //!
 //! `cargo bench -p fleet-agent --bench agent`; the device build (BENCHMARKS.md):
 //! `cargo build --profile device -p fleet-agent && FLEET_AGENT_BIN=target/device/fleet-agent
@@ -202,11 +204,17 @@ fn main() {
 
     // Idle: a fresh agent with the default 60 s poll interval, settled on a release. The
     // device watchers run at their default 15 s interval.
+    let loki = (std::env::var("FLEET_BENCH_LOKI").as_deref() == Ok("1"))
+        .then(fleet_testkit::loki::LokiReceiver::start);
+    let logging = loki
+        .as_ref()
+        .map(|rx| format!("logging:\n  loki:\n    url: {}\n", rx.url()))
+        .unwrap_or_default();
     let idle_cfg = lab.config_with(
         "idle",
         &[lab.primary.url("fleet.git"), lab.mirror.url("fleet.git")],
         &lab.data_dir(),
-        "",
+        &logging,
     );
     let text = std::fs::read_to_string(&idle_cfg)
         .expect("read")
@@ -228,8 +236,11 @@ fn main() {
     let secs = t0.elapsed().as_secs_f64();
     let cpu = ticks as f64 / 100.0 / secs * 100.0;
     println!(
-        "idle over {:.0} s: RSS median {:.1} MB, max {:.1} MB; CPU {:.3}% of one core ({} ticks)",
+        "idle over {:.0} s{}: RSS median {:.1} MB, max {:.1} MB; CPU {:.3}% of one core ({} ticks)",
         secs,
+        loki.as_ref()
+            .map(|rx| format!(" with logging.loki ({} lines pushed)", rx.lines().len()))
+            .unwrap_or_default(),
         median(&mut rss.clone()),
         rss.iter().cloned().fold(0.0, f64::max),
         cpu,

@@ -43,6 +43,10 @@
 //!   clock_skew_max: 5m              # farther from the controller's clock is reported
 //!   crash_loop_rollback_within: 1h  # a crash loop this soon after an update rolls back, later: safe mode
 //!   drift_check_every: 2m           # re-digest `current` against the journal (1s..24h; 0s: boot only)
+//! logging:                          # optional: push the logs to Grafana Loki as well (see fleet_logging::config)
+//!   loki:
+//!     url: http://loki.fleet.internal:3100   # Loki's base URL; /loki/api/v1/push is appended
+//!     labels: { site: berlin }      # static labels, besides device, component and level
 //! ```
 
 use std::net::SocketAddr;
@@ -156,6 +160,8 @@ pub struct AgentConfig {
     pub controller: Option<ControllerConfig>,
     /// The device watchers (heat, power, disk, clock): see [`crate::watch`].
     pub watch: WatchConfig,
+    /// Where logs go besides standard output (`logging.loki`: Grafana Loki).
+    pub logging: fleet_logging::LoggingConfig,
 }
 
 /// `watch:` in agent.yaml: what the device watchers read and, for this device only, thresholds
@@ -331,6 +337,7 @@ const TOP_KEYS: &[&str] = &[
     "safe_mode_compose",
     "controller",
     "watch",
+    "logging",
 ];
 const WATCH_KEYS: &[&str] = &[
     "interval",
@@ -616,6 +623,10 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         None => Some(WatchConfig::default()),
         Some(n) => decode_watch(ctx, n),
     };
+    let logging = match f.get("logging") {
+        None => Some(fleet_logging::LoggingConfig::default()),
+        Some(n) => fleet_logging::config::decode(ctx, n),
+    };
     Some(AgentConfig {
         device_id: device_id?,
         data_dir: data_dir?,
@@ -633,6 +644,7 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<AgentConfig> {
         safe_mode_compose: safe_mode_compose?,
         controller: controller?,
         watch: watch?,
+        logging: logging?,
     })
 }
 

@@ -18,6 +18,7 @@ use fleet_agent::runtime::DockerStacks;
 use fleet_agent::update::{AgentError, Updater};
 use fleet_agent::{service, status};
 use fleet_config::protocol::UpdateResult;
+use fleet_logging::{Console, Logging, LokiSetup};
 use tokio_util::sync::CancellationToken;
 
 /// The Fleet device agent.
@@ -77,22 +78,21 @@ fn load(path: &Path) -> Result<AgentConfig, ExitCode> {
     })
 }
 
-/// JSON lines on stdout, and the same lines kept in memory for the controller's log requests
-/// ([`fleet_agent::logs::ring`]), both under `RUST_LOG` (default `info`).
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_writer(std::io::stdout),
-        )
-        .with(fleet_agent::logs::ring::layer())
-        .try_init();
+/// JSON lines on standard output, the same lines kept in memory for the controller's log
+/// requests ([`fleet_agent::logs::ring`]) and, for `run` with `logging.loki`, pushed to Loki,
+/// labelled with this device's id.
+fn init_logging(cfg: &AgentConfig, loki: bool) -> Logging {
+    let setup = cfg
+        .logging
+        .loki
+        .clone()
+        .filter(|_| loki)
+        .map(|l| LokiSetup::new(l, "agent", cfg.device_id.clone()));
+    fleet_logging::init_with(
+        Console::Stdout,
+        setup,
+        Some(Box::new(fleet_agent::logs::ring::layer())),
+    )
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -179,7 +179,7 @@ where
 
 /// The agent: it waits for the engine (and its data directory) instead of exiting, so the
 /// engine starting after the agent at boot, or later, is no problem.
-fn run(cfg: AgentConfig) -> ExitCode {
+fn run(cfg: AgentConfig, mut logging: Logging) -> ExitCode {
     let rt = match tokio_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -190,14 +190,22 @@ fn run(cfg: AgentConfig) -> ExitCode {
     };
     let host = cfg.docker_host();
     let pull_stall = cfg.pull_stall_timeout;
+    let metrics = std::sync::Arc::new(Metrics::default());
+    if let Some(stats) = logging.stats() {
+        metrics.attach_log_shipping(stats);
+    }
     let code = rt.block_on(async {
+        let shipping = logging.start();
         let token = CancellationToken::new();
         tokio::spawn(shutdown_signal(token.clone()));
         let connect = || docker(&host, ns.clone(), pull_stall);
-        match service::run(cfg, connect, token).await {
+        let code = match service::run(cfg, metrics, connect, token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => agent_error(e),
-        }
+        };
+        // The last lines (the stop included) go to Loki within a short deadline.
+        shipping.finish().await;
+        code
     });
     // A fetch from a silent Git server may still be running on a blocking thread after
     // SIGTERM: its result is not needed (recovery takes the update from the journal at the next
@@ -292,14 +300,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => match load(&config) {
             Ok(cfg) => {
-                init_logging();
-                run(cfg)
+                let logging = init_logging(&cfg, true);
+                run(cfg, logging)
             }
             Err(code) => code,
         },
+        // A person at the device's terminal: the console only.
         Command::Rollback { config } => match load(&config) {
             Ok(cfg) => {
-                init_logging();
+                init_logging(&cfg, false);
                 rollback(cfg)
             }
             Err(code) => code,
@@ -307,7 +316,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 println!(
-                    "ok: {} is valid: device `{}`, {} Git endpoint(s), {} mode",
+                    "ok: {} is valid: device `{}`, {} Git endpoint(s), {} mode{}",
                     config.display(),
                     c.device_id,
                     c.git.endpoints.len(),
@@ -315,7 +324,12 @@ fn main() -> ExitCode {
                         "standalone"
                     } else {
                         "controller"
-                    }
+                    },
+                    c.logging
+                        .loki
+                        .as_ref()
+                        .map(|l| format!(", logs pushed to Loki at {}", l.push_url()))
+                        .unwrap_or_default()
                 );
                 ExitCode::SUCCESS
             }

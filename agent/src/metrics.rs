@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fleet_config::protocol::UpdatePhase;
 
@@ -64,6 +64,8 @@ pub struct Metrics {
     drift: Mutex<BTreeMap<&'static str, u64>>,
     /// Updates found stuck, by phase.
     stuck: Mutex<BTreeMap<String, u64>>,
+    /// The Loki shipper's counters, with `logging.loki`.
+    log_shipping: Mutex<Option<Arc<fleet_logging::ShipStats>>>,
 }
 
 /// The kinds of [`Metrics::count_drift`].
@@ -162,6 +164,10 @@ impl Metrics {
     /// Records how long the last update took.
     pub fn set_last_update_seconds(&self, s: f64) {
         *lock(&self.last_update_seconds) = Some(s);
+    }
+    /// Exports the Loki shipper's counters (lines sent, lines dropped).
+    pub fn attach_log_shipping(&self, stats: Arc<fleet_logging::ShipStats>) {
+        *lock(&self.log_shipping) = Some(stats);
     }
 
     /// The text exposition format, with the host's resource gauges read now.
@@ -273,6 +279,10 @@ impl Metrics {
                 "fleet_agent_service_restarts_in_window{{service=\"{s}\"}} {n}"
             );
         }
+        if let Some(stats) = lock(&self.log_shipping).as_ref() {
+            let _ = writeln!(out, "# HELP fleet_agent_loki_sent_total Log lines Loki accepted (logging.loki).\n# TYPE fleet_agent_loki_sent_total counter\nfleet_agent_loki_sent_total {}", stats.sent_total());
+            let _ = writeln!(out, "# HELP fleet_agent_loki_dropped_total Log lines dropped instead of pushed to Loki: its queue was full, Loki refused or did not answer their push, or the shutdown deadline passed.\n# TYPE fleet_agent_loki_dropped_total counter\nfleet_agent_loki_dropped_total {}", stats.dropped_total());
+        }
         host.render(&mut out);
         out
     }
@@ -310,6 +320,26 @@ mod tests {
             "# TYPE fleet_agent_drift_detected_total counter",
             "fleet_agent_drift_detected_total{kind=\"files\"} 2",
             "fleet_agent_drift_detected_total{kind=\"services\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn loki_counters_are_exported_only_with_loki() {
+        let m = Metrics::default();
+        let text = m.render(&crate::host::HostStats::default());
+        assert!(!text.contains("fleet_agent_loki_"), "{text}");
+        m.attach_log_shipping(Arc::new(fleet_logging::ShipStats::default()));
+        let text = m.render(&crate::host::HostStats::default());
+        for line in [
+            "# TYPE fleet_agent_loki_sent_total counter",
+            "fleet_agent_loki_sent_total 0",
+            "# TYPE fleet_agent_loki_dropped_total counter",
+            "fleet_agent_loki_dropped_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -17,10 +17,11 @@ use crate::startup::{self, StartupError};
 use crate::update::AgentError;
 
 /// Runs the agent until `shutdown` is cancelled, reaching the engine through `connect` (retried
-/// until it answers). Fails at once only when another agent holds the data directory; every
-/// other start-up problem is reported and waited out.
+/// until it answers), recording into `metrics` (`/metrics`). Fails at once only when another
+/// agent holds the data directory; every other start-up problem is reported and waited out.
 pub async fn run<R, C, Fut>(
     cfg: AgentConfig,
+    metrics: Arc<Metrics>,
     connect: C,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError>
@@ -29,7 +30,6 @@ where
     C: FnMut() -> Fut,
     Fut: Future<Output = Result<R, String>>,
 {
-    let metrics = Arc::new(Metrics::default());
     let problems = Arc::new(Problems::new(metrics.clone(), Some(&cfg.run_dir)));
     tracing::info!(
         device = %cfg.device_id,

@@ -99,3 +99,37 @@ fn status_of_a_device_waiting_for_approval() {
     assert_eq!(v["controller"]["pairing_code"], "K7PQ2MXD");
     assert_eq!(v["controller"]["enrolled"], false);
 }
+
+#[test]
+fn logging_loki_is_checked_with_line_and_column() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("agent.yaml");
+    let base = "device_id: pi-01\ngit:\n  endpoints: [git://127.0.0.1/f.git]\n";
+    std::fs::write(
+        &cfg,
+        format!("{base}logging:\n  loki:\n    url: ftp://loki:3100\n    labels: {{ site: berlin, 9x: y, level: z }}\n    tenat: fleet\n"),
+    )
+    .expect("write");
+    let path = cfg.to_str().expect("utf-8 path");
+    let (code, _out, err) = agent(&["check-config", "--config", path]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        format!("{path}:6:10: error: `logging.loki.url` `ftp://loki:3100` must start with http:// or https://, not ftp://"),
+        format!("{path}:7:29: error: label name `9x` in `logging.loki.labels` is not a valid Loki label name"),
+        format!("{path}:7:36: error: label name `level` in `logging.loki.labels` is set by Fleet itself"),
+        format!("{path}:8:5: error: unknown key `tenat` in `logging.loki` (did you mean `tenant`?)"),
+    ] {
+        assert!(err.contains(&want), "missing `{want}` in\n{err}");
+    }
+    std::fs::write(
+        &cfg,
+        format!("{base}logging:\n  loki:\n    url: http://127.0.0.1:3100/\n    labels: {{ site: berlin }}\n"),
+    )
+    .expect("write");
+    let (code, out, err) = agent(&["check-config", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("logs pushed to Loki at http://127.0.0.1:3100/loki/api/v1/push"),
+        "{out}"
+    );
+}

@@ -146,6 +146,8 @@ pub struct ControllerConfig {
     pub long_poll: LongPoll,
     /// Alerts: notifiers, routes, timings (`crate::notify::config`).
     pub alerting: crate::notify::config::Alerting,
+    /// Where logs go besides standard error (`logging.loki`: Grafana Loki).
+    pub logging: fleet_logging::LoggingConfig,
 }
 
 impl Default for ControllerConfig {
@@ -167,6 +169,7 @@ impl Default for ControllerConfig {
             limits: Limits::default(),
             long_poll: LongPoll::default(),
             alerting: crate::notify::config::Alerting::default(),
+            logging: fleet_logging::LoggingConfig::default(),
         }
     }
 }
@@ -188,6 +191,7 @@ const TOP_KEYS: &[&str] = &[
     "limits",
     "long_poll",
     "alerting",
+    "logging",
 ];
 const LONG_POLL_KEYS: &[&str] = &["max", "max_waiting"];
 const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
@@ -397,6 +401,12 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
     if let Some(n) = f.get("alerting") {
         match crate::notify::config::decode(ctx, n) {
             Some(a) => cfg.alerting = a,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("logging") {
+        match fleet_logging::config::decode(ctx, n) {
+            Some(l) => cfg.logging = l,
             None => ok = false,
         }
     }

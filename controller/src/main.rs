@@ -9,6 +9,7 @@ use fleet_controller::config::ControllerConfig;
 use fleet_controller::db::{Db, Role};
 use fleet_controller::server;
 use fleet_controller::tokens;
+use fleet_logging::{Console, LokiSetup};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -140,13 +141,24 @@ struct Failure(u8, String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(Failure(code, message)) => {
+            eprintln!("fleet-controller: {message}");
+            return ExitCode::from(code);
+        }
+    };
+    // Loki for the server only: the other commands are a person at a terminal. Its streams are
+    // labelled with the host name, stable across restarts (the replica id changes at each).
+    let loki = match (&cli.command, &cfg.logging.loki) {
+        (Command::Serve { .. }, Some(loki)) => Some(LokiSetup::new(
+            loki.clone(),
+            "controller",
+            fleet_logging::host_name(),
+        )),
+        _ => None,
+    };
+    let mut logging = fleet_logging::init(Console::Stderr, loki);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,7 +169,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(async {
+        let shipping = logging.start();
+        let result = run(cli, cfg).await;
+        // What is queued for Loki goes out before the process ends, within a short deadline.
+        shipping.finish().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
             eprintln!("fleet-controller: {message}");
@@ -192,16 +211,20 @@ async fn open_db(cfg: &ControllerConfig) -> Result<Db, Failure> {
         .map_err(|e| Failure(1, e.to_string()))
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut cfg = load_config(&cli)?;
+async fn run(cli: Cli, mut cfg: ControllerConfig) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig => {
             println!(
-                "configuration OK: listen {}, database {}, {} notifier(s), {} alert route(s)",
+                "configuration OK: listen {}, database {}, {} notifier(s), {} alert route(s){}",
                 cfg.listen,
                 fleet_controller::db::redact(&cfg.database_url()),
                 cfg.alerting.notifiers.len(),
-                cfg.alerting.routes.len()
+                cfg.alerting.routes.len(),
+                cfg.logging
+                    .loki
+                    .as_ref()
+                    .map(|l| format!(", logs pushed to Loki at {}", l.push_url()))
+                    .unwrap_or_default()
             );
             Ok(())
         }

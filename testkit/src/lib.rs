@@ -6,6 +6,7 @@
 //! - [`images`]: the test images built from Debian's busybox, and the Docker check.
 //! - [`prometheus`]: a real Prometheus scraping a target, and `promtool check metrics`.
 //! - [`alertmanager`]: a real Alertmanager, and a webhook receiver that records its deliveries.
+//! - [`loki`]: a Loki stand-in that decodes the real push format (snappy, protobuf).
 //! - [`faketime`]: Debian's libfaketime, to run the agent on another (or a faster) clock.
 //! - [`partition`]: a TCP proxy that can be frozen (a network partition) and healed.
 //! - [`registry`]: a container registry stand-in whose image pull stalls half-way.
@@ -20,6 +21,7 @@ pub mod docker_guard;
 pub mod faketime;
 pub mod git_daemon;
 pub mod images;
+pub mod loki;
 pub mod partition;
 pub mod prometheus;
 pub mod receivers;
