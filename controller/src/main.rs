@@ -171,7 +171,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shipping = logging.start();
-        let result = run(cli, cfg).await;
+        let result = run(cli, cfg, logging.stats()).await;
         // What is queued for Loki goes out before the process ends, within a short deadline.
         shipping.finish().await;
         result
@@ -211,7 +211,11 @@ async fn open_db(cfg: &ControllerConfig) -> Result<Db, Failure> {
         .map_err(|e| Failure(1, e.to_string()))
 }
 
-async fn run(cli: Cli, mut cfg: ControllerConfig) -> Result<(), Failure> {
+async fn run(
+    cli: Cli,
+    mut cfg: ControllerConfig,
+    loki: Option<std::sync::Arc<fleet_logging::ShipStats>>,
+) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig => {
             println!(
@@ -238,6 +242,9 @@ async fn run(cli: Cli, mut cfg: ControllerConfig) -> Result<(), Failure> {
             let state = server::prepare(cfg)
                 .await
                 .map_err(|e| Failure(1, e.to_string()))?;
+            if let Some(stats) = loki {
+                state.metrics.set_loki(stats);
+            }
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {

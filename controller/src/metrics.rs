@@ -94,6 +94,9 @@ pub struct Metrics {
     heartbeat_last_success: FloatGauge,
     heartbeat_failures: Counter,
     watchdog: Gauge,
+    loki: std::sync::OnceLock<std::sync::Arc<fleet_logging::ShipStats>>,
+    loki_sent: Counter,
+    loki_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -266,6 +269,16 @@ impl Default for Metrics {
             "Always 1: an always-firing series for a dead man's switch on what scrapes this controller",
         );
         watchdog.set(1);
+        let loki_sent = counter(
+            &mut registry,
+            "fleet_controller_loki_sent",
+            "Log lines pushed to Loki (logging.loki; 0 without it)",
+        );
+        let loki_dropped = counter(
+            &mut registry,
+            "fleet_controller_loki_dropped",
+            "Log lines dropped instead of pushed to Loki: its queue full, or Loki refusing or not answering",
+        );
         Metrics {
             registry,
             checkin,
@@ -299,6 +312,9 @@ impl Default for Metrics {
             heartbeat_last_success,
             heartbeat_failures,
             watchdog,
+            loki: std::sync::OnceLock::new(),
+            loki_sent,
+            loki_dropped,
         }
     }
 }
@@ -450,6 +466,11 @@ impl Metrics {
         }
     }
 
+    /// The Loki shipper's counts, shown from now on (`serve` with `logging.loki`).
+    pub fn set_loki(&self, stats: std::sync::Arc<fleet_logging::ShipStats>) {
+        let _ = self.loki.set(stats);
+    }
+
     /// The exposition text, with the scrape-time gauges given.
     pub fn render(
         &self,
@@ -476,6 +497,17 @@ impl Metrics {
         self.emergency_stop.set(i64::from(emergency_stop));
         self.leader.set(i64::from(leader));
         self.watchdog.set(1);
+        if let Some(l) = self.loki.get() {
+            // Counters follow the shipper's own totals.
+            let catch_up = |c: &Counter, total: u64| {
+                let seen = c.get();
+                if total > seen {
+                    c.inc_by(total - seen);
+                }
+            };
+            catch_up(&self.loki_sent, l.sent_total());
+            catch_up(&self.loki_dropped, l.dropped_total());
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);

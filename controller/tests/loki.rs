@@ -73,6 +73,24 @@ fn the_servers_own_lines_reach_loki_and_the_last_ones_are_flushed_on_sigterm() {
         listening.line
     );
     assert_eq!(rx.pushes()[0].headers["x-scope-orgid"], "fleet");
+    // What was pushed is counted in /metrics.
+    let sent = (0..100)
+        .find_map(|_| {
+            let (_, body) = fleet_testkit::prometheus::http_get(&listen.to_string(), "/metrics")?;
+            let n: f64 = body
+                .lines()
+                .find_map(|l| l.strip_prefix("fleet_controller_loki_sent_total "))?
+                .parse()
+                .ok()?;
+            if n > 0.0 {
+                Some(n)
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        })
+        .expect("fleet_controller_loki_sent_total counts the pushed lines");
+    assert!(sent >= 1.0);
 
     // SIGTERM: the shutdown's own line goes out before the process ends.
     let ok = Command::new("kill")
