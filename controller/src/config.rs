@@ -140,6 +140,9 @@ pub struct ControllerConfig {
     /// File with the token Prometheus must send (`Authorization: Bearer …`) for `/metrics`;
     /// `None`: `/metrics` is open.
     pub metrics_token_file: Option<PathBuf>,
+    /// Grafana as people reach it (`https://grafana.example`): the dashboard's device page links
+    /// to the shipped device dashboard there (`deploy/grafana/`). `None`: no link.
+    pub grafana_url: Option<String>,
     /// Connection and timeout bounds.
     pub limits: Limits,
     /// Long-poll check-ins.
@@ -166,6 +169,7 @@ impl Default for ControllerConfig {
             tls: None,
             insecure_http: false,
             metrics_token_file: None,
+            grafana_url: None,
             limits: Limits::default(),
             long_poll: LongPoll::default(),
             alerting: crate::notify::config::Alerting::default(),
@@ -188,6 +192,7 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "insecure_http",
     "metrics_token_file",
+    "grafana_url",
     "limits",
     "long_poll",
     "alerting",
@@ -363,6 +368,24 @@ fn decode(ctx: &mut Ctx<'_>, root: &yaml::Node) -> Option<ControllerConfig> {
     if let Some(n) = f.get("insecure_http") {
         match ctx.bool(n, "`insecure_http`") {
             Some(b) => cfg.insecure_http = b,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("grafana_url") {
+        match ctx.nonempty_string(n, "`grafana_url`") {
+            Some(u)
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && reqwest::Url::parse(&u).is_ok() =>
+            {
+                cfg.grafana_url = Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(u) => {
+                ctx.error(
+                    n.pos,
+                    format!("`grafana_url` must be an http:// or https:// URL, found `{u}`"),
+                );
+                ok = false;
+            }
             None => ok = false,
         }
     }
@@ -569,6 +592,20 @@ mod tests {
         assert_eq!(g.poll_interval, Duration::from_secs(5));
         assert_eq!(c.offline_after, Duration::from_secs(120));
         assert_eq!(c.leader_lease, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn grafana_url_must_be_a_web_url() {
+        let c = ControllerConfig::parse("grafana_url: https://grafana.example/\n", "c.yaml")
+            .expect("valid");
+        assert_eq!(c.grafana_url.as_deref(), Some("https://grafana.example"));
+        let err = ControllerConfig::parse("grafana_url: grafana.example\n", "c.yaml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("c.yaml:1:14") && err.contains("`grafana_url` must be an http"),
+            "{err}"
+        );
     }
 
     #[test]

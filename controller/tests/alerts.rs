@@ -819,3 +819,57 @@ async fn a_silence_keeps_messages_back_and_an_ack_is_audited() {
     );
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_firing_alerts_and_links_a_device_to_grafana() {
+    let test = "the_dashboard_shows_firing_alerts_and_links_a_device_to_grafana";
+    let Some(mut lab) = Lab::with(test, Store::Sqlite, |_, cfg| {
+        cfg.grafana_url = Some("https://grafana.example".into());
+    })
+    .await
+    else {
+        return;
+    };
+    lab.device(1)
+        .push_event(raised("crash_loop", Some("app/web"), "5 restarts in 5m"));
+    lab.delivered_once("DeviceCrashLooping", "FIRING").await;
+    let cookie =
+        support::dashboard::session_cookie(&lab.c.base, "operator", "a long test password").await;
+    let page = |path: String| {
+        let cookie = cookie.clone();
+        async move {
+            client()
+                .get(path)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .expect("page")
+                .text()
+                .await
+                .expect("html")
+        }
+    };
+    let overview = page(lab.c.url("/")).await;
+    assert!(
+        overview.contains("DeviceCrashLooping") && overview.contains("1 device crash-looping"),
+        "the overview shows the firing alert"
+    );
+    let alerts = page(lab.c.url("/alerts")).await;
+    assert!(
+        alerts.contains("/ui/alerts/DeviceCrashLooping-"),
+        "an ack form for operators"
+    );
+    let device = page(lab.c.url(&format!("/devices/{}", Lab::id(1)))).await;
+    assert!(
+        device.contains("id=\"device-alerts\""),
+        "the device page names its alert"
+    );
+    assert!(
+        device.contains(&format!(
+            "https://grafana.example/d/fleet-device/fleet-device?var-device={}",
+            Lab::id(1)
+        )),
+        "the device links to its Grafana view"
+    );
+    lab.stop().await;
+}

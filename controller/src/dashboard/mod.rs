@@ -266,11 +266,25 @@ async fn device(
     let st = d.state(now, state.offline_after_ms());
     let logs = service::logs::latest(&state, &id).await?;
     let reach = crate::reach::reach(&d.labels, &d.hostname, st == DeviceState::SafeMode);
+    let alerts: Vec<crate::db::AlertRow> = state
+        .db
+        .alerts(50, false)
+        .await?
+        .into_iter()
+        .filter(|a| a.alert.name.about_devices() && a.alert.members.contains_key(&d.id))
+        .collect();
     let extras = pages::DeviceExtras {
         events: &events,
         samples: &samples,
         logs: &logs,
         reach: &reach,
+        alerts: &alerts,
+        grafana: state.cfg.grafana_url.as_ref().map(|g| {
+            format!(
+                "{g}/d/fleet-device/fleet-device?var-device={}",
+                model::encode(&d.id)
+            )
+        }),
     };
     Ok(html(pages::device(&c, &d, st, &extras, now)))
 }

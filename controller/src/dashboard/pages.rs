@@ -305,6 +305,10 @@ pub struct DeviceExtras<'a> {
     pub logs: &'a DeviceLogs,
     /// How to reach it.
     pub reach: &'a Reach,
+    /// The open alerts it is a member of.
+    pub alerts: &'a [crate::db::AlertRow],
+    /// Its view in Grafana (`grafana_url`), if configured.
+    pub grafana: Option<String>,
 }
 
 /// `/devices/{id}`.
@@ -338,6 +342,20 @@ pub fn device(
         .collect();
     let body = html! {
         h1 { "Device " span.mono { (d.id) } " " (state_badge(&d.id, state)) }
+        @if !x.alerts.is_empty() {
+            div.panel #device-alerts {
+                @for a in x.alerts {
+                    div class=(format!("alert {}", a.severity)) {
+                        strong { (a.severity) } ": "
+                        a href=(format!("/alerts/{}", a.alert.id)) { (a.alert.name.as_str()) }
+                        @if let Some(m) = a.alert.members.get(&d.id) { ": " (m.detail) }
+                    }
+                }
+            }
+        }
+        @if let Some(g) = &x.grafana {
+            p { a #grafana-link href=(g) { "Metrics of this device in Grafana" } }
+        }
         div.panel {
             dl.facts {
                 dt { "Hostname" } dd { (d.hostname) " (" (d.arch) ")" }
