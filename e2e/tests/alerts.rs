@@ -82,9 +82,10 @@ async fn a_real_agents_problem_reaches_the_controller_at_once_and_alerts_once() 
         ..Default::default()
     };
     // Defaults that matter here: check-ins every 60 s, the engine every 5 s, group_wait 10 s.
+    // Only the resolution is shortened (resolve_after 5s instead of 2m), to keep the test short.
     cfg.reconcile_interval = Duration::from_millis(200);
     let yaml = format!(
-        "{}alerting:\n  notifiers:\n    - {{ name: pager, kind: webhook, url: \"{}\" }}\n  routes:\n    - {{ notifiers: [pager] }}\n",
+        "{}alerting:\n  notifiers:\n    - {{ name: pager, kind: webhook, url: \"{}\" }}\n  routes:\n    - {{ notifiers: [pager] }}\n  resolve_after: 5s\n",
         config_yaml(&cfg),
         hook.url("/fleet")
     );
